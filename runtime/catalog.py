@@ -1,0 +1,107 @@
+"""Every character the runtime knows: from character plugins and from imported card files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from runtime.characters import Character, CardError, load_card, save_card
+
+
+class UnknownCharacter(KeyError):
+    """A character name nobody registered; the message lists the known ones."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, known
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        listed = ", ".join(self.known) or "none (install a character plugin or `personae characters import FILE`)"
+        return f"unknown character {self.name!r}; known characters: {listed}"
+
+
+class Catalog:
+    """Characters by id: plugin characters first, imported cards may add to or replace them."""
+
+    def __init__(self, pm, data_dir: str | Path):
+        self.pm = pm
+        self.folder = Path(data_dir).expanduser() / "characters"
+        self._characters: dict[str, Character] | None = None
+        self.problems: list[str] = []
+
+    def _load(self) -> dict[str, Character]:
+        characters: dict[str, Character] = {}
+
+        def register(character: Character) -> None:
+            characters[character.id] = character
+
+        self.pm.hook.register_characters(register=register)
+        if self.folder.is_dir():
+            for path in sorted(self.folder.iterdir()):
+                if path.suffix.lower() not in {".json", ".png"}:
+                    continue
+                try:
+                    register(load_card(path))
+                except CardError as error:
+                    # One damaged file must not hide the other characters.
+                    self.problems.append(str(error))
+        return characters
+
+    @property
+    def characters(self) -> dict[str, Character]:
+        """All characters, loaded on first use."""
+        if self._characters is None:
+            self._characters = self._load()
+        return self._characters
+
+    def reload(self) -> None:
+        """Forget what was loaded (after an import)."""
+        self._characters = None
+
+    def names(self) -> list[str]:
+        """Known character ids, sorted."""
+        return sorted(self.characters)
+
+    def get(self, name: str) -> Character:
+        """A character by id or display name (case-insensitive)."""
+        wanted = name.strip().lower()
+        for key, character in self.characters.items():
+            if wanted in (key, character.name.lower(), key.replace("-", " ")):
+                return character
+        raise UnknownCharacter(name, self.names())
+
+    def default(self, preferred: str = "") -> Character:
+        """The configured default character, else the first known one."""
+        if preferred:
+            return self.get(preferred)
+        if not self.characters:
+            raise UnknownCharacter("(default)", [])
+        return self.characters[self.names()[0]]
+
+    def import_card(self, path: str | Path) -> Character:
+        """Validate a card file and copy it into the data directory (atomically)."""
+        source = Path(path)
+        character = load_card(source)  # raises CardError before anything is written
+        self.folder.mkdir(parents=True, exist_ok=True)
+        suffix = ".png" if source.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" else ".json"
+        target = self.folder / f"{character.id}{suffix}"
+        for stale in self.folder.glob(f"{character.id}.*"):
+            if stale != target:
+                stale.unlink()
+        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".part")
+        with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+        self.reload()
+        return self.get(character.id)
+
+    def export_card(self, name: str, path: str | Path) -> Path:
+        """Write a character as a card file (.json or .png by suffix)."""
+        character = self.get(name)
+        target = Path(path)
+        save_card(character, target)
+        return target

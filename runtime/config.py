@@ -1,0 +1,148 @@
+"""Settings: personae.toml, overridden by PERSONAE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A settings file or variable that cannot be used; the message says which and why."""
+
+
+def _default_data_dir() -> str:
+    return str(Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "personae")
+
+
+def _default_cache_dir() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "personae")
+
+
+@dataclass
+class Settings:
+    """Every setting of the runtime, with where its value came from."""
+
+    data_dir: str = field(
+        default_factory=_default_data_dir,
+        metadata={"help": "Folder for personae.db, imported characters and the adapter registry."},
+    )
+    cache_dir: str = field(
+        default_factory=_default_cache_dir,
+        metadata={"help": "Folder for converted base models (safe to delete; rebuilt on demand)."},
+    )
+    base_model: str = field(
+        default="smollm2-135m-instruct",
+        metadata={
+            "help": "Base model: 'smollm2-135m-instruct' (packaged GGUF, converted once), "
+            "a local folder, or a Hugging Face id already in the local cache."
+        },
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights precision on CPU: auto, float32, bfloat16 or int8 (dynamic quantisation)."},
+    )
+    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1, mps."})
+    threads: int = field(default=0, metadata={"help": "torch threads for serving; 0 = torch's default."})
+    plugins_dir: str = field(
+        default="", metadata={"help": "Folder of extra plugin .py files loaded at start-up."}
+    )
+    default_character: str = field(
+        default="", metadata={"help": "Character used when none is named; empty = the first built-in."}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling threshold."})
+    repetition_penalty: float = field(default=1.1, metadata={"help": "Penalty for repeated tokens; 1 = off."})
+    max_new_tokens: int = field(default=160, metadata={"help": "Longest reply, in tokens."})
+    context_tokens: int = field(
+        default=2048, metadata={"help": "Prompt budget in tokens (capped by the model's own context)."}
+    )
+    history_turns: int = field(default=40, metadata={"help": "Most logged messages read back as history."})
+    max_batch: int = field(default=16, metadata={"help": "Most requests decoded together in one batch."})
+    max_queue: int = field(default=64, metadata={"help": "Most requests waiting; past that callers get 'busy'."})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling; 0 = random each run."})
+    discord: dict = field(default_factory=dict, metadata={"help": "[discord] table: see the README."})
+    http: dict = field(default_factory=dict, metadata={"help": "[http] table: see the README."})
+    training: dict = field(default_factory=dict, metadata={"help": "[training] table: see the README."})
+    audit: dict = field(default_factory=dict, metadata={"help": "[audit] table: see the README."})
+
+    sources: dict = field(default_factory=dict, repr=False, metadata={"internal": True})
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as a Path (created on demand by the users of it)."""
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        """Where the SQLite log lives."""
+        return self.data_path / "personae.db"
+
+    def public_items(self):
+        """(name, value, help, source) for every user-facing setting."""
+        for f in fields(self):
+            if f.metadata.get("internal"):
+                continue
+            yield f.name, getattr(self, f.name), f.metadata.get("help", ""), self.sources.get(f.name, "default")
+
+
+ENV_PREFIX = "PERSONAE_"
+
+
+def config_path() -> Path | None:
+    """The personae.toml in use: $PERSONAE_CONFIG, else ./personae.toml, else none."""
+    explicit = os.environ.get("PERSONAE_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"PERSONAE_CONFIG points to {path}, which is not a file")
+        return path
+    local = Path("personae.toml")
+    return local if local.is_file() else None
+
+
+def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
+    """Convert a raw value to the setting's type, or fail naming the setting."""
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in {"1", "true", "yes", "on"}
+            return bool(value)
+        if kind is dict:
+            if not isinstance(value, dict):
+                raise TypeError("expected a table")
+            return value
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{origin}: setting '{name}' = {value!r} is not a valid {kind.__name__} ({error})") from None
+
+
+def load_settings(overrides: dict | None = None) -> Settings:
+    """Resolve settings: defaults < personae.toml < PERSONAE_* environment < explicit overrides."""
+    settings = Settings()
+    types = {name: type(value) for name, value, _, _ in settings.public_items()}
+    path = config_path()
+    if path:
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error}); fix the file or set PERSONAE_CONFIG") from None
+        for name, value in table.items():
+            if name not in types:
+                known = ", ".join(sorted(types))
+                raise ConfigError(f"{path}: unknown setting '{name}' (known: {known})")
+            setattr(settings, name, _coerce(name, value, types[name], str(path)))
+            settings.sources[name] = str(path)
+    for name, kind in types.items():
+        variable = ENV_PREFIX + name.upper()
+        if variable in os.environ and kind is not dict:
+            setattr(settings, name, _coerce(name, os.environ[variable], kind, variable))
+            settings.sources[name] = f"${variable}"
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        setattr(settings, name, _coerce(name, value, types[name], "command line"))
+        settings.sources[name] = "command line"
+    return settings

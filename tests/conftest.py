@@ -1,0 +1,91 @@
+"""Shared fixtures: isolated data dirs, a tiny random model, the real SmolLM2, engines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Converted base models are cached across test runs (the GGUF conversion takes ~25-45 s).
+MODEL_CACHE = Path(os.environ.get("PERSONAE_TEST_CACHE", REPO / ".cache" / "test-models"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path, monkeypatch):
+    """Every test gets its own data directory and no stray personae.toml."""
+    for name in list(os.environ):
+        if name.startswith("PERSONAE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PERSONAE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PERSONAE_CACHE_DIR", str(MODEL_CACHE))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder() -> Path:
+    """The real SmolLM2-135M-Instruct, converted from the packaged GGUF once and cached."""
+    from runtime.models import DEFAULT_BASE, resolve_model_folder
+
+    return resolve_model_folder(DEFAULT_BASE, MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory, smollm2_folder) -> Path:
+    """A tiny random-weight Llama with SmolLM2's tokenizer and chat template (fast unit tests)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_model_folder):
+    """The tiny model, loaded once per test session."""
+    from runtime.models import load_base_model
+
+    return load_base_model(str(tiny_model_folder), MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def real_base(smollm2_folder):
+    """The real SmolLM2 model, loaded once per test session."""
+    from runtime.models import DEFAULT_BASE, load_base_model
+
+    return load_base_model(DEFAULT_BASE, MODEL_CACHE)
+
+
+@pytest.fixture
+def make_engine(isolated_environment):
+    """Build engines over a fresh data dir; `base` is a loaded BaseModel (tiny_base or real_base)."""
+    from runtime.catalog import Catalog
+    from runtime.config import load_settings
+    from runtime.engine import Engine
+    from runtime.plugins import get_plugin_manager
+    from runtime.store import Store
+
+    engines = []
+
+    def build(base, **overrides):
+        settings = load_settings({"base_model": str(base.folder), **overrides})
+        pm = get_plugin_manager(settings.plugins_dir, reload=True)
+        store = Store(settings.db_path)
+        engine = Engine(settings, pm, store, Catalog(pm, settings.data_dir), base=base)
+        engines.append(engine)
+        return engine
+
+    yield build
+    for engine in engines:
+        engine.close()
