@@ -25,7 +25,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m pytest tests/bench -q -s
+	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench -q -s
 
 clean:
 	rm -rf $(VENV) .cache

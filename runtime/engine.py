@@ -98,9 +98,9 @@ def trim_at_stop(text: str, stops: list[str]) -> str:
 class Engine:
     """Runs chat turns for every platform over one store, catalog and generator."""
 
-    def __init__(self, settings, pm, store, catalog, base=None, generator=None, registry=None):
+    def __init__(self, settings, pm, store, catalog, base=None, generator=None, weights=None):
         self.settings, self.pm, self.store, self.catalog = settings, pm, store, catalog
-        self._base, self._generator, self.registry = base, generator, registry
+        self._base, self._generator, self.weights = base, generator, weights
         self._lock = threading.Lock()
 
     # --- lazily built heavy parts --------------------------------------------------------
@@ -148,9 +148,9 @@ class Engine:
 
     def weights_for(self, character, version: str | None = None) -> Weights:
         """The weights a character answers with now (base until the registry says otherwise)."""
-        if self.registry is None:
+        if self.weights is None:
             return Weights()
-        return self.registry.acquire(character.id, version)
+        return self.weights.acquire(character.id, version)
 
     def greeting(self, character, user_name: str = "User", index: int = 0) -> str:
         """The character's first message (or an alternate greeting), with macros filled in."""

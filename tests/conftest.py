@@ -11,6 +11,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Converted base models are cached across test runs (the GGUF conversion takes ~25-45 s).
 MODEL_CACHE = Path(os.environ.get("PERSONAE_TEST_CACHE", REPO / ".cache" / "test-models"))
 
+# Benchmarks run only through `make bench` (PERSONAE_BENCH=1), never in `make test`.
+collect_ignore = [] if os.environ.get("PERSONAE_BENCH") else ["bench"]
+
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path, monkeypatch):
