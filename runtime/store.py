@@ -162,7 +162,12 @@ class Store:
             self.db.execute(
                 "delete from feedback where message_id not in (select id from messages)"
             )
-            self.db.execute("update users set training_opt_out = 1, name = '' where id = ?", [user_id])
+            # Remember the user as opted out, so a later message isn't trained on by accident.
+            self.db.execute(
+                "insert into users (id, name, platform, training_opt_out, created) values (?, '', '', 1, ?) "
+                "on conflict(id) do update set training_opt_out = 1, name = ''",
+                [user_id, now()],
+            )
             return {"messages": messages + replies, "feedback": feedback}
 
         return self.write(forget)
