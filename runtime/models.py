@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,26 +94,33 @@ def convert_packaged_gguf(target: Path) -> Path:
     gguf = packaged_gguf()
     console = Console(stderr=True)
     staging = target.with_name(target.name + f".tmp-{os.getpid()}")
+    for stale in target.parent.glob(target.name + ".tmp-*"):  # left by an interrupted conversion
+        shutil.rmtree(stale, ignore_errors=True)
     started = time.perf_counter()
-    # transformers shows its own per-tensor progress bar during the GGUF conversion.
-    with console.status(f"Converting {gguf.name} to safetensors (once; ~25 s)…"):
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
-        # The GGUF weights are dequantised to plain fp32, but transformers marks the model as
-        # quantised and refuses to save it; the saved copy gives identical logits.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        staging.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "personae-source.json").write_text(
-            json.dumps({"gguf": gguf.name, "size": gguf.stat().st_size}, indent=2)
-        )
+    # transformers shows its own per-tensor progress bar during the conversion; a spinner would fight it.
+    console.print(f"Converting {gguf.name} to safetensors, once (~25 s; later starts take ~2 s)…")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # The GGUF weights are dequantised to plain fp32, but transformers marks the model as
+    # quantised and refuses to save it; the saved copy gives identical logits.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / "personae-source.json").write_text(
+        json.dumps({"gguf": gguf.name, "size": gguf.stat().st_size}, indent=2)
+    )
     for path in staging.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(staging)  # another process finished the same conversion first
     console.print(f"Converted base model in {time.perf_counter() - started:.1f} s → {target}")
     return target
 
@@ -169,6 +177,7 @@ def load_base_model(spec: str, cache_dir: str | Path, dtype: str = "auto", devic
     """Load the base model and tokenizer from local files only."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     started = time.perf_counter()
     folder = resolve_model_folder(spec, cache_dir)
@@ -176,9 +185,14 @@ def load_base_model(spec: str, cache_dir: str | Path, dtype: str = "auto", devic
     chosen = choose_dtype(dtype, device)
     load_dtype = torch.float32 if chosen == "int8" else getattr(torch, chosen)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=load_dtype, local_files_only=True, use_safetensors=True
-    )
+    # Loading from safetensors takes ~2 s: a per-tensor progress bar there is only noise.
+    transformers_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=load_dtype, local_files_only=True, use_safetensors=True
+        )
+    finally:
+        transformers_logging.enable_progress_bar()
     if chosen == "int8":
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     model.to(device)

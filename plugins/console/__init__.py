@@ -115,8 +115,8 @@ def chat(name, user_name, channel, new, temperature, max_tokens):
     session = ConsoleChat(engine, character, user_name, channel, sampling)
     interactive = sys.stdin.isatty()
     status = Console(stderr=True)
-    with status.status("Loading the model…"):
-        engine.generator  # load before the first turn so typing isn't met with a pause
+    status.print("[dim]Loading the model…[/dim]")
+    engine.generator  # load before the first turn so typing isn't met with a pause
     if new:
         engine.store.new_conversation("console", channel, character.id)
     if interactive:
