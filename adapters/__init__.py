@@ -1,0 +1,1 @@
+"""The adapter registry: character weights (LoRA, hybrid, full as a delta, composites) and their versions."""

@@ -61,6 +61,15 @@ class Settings:
     )
     history_turns: int = field(default=40, metadata={"help": "Most logged messages read back as history."})
     max_batch: int = field(default=16, metadata={"help": "Most requests decoded together in one batch."})
+    max_adapters: int = field(default=16, metadata={"help": "Most LoRA adapters held in memory (LRU)."})
+    max_full_models: int = field(
+        default=2, metadata={"help": "Most fully fine-tuned character models held in memory (LRU)."}
+    )
+    expected_batch: int = field(
+        default=1,
+        metadata={"help": "Typical number of replies generated at once; dtype 'auto' picks bf16 on CPU only "
+                          "when this reaches the batch where bf16 beats fp32 here (measured once)."},
+    )
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting; past that callers get 'busy'."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling; 0 = random each run."})
     discord: dict = field(default_factory=dict, metadata={"help": "[discord] table: see the README."})

@@ -22,6 +22,7 @@ class Turn:
     platform_message_id: str | None = None
     sampling: dict = field(default_factory=dict)  # per-request overrides (temperature, max_new_tokens, ...)
     version: str | None = None  # pin a weights version ("3"), else the active one
+    history: list[dict] | None = None  # role/content messages the client sent (OpenAI API); else the logged ones
 
 
 @dataclass
@@ -111,9 +112,11 @@ class Engine:
         with self._lock:
             if self._base is None:
                 from runtime.models import load_base_model
+                from runtime.precision import resolve_dtype
 
                 self._base = load_base_model(
-                    self.settings.base_model, self.settings.cache_dir, self.settings.dtype, self.settings.device
+                    self.settings.base_model, self.settings.cache_dir, resolve_dtype(self.settings),
+                    self.settings.device,
                 )
             return self._base
 
@@ -126,7 +129,9 @@ class Engine:
                 from runtime.generation import Generator
 
                 self._generator = Generator(
-                    base.model, base.tokenizer, max_queue=self.settings.max_queue, threads=self.settings.threads
+                    base.model, base.tokenizer, max_queue=self.settings.max_queue, threads=self.settings.threads,
+                    max_batch=self.settings.max_batch, max_adapters=self.settings.max_adapters,
+                    max_models=self.settings.max_full_models,
                 )
             return self._generator
 
@@ -175,7 +180,8 @@ class Engine:
         character = self.resolve_character(turn)
         self.store.ensure_user(turn.user_id, turn.user_name, turn.platform)
         conversation = self.store.conversation_id(turn.platform, turn.channel, character.id)
-        history = self.store.history(conversation, limit=self.settings.history_turns)
+        history = (self.store.history(conversation, limit=self.settings.history_turns) if turn.history is None
+                   else [{"role": m["role"], "text": m["content"]} for m in turn.history])
         user_message = self.store.log_message(
             conversation_id=conversation, role="user", text=turn.text, character=character.id,
             platform=turn.platform, channel=turn.channel, user_id=turn.user_id, user_name=turn.user_name,
@@ -258,4 +264,9 @@ def build_engine(settings=None, **parts) -> Engine:
     pm = parts.pop("pm", None) or get_plugin_manager(settings.plugins_dir)
     store = parts.pop("store", None) or Store(settings.db_path)
     catalog = parts.pop("catalog", None) or Catalog(pm, settings.data_dir)
-    return Engine(settings, pm, store, catalog, **parts)
+    engine = Engine(settings, pm, store, catalog, **parts)
+    if "weights" not in parts:
+        from runtime.weights import attach_registry
+
+        attach_registry(engine)  # character weights from the adapter registry, when it is installed
+    return engine

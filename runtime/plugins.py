@@ -18,6 +18,7 @@ BUILTIN_PLUGINS = (
     "plugins.console",
     "plugins.discord",
     "plugins.http",
+    "plugins.audit",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -81,11 +81,15 @@ def make_engine(isolated_environment):
 
     engines = []
 
-    def build(base, **overrides):
+    def build(base, registry=False, **overrides):
         settings = load_settings({"base_model": str(base.folder), **overrides})
         pm = get_plugin_manager(settings.plugins_dir, reload=True)
         store = Store(settings.db_path)
         engine = Engine(settings, pm, store, Catalog(pm, settings.data_dir), base=base)
+        if registry:  # character weights from a real adapter registry in the data dir (hot swap)
+            from runtime.weights import attach_registry
+
+            attach_registry(engine)
         engines.append(engine)
         return engine
 

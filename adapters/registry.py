@@ -1,0 +1,539 @@
+"""The adapter registry: numbered, hashed, atomically written weight versions per character."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from adapters.errors import IncompatibleAdapter, IntegrityError, PickledWeights, RegistryError  # noqa: F401
+from adapters.manifest import (
+    FORMAT, KINDS, MANIFEST, PICKLE_SUFFIXES, detect_kind, file_entries, fsync_dir, now, read_manifest,
+    sha256_file, verify_files, write_json_durably,
+)
+from adapters.safety import check_compatible, refuse_pickles
+
+log = logging.getLogger(__name__)
+
+STATES = ("candidate", "active", "retired", "rejected", "failed", "removed")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Test hook: seconds to sleep after copying each file of an `add` (to kill a process mid-copy).
+PAUSE_VARIABLE = "PERSONAE_REGISTRY_TEST_PAUSE"
+
+migrations = Migrations("personae.adapters")
+
+
+@migrations(name="m001_versions")
+def m001_versions(db: sqlite_utils.Database) -> None:
+    """Versions with their states, and the history of state changes (rollback reads it)."""
+    db["adapter_versions"].create(
+        {
+            "character": str, "number": int, "kind": str, "state": str, "folder": str, "created": str,
+            "updated": str, "parent": int, "reason": str, "audit": str, "metrics": str,
+        },
+        pk=("character", "number"),
+    )
+    db["adapter_events"].create(
+        {"id": int, "character": str, "number": int, "action": str, "previous": int, "at": str, "reason": str},
+        pk="id",
+    )
+    db["adapter_events"].create_index(["character", "id"])
+
+
+@dataclass
+class Version:
+    """One stored version of a character's weights."""
+
+    character: str
+    number: int
+    kind: str
+    state: str
+    folder: Path
+    manifest: dict = field(repr=False, default_factory=dict)
+    created: str = ""
+    reason: str = ""
+    audit: dict = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """character@number"""
+        return f"{self.character}@{self.number}"
+
+    @property
+    def label(self) -> str:
+        """How logs name it: kind:character@number."""
+        return f"{self.kind}:{self.ref}"
+
+    @property
+    def bytes(self) -> int:
+        """Bytes on disk of the version's files."""
+        return sum(entry["bytes"] for entry in self.manifest.get("files", {}).values())
+
+
+def parse_ref(text: str) -> tuple[str, int | None]:
+    """'pixel@3' -> ('pixel', 3); 'pixel' -> ('pixel', None)."""
+    name, _, number = text.partition("@")
+    if number and not number.isdigit():
+        raise RegistryError(f"{text!r}: a version is NAME or NAME@NUMBER (e.g. pixel@3)")
+    return name, int(number) if number else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Registry:
+    """Character weight versions under root/<character>/<number>/, states in SQLite."""
+
+    def __init__(self, root, store, base_fingerprint: str | None = None, pm=None, base=None):
+        self.root, self.store, self.pm, self.base = Path(root).expanduser(), store, pm, base
+        self.base_fingerprint = base_fingerprint or getattr(base, "fingerprint", None)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._subscribers: list = []
+        self.problems: list[str] = []
+        with store._lock:
+            migrations.apply(store.db)
+        with self._file_lock():
+            self._sweep()
+            self._reconcile()
+
+    @classmethod
+    def for_settings(cls, settings, store, base_fingerprint=None, pm=None, base=None) -> "Registry":
+        """The registry of a data directory (data_dir/adapters)."""
+        return cls(settings.data_path / "adapters", store, base_fingerprint, pm=pm, base=base)
+
+    # --- crash safety --------------------------------------------------------------------
+
+    def _file_lock(self):
+        """An exclusive lock between processes that add or remove versions."""
+        registry = self
+
+        class Lock:
+            def __enter__(self):
+                registry._lock.acquire()
+                self.handle = open(registry.root / ".lock", "a+")
+                fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+            def __exit__(self, *exc):
+                fcntl.flock(self.handle, fcntl.LOCK_UN)
+                self.handle.close()
+                registry._lock.release()
+
+        return Lock()
+
+    def scratch(self):
+        """A temporary folder on the registry's filesystem (swept at start-up if its process died)."""
+        import tempfile
+
+        return tempfile.TemporaryDirectory(dir=self.root, prefix=f".scratch-{os.getpid()}-")
+
+    def _sweep(self) -> None:
+        """Delete temporary, scratch and trash folders left by processes that died mid-write."""
+        for folder in [*self.root.glob("*/.*-*"), *self.root.glob(".scratch-*")]:
+            match = re.match(r"^\.(tmp|trash|scratch)-(\d+)-", folder.name)
+            if match and folder.is_dir() and not _pid_alive(int(match.group(2))):
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed %s, left by an interrupted write", folder)
+
+    def _reconcile(self) -> None:
+        """Adopt finished folders the database missed; mark rows whose folder vanished as failed."""
+        known = {(r["character"], r["number"]): r for r in self.store.query("select * from adapter_versions")}
+        for folder in sorted(self.root.glob("*/*")):
+            if not folder.name.isdigit() or not folder.is_dir():
+                continue
+            key = (folder.parent.name, int(folder.name))
+            if key in known:
+                continue
+            if not (folder / MANIFEST).is_file():
+                self.problems.append(f"{folder}: no {MANIFEST}; ignored (not a finished version)")
+                continue
+            # Renamed into place but the process died before recording it: the files are complete.
+            manifest = read_manifest(folder)
+            self._insert(key[0], key[1], manifest, "candidate", reason="recovered after an interrupted add")
+        for (character, number), row in known.items():
+            if row["state"] not in ("removed", "failed") and not (self.root / row["folder"]).is_dir():
+                self._set_state(character, number, "failed", "folder is missing")
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _version(self, row: dict) -> Version:
+        folder = self.root / row["folder"]
+        try:
+            manifest = read_manifest(folder) if row["state"] != "removed" else {}
+        except RegistryError:
+            manifest = {}
+        return Version(
+            character=row["character"], number=row["number"], kind=row["kind"], state=row["state"],
+            folder=folder, manifest=manifest, created=row["created"], reason=row["reason"] or "",
+            audit=json.loads(row["audit"] or "{}"),
+        )
+
+    def versions(self, character: str | None = None, include_removed: bool = False) -> list[Version]:
+        """Versions (of one character or all), oldest first."""
+        rows = self.store.query(
+            "select * from adapter_versions where (? is null or character = ?) order by character, number",
+            [character, character],
+        )
+        return [self._version(r) for r in rows if include_removed or r["state"] != "removed"]
+
+    def characters(self) -> list[str]:
+        """Characters with at least one version."""
+        return sorted({v.character for v in self.versions()})
+
+    def get(self, character: str, number: int | None = None) -> Version:
+        """A version by number, or the active one (RegistryError if there is none)."""
+        if number is None:
+            active = self.active(character)
+            if active is None:
+                raise RegistryError(f"{character} has no active version (see `personae adapters list {character}`)")
+            return active
+        rows = self.store.query(
+            "select * from adapter_versions where character = ? and number = ? and state != 'removed'",
+            [character, int(number)],
+        )
+        if not rows:
+            have = ", ".join(str(v.number) for v in self.versions(character)) or "none"
+            raise RegistryError(f"{character}@{number}: no such version ({character} has: {have})")
+        return self._version(rows[0])
+
+    def active(self, character: str) -> Version | None:
+        """The version a character answers with now, or None (the bare base)."""
+        rows = self.store.query(
+            "select * from adapter_versions where character = ? and state = 'active'", [character]
+        )
+        return self._version(rows[0]) if rows else None
+
+    def verify(self, version: Version, base=None) -> Version:
+        """Check every file's sha256 (and the base fingerprint); IntegrityError / IncompatibleAdapter."""
+        if not version.manifest:
+            raise IntegrityError(f"{version.folder}: {MANIFEST} is missing or unreadable; the version is damaged")
+        verify_files(version.folder, version.manifest)
+        fingerprint = getattr(base, "fingerprint", None) or self.base_fingerprint
+        recorded = version.manifest.get("base_fingerprint")
+        if fingerprint and recorded and recorded != fingerprint:
+            raise IncompatibleAdapter(f"{version.ref}: does not fit the loaded base model — base fingerprints differ: "
+                                      f"made for {recorded}, loaded base is {fingerprint}")
+        return version
+
+    def checked(self, character: str, number: int | None = None) -> Version:
+        """get() then verify(): what to call right before loading weights."""
+        return self.verify(self.get(character, number))
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _insert(self, character, number, manifest, state, reason="", parent=None):
+        stamp = now()
+        row = {
+            "character": character, "number": number, "kind": manifest.get("kind"), "state": state,
+            "folder": f"{character}/{number}", "created": manifest.get("created", stamp), "updated": stamp,
+            "parent": parent if parent is not None else manifest.get("parent"), "reason": reason,
+            "audit": json.dumps(manifest.get("audit") or {}), "metrics": json.dumps(manifest.get("metrics") or {}),
+        }
+        self.store.write(lambda: self.store.db["adapter_versions"].insert(row, replace=True))
+        self._event(character, number, "add", reason=reason)
+
+    def _event(self, character, number, action, previous=None, reason=""):
+        self.store.write(lambda: self.store.db["adapter_events"].insert({
+            "character": character, "number": number, "action": action, "previous": previous, "at": now(),
+            "reason": reason,
+        }))
+
+    def _set_state(self, character, number, state, reason="", previous=None):
+        self.store.write(lambda: self.store.db.execute(
+            "update adapter_versions set state = ?, reason = ?, updated = ? where character = ? and number = ?",
+            [state, reason, now(), character, number],
+        ))
+        self._event(character, number, state, previous=previous, reason=reason)
+
+    def _next_number(self, character: str) -> int:
+        rows = self.store.query("select max(number) as n from adapter_versions where character = ?", [character])
+        on_disk = [int(p.name) for p in (self.root / character).glob("*") if p.name.isdigit()]
+        return max([rows[0]["n"] or 0, *on_disk]) + 1
+
+    @staticmethod
+    def _copy_files(source: Path, target: Path) -> list[str]:
+        """Copy a folder's plain files (never pickles or old manifests), fsyncing each."""
+        pause = float(os.environ.get(PAUSE_VARIABLE, "0") or 0)
+        skipped = []
+        for path in sorted(source.iterdir()):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.suffix in PICKLE_SUFFIXES or path.name == MANIFEST:
+                skipped.append(path.name)
+                continue
+            with open(path, "rb") as src, open(target / path.name, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            if pause:
+                time.sleep(pause)
+        return skipped
+
+    def add(self, source_folder, character: str, *, kind=None, parent=None, training=None, data_hash=None,
+            metrics=None, state="candidate", activate=False, delta="auto", extra=None) -> Version:
+        """Store a folder as the character's next version (atomic: temp folder, fsync, rename, manifest last)."""
+        source = Path(source_folder).expanduser()
+        if not NAME.match(character or ""):
+            raise RegistryError(f"{character!r} is not a valid character id (lowercase letters, digits, - _ .)")
+        if not source.exists():
+            raise RegistryError(f"{source}: no such folder")
+        skipped = refuse_pickles(source)
+        kind = kind or detect_kind(source)
+        if kind not in KINDS:
+            raise RegistryError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        if state not in ("candidate", "active", "retired", "rejected"):
+            raise RegistryError(f"initial state {state!r} is not candidate, active, retired or rejected")
+        if self.base is not None and kind != "composite":
+            check_compatible(source, self.base)
+        elif (source / MANIFEST).is_file():
+            recorded = read_manifest(source).get("base_fingerprint")
+            if recorded and self.base_fingerprint and recorded != self.base_fingerprint:
+                raise IncompatibleAdapter(f"{source}: does not fit the loaded base model — base fingerprints differ: "
+                                          f"made for {recorded}, loaded base is {self.base_fingerprint}")
+        if parent is not None:
+            self.get(character, parent)
+        with self._file_lock():
+            number = self._next_number(character)
+            home = self.root / character
+            home.mkdir(parents=True, exist_ok=True)
+            temporary = home / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            temporary.mkdir()
+            try:
+                delta_stats = None
+                from adapters.full_delta import DELTA_FILE, encode_delta
+
+                already_delta = (source / DELTA_FILE).is_file()  # e.g. a version copied from another registry
+                if kind == "full" and delta != "none" and self.base is not None and not already_delta:
+                    delta_stats = encode_delta(source, self.base.folder, temporary, delta)
+                    for path in temporary.iterdir():
+                        with open(path, "rb") as handle:
+                            os.fsync(handle.fileno())
+                else:
+                    skipped += self._copy_files(source, temporary)
+                    if already_delta and (source / MANIFEST).is_file():
+                        delta_stats = read_manifest(source).get("delta")
+                files = file_entries(temporary)
+                if not any(name.endswith(".safetensors") for name in files):
+                    raise RegistryError(f"{source}: no .safetensors weights to store")
+                manifest = {
+                    "format": FORMAT, "character": character, "number": number, "kind": kind,
+                    "base_fingerprint": self.base_fingerprint, "parent": parent, "created": now(),
+                    "training": training, "data_hash": data_hash, "metrics": metrics or {}, "audit": {},
+                    "source": str(source), "skipped": sorted(set(skipped)), "files": files,
+                    "content_sha256": _content_hash(files), "source_sha256": source_hash(source),
+                    "delta": delta_stats, **(extra or {}),
+                }
+                write_json_durably(temporary / MANIFEST, manifest)  # last: a version without it never existed
+                final = home / str(number)
+                os.rename(temporary, final)
+                fsync_dir(home)
+            except BaseException:
+                shutil.rmtree(temporary, ignore_errors=True)
+                raise
+            self._insert(character, number, manifest, "candidate" if state == "active" else state, parent=parent)
+        version = self.get(character, number)
+        if activate or state == "active":
+            version = self.promote(character, number)
+        return version
+
+    def add_from_character(self, character, activate: bool = False) -> Version:
+        """Register the weights a character plugin ships (once: the same files are not stored twice)."""
+        from adapters.character import weights_from_character
+
+        folder = weights_from_character(character)
+        if folder is None:
+            raise RegistryError(f"{character.id} ships no weights (extensions.personae.weights is not set)")
+        wanted = source_hash(folder)
+        for version in self.versions(character.id):
+            if version.manifest.get("source_sha256") == wanted:
+                return self.promote(character.id, version.number) if activate and version.state != "active" \
+                    else version
+        return self.add(folder, character.id, activate=activate, training={"source": "character package"})
+
+    def add_composite(self, character: str, parts, combination: str = "cat", activate: bool = False) -> Version:
+        """A weighted composition of LoRA versions ([(ref, weight)]) stored as one PEFT LoRA + its recipe."""
+        from adapters.convert import compose_files
+
+        resolved = []
+        for ref, weight in parts:
+            name, number = parse_ref(ref)
+            version = self.verify(self.get(name, number))
+            if version.kind not in ("lora", "composite"):
+                raise RegistryError(f"{version.ref} is a {version.kind} version; only LoRA versions can be composed")
+            resolved.append((version, float(weight)))
+        with self.scratch() as scratch:
+            compose_files([(v.folder, w) for v, w in resolved], Path(scratch), combination)
+            recipe = [{"ref": v.ref, "weight": w, "sha256": v.manifest.get("content_sha256")} for v, w in resolved]
+            return self.add(scratch, character, kind="composite", activate=activate,
+                            extra={"parts": recipe, "combination": combination})
+
+    def promote(self, character: str, number: int) -> Version:
+        """Make a version the active one (its files verified first); the old one retires."""
+        with self._lock:
+            version = self.get(character, number)
+            if version.state == "failed":
+                raise RegistryError(f"{version.ref} failed ({version.reason}); add it again instead")
+            self.verify(version)
+            previous = self.active(character)
+            if previous is not None and previous.number == version.number:
+                return version
+            if previous is not None:
+                self._set_state(character, previous.number, "retired", f"replaced by {number}")
+            self._set_state(character, number, "active", previous=previous.number if previous else None)
+            version = self.get(character, number)
+        self._announce(character, version, previous)
+        return version
+
+    def rollback(self, character: str) -> Version | None:
+        """Reject the active version and reactivate the one active before it (None: back to the base)."""
+        with self._lock:
+            current = self.active(character)
+            if current is None:
+                raise RegistryError(f"{character} has no active version to roll back")
+            target = None
+            events = self.store.query(
+                "select number from adapter_events where character = ? and action = 'active' order by id desc",
+                [character],
+            )
+            for event in events:
+                if event["number"] == current.number:
+                    continue
+                candidate = self.store.query(
+                    "select state from adapter_versions where character = ? and number = ?", [character, event["number"]]
+                )
+                if candidate and candidate[0]["state"] == "retired":
+                    target = event["number"]
+                    break
+            self._set_state(character, current.number, "rejected", "rolled back")
+            if target is not None:
+                self._set_state(character, target, "active", f"rollback from {current.number}", current.number)
+            version = self.get(character, target) if target is not None else None
+        self._announce(character, version, current)
+        return version
+
+    def _announce(self, character, version, previous) -> None:
+        """Tell subscribers (the generator's hot swap) and plugins; a failing listener is logged, not fatal."""
+        if getattr(self, "_seen", None) is not None:
+            self._seen = self._active_numbers()
+        for callback in list(self._subscribers):
+            try:
+                callback(character, version)
+            except Exception:  # noqa: BLE001 - one listener must not undo a promotion
+                log.exception("registry subscriber %r failed", callback)
+        if self.pm is not None:
+            self.pm.hook.version_promoted(character=character, version=version, previous=previous)
+
+    def subscribe(self, callback) -> None:
+        """callback(character, version_or_None) runs after every promote and rollback."""
+        self._subscribers.append(callback)
+        self._seen = self._active_numbers()
+
+    def _active_numbers(self) -> dict:
+        rows = self.store.query("select character, number from adapter_versions where state = 'active'")
+        return {row["character"]: row["number"] for row in rows}
+
+    def sync(self) -> list[str]:
+        """Announce active versions changed by another process (e.g. the CLI); returns those characters.
+
+        A server calls this every few seconds so `personae adapters promote` in another
+        terminal hot-swaps without a restart.
+        """
+        current = self._active_numbers()
+        seen = getattr(self, "_seen", None)
+        self._seen = current
+        if seen is None:
+            return []
+        changed = sorted(c for c in set(seen) | set(current) if seen.get(c) != current.get(c))
+        for character in changed:
+            version = self.get(character, current[character]) if character in current else None
+            for callback in list(self._subscribers):
+                try:
+                    callback(character, version)
+                except Exception:  # noqa: BLE001
+                    log.exception("registry subscriber %r failed", callback)
+        return changed
+
+    def reject(self, character: str, number: int, reason: str = "") -> Version:
+        """Mark a candidate as rejected (an active version is rolled back instead)."""
+        version = self.get(character, number)
+        if version.state == "active":
+            raise RegistryError(f"{version.ref} is active; roll it back (`personae adapters rollback {character}`)")
+        self._set_state(character, number, "rejected", reason)
+        return self.get(character, number)
+
+    def mark_failed(self, character: str, number: int, reason: str = "") -> Version:
+        """Mark a version unusable (e.g. it failed to load); an active one is rolled back first."""
+        version = self.get(character, number)
+        if version.state == "active":
+            self.rollback(character)
+        self._set_state(character, number, "failed", reason)
+        return self.get(character, number)
+
+    def remove(self, character: str, number: int) -> None:
+        """Delete a version's files (not the active one); its number is never reused."""
+        version = self.get(character, number)
+        if version.state == "active":
+            raise RegistryError(f"{version.ref} is active; promote another version or roll back first")
+        with self._file_lock():
+            trash = version.folder.with_name(f".trash-{os.getpid()}-{secrets.token_hex(4)}")
+            if version.folder.exists():
+                os.rename(version.folder, trash)
+                fsync_dir(trash.parent)
+            self._set_state(character, number, "removed")
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def set_audit(self, character: str, number: int, scores: dict) -> Version:
+        """Record audit scores in the database and the manifest (rewritten atomically)."""
+        version = self.get(character, number)
+        audit = {**version.audit, **scores, "at": now()}
+        self.store.write(lambda: self.store.db.execute(
+            "update adapter_versions set audit = ?, updated = ? where character = ? and number = ?",
+            [json.dumps(audit), now(), character, number],
+        ))
+        if version.manifest:
+            write_json_durably(version.folder / MANIFEST, {**version.manifest, "audit": audit})
+        return self.get(character, number)
+
+    def parts(self, version: Version) -> list[tuple[Version, float]]:
+        """The (version, weight) parts of a composite version."""
+        result = []
+        for part in version.manifest.get("parts", []):
+            name, number = parse_ref(part["ref"])
+            result.append((self.get(name, number), float(part["weight"])))
+        return result
+
+
+def _content_hash(files: dict) -> str:
+    """One hash over the files' names and hashes (finds the same weights added twice)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}:{files[name]['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
+def source_hash(folder: Path) -> str:
+    """The content hash of the files `add` would take from a folder."""
+    return _content_hash({
+        p.name: {"sha256": sha256_file(p)} for p in Path(folder).iterdir()
+        if p.is_file() and p.suffix not in PICKLE_SUFFIXES and p.name != MANIFEST and not p.name.startswith(".")
+    })

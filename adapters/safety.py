@@ -1,0 +1,209 @@
+"""What is refused before anything is stored or loaded: pickles, and weights that don't fit the base."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+from adapters.errors import IncompatibleAdapter, PickledWeights, RegistryError
+from adapters.manifest import MANIFEST, PICKLE_SUFFIXES, detect_kind
+
+PEFT_PREFIX = "base_model.model."
+CONVERT_HINT = (
+    "convert them to safetensors in a trusted environment (load, then "
+    "`save_pretrained(folder, safe_serialization=True)`) and add that folder"
+)
+
+
+def read_header(path: Path) -> dict:
+    """A safetensors file's header {name: {dtype, shape, data_offsets}} read without loading tensors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:
+                raise ValueError("header length is implausible")
+            header = json.loads(handle.read(length))
+    except (struct.error, ValueError, UnicodeDecodeError) as error:
+        raise RegistryError(f"{path}: not a readable safetensors file ({error}); re-export it") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def refuse_pickles(folder: Path) -> list[str]:
+    """Refuse a folder whose weights are pickled; return the names of extra pickles to skip.
+
+    Pickles are never opened (unpickling runs arbitrary code). A pickle beside the safetensors
+    weights (e.g. a Trainer's training_args.bin) is left behind, not copied.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        if folder.suffix in PICKLE_SUFFIXES:
+            raise PickledWeights(f"{folder}: pickled weights are never loaded; {CONVERT_HINT}")
+        raise RegistryError(f"{folder}: expected a folder (PEFT adapter or model folder), got a file")
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    weights = [p for p in folder.glob("*.safetensors")]
+    if pickles and not weights:
+        raise PickledWeights(f"{folder}: weights are pickled ({', '.join(pickles)}) and pickles are never loaded; "
+                             f"{CONVERT_HINT}")
+    return pickles
+
+
+def _folder_of(base) -> Path:
+    return Path(getattr(base, "folder", base))
+
+
+def base_shapes(base) -> dict[str, list[int]]:
+    """{parameter name: shape} of a base model, read from its safetensors headers (tied lm_head included)."""
+    folder = _folder_of(base)
+    shapes: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        shapes.update({name: entry["shape"] for name, entry in read_header(path).items()})
+    config = base_config(base)
+    if "lm_head.weight" not in shapes and "model.embed_tokens.weight" in shapes and config.get(
+        "tie_word_embeddings", True
+    ):
+        shapes["lm_head.weight"] = shapes["model.embed_tokens.weight"]
+    return shapes
+
+
+def base_config(base) -> dict:
+    """The base model's config.json."""
+    path = _folder_of(base) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def base_modules(shapes: dict) -> set[str]:
+    """Module names of a model (parameter names without their last part)."""
+    return {name.rsplit(".", 1)[0] for name in shapes if "." in name}
+
+
+def _matches(target: str, module: str) -> bool:
+    """PEFT's rule for a list entry: the module's full name or a dotted suffix of it."""
+    return module == target or module.endswith("." + target)
+
+
+def missing_targets(target_modules, modules: set[str]) -> list[str]:
+    """Entries of target_modules (list or regex) that match no module of the base."""
+    if not target_modules:
+        return []
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            return []
+        return [] if any(re.fullmatch(target_modules, m) for m in modules) else [target_modules]
+    return [t for t in target_modules if not any(_matches(t, m) for m in modules)]
+
+
+def _fail(folder, part: str, detail: str, hint: str) -> None:
+    raise IncompatibleAdapter(f"{folder}: does not fit the loaded base model — {part} differ: {detail}; {hint}")
+
+
+def _shape_problems(items: list[tuple[str, list, list]]) -> str:
+    shown = "; ".join(f"{name} {list(got)} vs base {list(want)}" for name, got, want in items[:3])
+    more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+    return shown + more
+
+
+def check_lora(folder: Path, shapes: dict) -> dict:
+    """Target modules and tensor shapes of a PEFT LoRA folder against the base shapes."""
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    modules = base_modules(shapes)
+    missing = missing_targets(config.get("target_modules"), modules)
+    missing += [m for m in (config.get("modules_to_save") or []) if not any(_matches(m, x) for x in modules)]
+    if missing:
+        examples = sorted({m.rsplit(".", 1)[-1] for m in modules if "layers" in m})[:8]
+        _fail(folder, "target modules", f"{missing} are not in the base model (its layers have {examples})",
+              "train the adapter on this base model or load the base it was made for")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise RegistryError(f"{folder}: adapter_model.safetensors is missing")
+    wrong, unknown = [], []
+    for key, entry in read_header(weights).items():
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        shape = entry["shape"]
+        match = re.match(r"(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?\.weight$", name)
+        if match:
+            module, part = match.groups()
+            base_shape = shapes.get(module + ".weight")
+            if base_shape is None:
+                unknown.append(module)
+                continue
+            out_features, in_features = base_shape[0], base_shape[-1]
+            expected = {
+                "lora_A": (1, in_features), "lora_B": (0, out_features),
+                "lora_embedding_A": (1, out_features), "lora_embedding_B": (0, in_features),
+            }[part]
+            if len(shape) != 2 or shape[expected[0]] != expected[1]:
+                wrong.append((f"{module}.{part}", shape, base_shape))
+        else:
+            name = name.replace(".modules_to_save.default", "")
+            if name not in shapes:
+                unknown.append(name)
+            elif list(shape) != list(shapes[name]):
+                wrong.append((name, shape, shapes[name]))
+    if unknown:
+        _fail(folder, "target modules", f"{sorted(set(unknown))[:3]} are not in the base model",
+              "train the adapter on this base model or load the base it was made for")
+    if wrong:
+        _fail(folder, "tensor shapes", _shape_problems(wrong), "the adapter was made for a different model size")
+    return config
+
+
+def check_full(folder: Path, shapes: dict, base) -> None:
+    """Architecture and tensor shapes of a full model folder (or a stored delta) against the base."""
+    config = json.loads((folder / "config.json").read_text())
+    wanted = base_config(base)
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+        if key in config and key in wanted and config[key] != wanted[key]:
+            _fail(folder, "model configs", f"{key} is {config[key]!r}, base has {wanted[key]!r}",
+                  "a full fine-tune is stored as a delta from the base it was trained from")
+    wrong, unknown = [], []
+    for path in sorted(folder.glob("*.safetensors")):
+        for key, entry in read_header(path).items():
+            # Delta files store name::q (int8) + name::scale (one per row), name::d or name::v.
+            name, _, part = key.partition("::")
+            if name not in shapes:
+                unknown.append(name)
+                continue
+            expected = shapes[name][:1] if part == "scale" else shapes[name]
+            if list(entry["shape"]) != list(expected):
+                wrong.append((key, entry["shape"], expected))
+    if unknown:
+        _fail(folder, "tensor names", f"{sorted(set(unknown))[:3]} are not in the base model",
+              "load the base model this fine-tune was made from")
+    if wrong:
+        _fail(folder, "tensor shapes", _shape_problems(wrong), "the fine-tune was made for a different model size")
+
+
+def check_compatible(folder, base) -> str:
+    """Refuse weights that don't fit the base (fingerprint, target modules, shapes); return the kind.
+
+    `base` is a BaseModel or anything with `.folder` and `.fingerprint` (or a model folder path);
+    only headers are read, no model is loaded.
+    """
+    folder = Path(folder)
+    refuse_pickles(folder)
+    fingerprint = getattr(base, "fingerprint", None)
+    if fingerprint is None:
+        from runtime.models import fingerprint_folder
+
+        fingerprint = fingerprint_folder(_folder_of(base))
+    manifest_path = folder / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        recorded = manifest.get("base_fingerprint")
+        if recorded and recorded != fingerprint:
+            _fail(folder, "base fingerprints", f"made for {recorded}, loaded base is {fingerprint}",
+                  "load the base model it was trained on, or retrain it on this one")
+        if manifest.get("kind") == "composite":
+            return "composite"
+    kind = detect_kind(folder)
+    shapes = base_shapes(base)
+    if kind in ("lora", "hybrid"):
+        check_lora(folder, shapes)
+    elif kind == "full":
+        check_full(folder, shapes, base)
+    return kind

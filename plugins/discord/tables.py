@@ -1,0 +1,86 @@
+"""The Discord plugin's own tables: cached webhooks, Discord message ids, one-time notices."""
+
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from runtime.store import now
+
+migrations = Migrations("personae.discord")
+
+
+@migrations(name="m001_webhooks_messages_notices")
+def m001_webhooks_messages_notices(db: sqlite_utils.Database) -> None:
+    """Webhook per (channel, character); Discord message id -> logged message; notices sent."""
+    db["discord_webhooks"].create(
+        {"channel_id": str, "character": str, "webhook_id": str, "webhook_token": str, "created": str},
+        pk=("channel_id", "character"),
+    )
+    db["discord_messages"].create(
+        {"discord_message_id": str, "message_id": int, "channel_id": str, "created": str},
+        pk="discord_message_id",
+    )
+    db["discord_messages"].create_index(["message_id"])
+    db["discord_notices"].create({"key": str, "created": str}, pk="key")
+
+
+class DiscordTables:
+    """Reads and writes of the plugin's tables through the shared store."""
+
+    def __init__(self, store):
+        self.store = store
+        with store._lock:
+            migrations.apply(store.db)
+
+    # --- webhooks ---
+    def webhook(self, channel_id: int, character: str) -> tuple[int, str] | None:
+        """The cached (webhook id, token) for a channel and character."""
+        rows = self.store.query(
+            "select webhook_id, webhook_token from discord_webhooks where channel_id = ? and character = ?",
+            [str(channel_id), character],
+        )
+        return (int(rows[0]["webhook_id"]), rows[0]["webhook_token"]) if rows else None
+
+    def remember_webhook(self, channel_id: int, character: str, webhook_id: int, token: str) -> None:
+        self.store.write(lambda: self.store.db["discord_webhooks"].upsert(
+            {"channel_id": str(channel_id), "character": character, "webhook_id": str(webhook_id),
+             "webhook_token": token, "created": now()}, pk=("channel_id", "character")))
+
+    def forget_webhook(self, channel_id: int, character: str) -> None:
+        self.store.write(lambda: self.store.db.execute(
+            "delete from discord_webhooks where channel_id = ? and character = ?", [str(channel_id), character]))
+
+    # --- Discord message id -> logged message ---
+    def map_messages(self, discord_ids: list[int], message_id: int, channel_id: int) -> None:
+        """Point every Discord message of one reply at its logged message (for reactions)."""
+        stamp = now()
+        rows = [{"discord_message_id": str(d), "message_id": message_id, "channel_id": str(channel_id),
+                 "created": stamp} for d in discord_ids]
+        self.store.write(lambda: self.store.db["discord_messages"].upsert_all(rows, pk="discord_message_id"))
+        if discord_ids:
+            self.store.update_message(message_id, platform_message_id=str(discord_ids[0]))
+
+    def logged_message(self, discord_id: int) -> dict | None:
+        """The logged message a Discord message shows (a character's reply or a user's turn)."""
+        rows = self.store.query(
+            "select m.* from discord_messages d join messages m on m.id = d.message_id "
+            "where d.discord_message_id = ?", [str(discord_id)])
+        if not rows:
+            rows = self.store.query(
+                "select * from messages where platform = 'discord' and platform_message_id = ? "
+                "order by id desc limit 1", [str(discord_id)])
+        return rows[0] if rows else None
+
+    def drop_orphans(self) -> None:
+        """Forget mappings of logged messages that were deleted (forget-me)."""
+        self.store.write(lambda: self.store.db.execute(
+            "delete from discord_messages where message_id not in (select id from messages)"))
+
+    # --- notices told once ---
+    def first_notice(self, key: str) -> bool:
+        """True the first time a notice key is seen (and remember it), False afterwards."""
+        def claim():
+            return self.store.db.execute(
+                "insert or ignore into discord_notices (key, created) values (?, ?)", [key, now()]).rowcount
+        return bool(self.store.write(claim))

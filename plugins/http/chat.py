@@ -1,0 +1,349 @@
+"""Chat completions: model names to characters, requests to turns, replies to OpenAI responses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from urllib.parse import unquote
+
+from plugins.http.errors import APIError
+
+PLATFORM = "http"
+CONVERSATION_HEADER = "x-personae-conversation"
+USER_NAME_HEADER = "x-personae-user-name"
+
+
+# --- model names -----------------------------------------------------------------------------
+
+
+def registry_of(engine):
+    """The adapter registry behind the engine's weights manager, if there is one."""
+    return getattr(engine.weights, "registry", None) if engine.weights is not None else None
+
+
+def resolve_model(engine, model: str):
+    """'pixel' or 'pixel@3' -> (character, version or None); unknown ones are a 404."""
+    from runtime.catalog import UnknownCharacter
+
+    name, _, version = model.partition("@")
+    try:
+        character = engine.catalog.get(name)
+    except UnknownCharacter as error:
+        raise APIError(404, f"The model {model!r} does not exist: {error}", param="model",
+                       code="model_not_found") from None
+    if not version:
+        return character, None
+    number = version.strip().lstrip("vV")
+    if not number.isdigit():
+        raise APIError(404, f"The model {model!r} does not exist: a version is a number, as in "
+                       f"{character.id}@3", param="model", code="model_not_found")
+    if engine.weights is None:
+        raise APIError(404, f"The model {model!r} does not exist: no adapter registry is installed, so "
+                       f"{character.id} has only its base weights (use model {character.id!r})",
+                       param="model", code="model_not_found")
+    registry = registry_of(engine)
+    if registry is not None:
+        try:
+            found = registry.get(character.id, int(number))
+        except Exception as error:  # RegistryError and friends: say what the registry said
+            raise APIError(404, f"The model {model!r} does not exist: {error}", param="model",
+                           code="model_not_found") from None
+        if found is None:
+            raise APIError(404, f"The model {model!r} does not exist", param="model", code="model_not_found")
+    return character, number
+
+
+def active_version(engine, character_id: str) -> str:
+    """The active weights of a character as 'pixel@3', or 'base'."""
+    registry = registry_of(engine)
+    if registry is None:
+        return "base"
+    try:
+        version = registry.active(character_id)
+    except Exception:  # a broken registry entry must not hide the character
+        return "base"
+    return getattr(version, "ref", None) or "base"
+
+
+def model_list(engine, created: int) -> list[dict]:
+    """Every character, then every usable version of it as NAME@N."""
+    models = []
+    registry = registry_of(engine)
+    for cid in engine.catalog.names():
+        character = engine.catalog.characters[cid]
+        models.append({"id": cid, "object": "model", "created": created, "owned_by": "personae",
+                       "name": character.name, "active_version": active_version(engine, cid)})
+        if registry is None:
+            continue
+        try:
+            versions = registry.versions(cid)
+        except Exception:
+            versions = []
+        for version in versions:
+            if getattr(version, "state", "") in ("active", "candidate", "retired"):
+                models.append({"id": f"{cid}@{version.number}", "object": "model", "created": created,
+                               "owned_by": "personae", "name": f"{character.name} v{version.number}",
+                               "parent": cid, "state": version.state, "kind": getattr(version, "kind", "")})
+    return models
+
+
+# --- requests to turns -----------------------------------------------------------------------
+
+
+def make_turn(engine, body, headers, character, version, regenerate: bool = False):
+    """The engine Turn of a request: who, which conversation, which history, which sampling."""
+    from runtime.engine import Turn
+
+    user = (body.user or "").strip()
+    conversation = (headers.get(CONVERSATION_HEADER) or "").strip()[:200]
+    chat = [m for m in body.messages if m.role in ("user", "assistant")]
+    # System messages are the client's own persona prompt; the character's card is the prompt here.
+    text, history = "", None
+    if not regenerate:
+        if not chat or chat[-1].role != "user":
+            raise APIError(400, "messages must end with the user's message (role 'user')", param="messages")
+        text = chat[-1].text()
+        if not text.strip():
+            raise APIError(400, "the last user message is empty", param="messages")
+        if len(chat) > 1:
+            # Clients like SillyTavern and Open WebUI send the whole chat each time: it is the history.
+            history = [{"role": m.role, "content": m.text()} for m in chat[:-1]]
+        elif not (conversation or user):
+            history = []  # a one-off request: no conversation to continue
+    elif not (conversation or user):
+        raise APIError(400, f"regenerate needs a conversation: send the {CONVERSATION_HEADER} header or 'user'",
+                       param="user")
+    name = next((m.name for m in reversed(chat) if m.role == "user" and m.name), None)
+    # The header is percent-encoded (header values are Latin-1 only; names need not be).
+    user_name = (name or unquote(headers.get(USER_NAME_HEADER) or "") or "User").strip()[:64] or "User"
+    sampling = body.sampling()
+    max_tokens = sampling["max_new_tokens"]
+    room = engine.settings.context_tokens - 64
+    if max_tokens is not None and max_tokens > room:
+        raise APIError(400, f"max_tokens {max_tokens} leaves no room for the prompt (context_tokens is "
+                       f"{engine.settings.context_tokens}); ask for at most {room}", param="max_tokens")
+    return Turn(platform=PLATFORM, channel=conversation or f"user:{user or 'anonymous'}",
+                user_id=f"http:{user or 'anonymous'}", text=text, user_name=user_name, character=character.id,
+                sampling=sampling, version=version, history=history)
+
+
+def start_reply(engine, turn, character, regenerate: bool):
+    """Start the engine's reply (blocking: run it in a worker thread)."""
+    if regenerate:
+        return engine.regenerate(turn)
+    if turn.history is None:
+        # Continuing a logged conversation: it opens with the character's first message, as in the console.
+        engine.log_greeting(turn, character)
+    return engine.reply(turn)
+
+
+async def begin(engine, metrics, body, headers, regenerate: bool = False):
+    """Resolve, validate and start a reply; errors become OpenAI-shaped API errors."""
+    from starlette.concurrency import run_in_threadpool
+
+    from runtime.generation import GeneratorBusy
+
+    character, version = resolve_model(engine, body.model)
+    turn = make_turn(engine, body, headers, character, version, regenerate)
+    try:
+        return await run_in_threadpool(start_reply, engine, turn, character, regenerate)
+    except GeneratorBusy as error:
+        metrics.failed(character.id, "busy")
+        raise APIError(429, str(error), type="rate_limit_error", code="server_busy",
+                       headers={"Retry-After": str(error.retry_after)}) from None
+    except LookupError as error:  # regenerate with nothing to re-roll; an unknown pinned version
+        metrics.failed(character.id, "invalid")
+        status = 404 if type(error).__name__ == "RegistryError" or (version and not regenerate) else 400
+        raise APIError(status, str(error).strip("'\""), param="model" if status == 404 else "messages") from None
+    except ValueError as error:  # a prompt that cannot fit; a registry refusing a version
+        metrics.failed(character.id, "invalid")
+        if type(error).__name__ == "RegistryError":
+            raise APIError(404, str(error), param="model", code="model_not_found") from None
+        raise APIError(400, str(error)) from None
+
+
+# --- streaming a blocking reply into the event loop --------------------------------------------
+
+
+class StopScanner:
+    """Streamed text as it will be logged: no stop string, no leading or trailing whitespace."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.started = False
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Text that is safe to send now."""
+        if self.stopped:
+            return ""
+        self.pending += piece
+        if not self.started:
+            self.pending = self.pending.lstrip()
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i != -1]
+        if found:
+            self.stopped = True
+            out, self.pending = self.pending[:min(found)].rstrip(), ""
+            return self._emit(out)
+        # Hold back what may be the start of a stop string, and trailing whitespace.
+        hold = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:k]):
+                    hold = max(hold, k)
+                    break
+        keep = len(self.pending[:len(self.pending) - hold].rstrip())
+        out, self.pending = self.pending[:keep], self.pending[keep:]
+        return self._emit(out)
+
+    def flush(self) -> str:
+        """What is left when the reply ends."""
+        if self.stopped:
+            return ""
+        out, self.pending = self.pending.rstrip(), ""
+        return self._emit(out)
+
+    def _emit(self, out: str) -> str:
+        self.started = self.started or bool(out)
+        return out
+
+
+class Bridge:
+    """Iterates a blocking Reply in its own thread and hands its pieces to the event loop."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.scanner = StopScanner(reply.stream.request.sampling.stop)
+        self.first_piece_at: float | None = None
+        # Its own thread, not the shared pool: a long reply must not starve short requests.
+        threading.Thread(target=self._pump, name="personae-http-reply", daemon=True).start()
+
+    def _put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server stopping): nobody will read this reply
+            self.reply.cancel()
+
+    def _pump(self) -> None:
+        try:
+            for piece in self.reply:
+                self._put(("piece", piece))
+        except BaseException as error:  # handed to the request, which reports it to the client
+            self._put(("error", error))
+            return
+        self._put(("done", None))
+
+    async def __aiter__(self):
+        while True:
+            kind, value = await self.queue.get()
+            if kind == "piece":
+                text = self.scanner.feed(value)
+            elif kind == "done":
+                text = self.scanner.flush()
+            else:
+                raise value
+            if text:
+                if self.first_piece_at is None:
+                    self.first_piece_at = time.perf_counter()
+                yield text
+            if kind == "done":
+                return
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def usage(reply) -> dict:
+    """OpenAI's usage block of a finished reply."""
+    prompt, completion = reply.prompt_tokens, reply.stream.completion_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def finish_reason(reply) -> str:
+    """OpenAI's finish_reason: 'length' when max_tokens cut the reply, else 'stop'."""
+    return "length" if reply.stream.finish_reason == "length" else "stop"
+
+
+def record(metrics, reply, bridge, started: float) -> None:
+    """Metrics of a finished reply."""
+    now = time.perf_counter()
+    ttft = bridge.first_piece_at - started if bridge.first_piece_at is not None else None
+    metrics.finished(reply.character.id, reply.prompt_tokens, reply.stream.completion_tokens, ttft, now - started)
+
+
+async def complete(metrics, body, reply, started: float) -> dict:
+    """A non-streaming chat.completion."""
+    bridge = Bridge(reply)
+    metrics.in_flight.inc()
+    try:
+        async for _ in bridge:
+            pass
+    except asyncio.CancelledError:
+        reply.cancel()
+        raise
+    except Exception as error:
+        metrics.failed(reply.character.id, "error")
+        raise APIError(500, f"generating the reply failed: {error}", type="server_error") from None
+    finally:
+        metrics.in_flight.dec()
+    record(metrics, reply, bridge, started)
+    message_id = reply.message["id"]
+    return {
+        "id": f"chatcmpl-{message_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                     "finish_reason": finish_reason(reply), "logprobs": None}],
+        "usage": usage(reply),
+        "personae_message_id": message_id,
+        "personae_weights_version": reply.weights.version,
+        "system_fingerprint": reply.weights.version,
+    }
+
+
+async def stream(metrics, body, reply, started: float):
+    """Server-sent events of chat.completion.chunk objects, ending with `data: [DONE]`."""
+    # The reply's own id is known only once it is logged; chunks carry the turn's id until then.
+    chunk_id = f"chatcmpl-turn{reply.user_message['id']}"
+    created = int(time.time())
+
+    def event(delta: dict | None, finish: str | None = None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                   "system_fingerprint": reply.weights.version, "choices": choices, **extra}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    bridge = Bridge(reply)
+    completed = False
+    metrics.in_flight.inc()
+    try:
+        yield event({"role": "assistant", "content": ""})
+        try:
+            async for text in bridge:
+                yield event({"content": text})
+        except Exception as error:
+            metrics.failed(reply.character.id, "error")
+            error_body = {"message": f"generating the reply failed: {error}", "type": "server_error",
+                          "param": None, "code": None}
+            yield f"data: {json.dumps({'error': error_body})}\n\n"
+            completed = True
+            return
+        completed = True
+        record(metrics, reply, bridge, started)
+        message_id = reply.message["id"] if reply.message else None
+        yield event({}, finish_reason(reply), personae_message_id=message_id)
+        if body.stream_options and body.stream_options.include_usage:
+            yield event(None, usage=usage(reply), personae_message_id=message_id)
+        yield "data: [DONE]\n\n"
+    finally:
+        metrics.in_flight.dec()
+        if not completed:
+            # The client went away mid-stream: stop generating; the engine logs nothing for it.
+            reply.cancel()
+            metrics.failed(reply.character.id, "cancelled")

@@ -1,0 +1,30 @@
+"""Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}} with a status code."""
+
+from __future__ import annotations
+
+
+class APIError(Exception):
+    """An error the client should see, with its HTTP status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        """The JSON body OpenAI clients parse."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """A 400 naming the first problem of a request body pydantic refused."""
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        return APIError(400, "the request body is not valid JSON: " + first.get("msg", ""), code="invalid_json")
+    message = first.get("msg", "invalid request")
+    where = f"'{param}': " if param else ""
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return APIError(400, f"{where}{message}{more}", param=param, code="invalid_value")

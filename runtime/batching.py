@@ -1,0 +1,539 @@
+"""The continuous-batching worker: one thread owns the models and decodes every reply a step at a time.
+
+Each decode step runs all live rows of a model together. A new request is prefilled alone
+(its own KV cache), then its cache is left-padded and stacked into the running batch, so it
+joins at the next step; finished or cancelled rows are cut out of the cache between steps.
+Rows carry their own position ids, sampling processors (transformers' LogitsProcessor
+classes), random generator and adapter slot (runtime.lora_batch), so a row's greedy output
+does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.detok import Detokenizer, StopText
+from runtime.generation import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request
+
+log = logging.getLogger("personae.generator")
+
+
+class UnknownAdapter(LookupError):
+    """A request named weights the generator does not know."""
+
+
+@dataclass
+class _Row:
+    """One reply being decoded."""
+
+    stream: ReplyStream
+    model_key: str | None  # None = the base model
+    adapter: str  # LoRA adapter name on the base, or BASE_ADAPTER
+    ids: object = None  # LongTensor buffer: prompt + generated tokens
+    length: int = 0
+    prompt_length: int = 0
+    processors: object = None
+    greedy: bool = True
+    rng: object = None
+    detok: Detokenizer | None = None
+    stop: StopText | None = None
+    done: bool = False
+
+    @property
+    def generated(self) -> int:
+        return self.length - self.prompt_length
+
+
+@dataclass
+class _Batch:
+    """The live rows of one model with their stacked KV cache and padding mask."""
+
+    model: object
+    lora: object = None  # LoraBatch (base model only)
+    rows: list = field(default_factory=list)
+    cache: object = None
+    mask: object = None  # LongTensor [rows, cache length]: 0 = left padding
+
+
+class BatchingGenerator:
+    """Owns the model in one worker thread; requests from every platform go through its queue."""
+
+    def __init__(self, model, tokenizer, max_queue: int = 64, threads: int = 0, max_batch: int = 16,
+                 max_adapters: int = 16, max_models: int = 2):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.threads = threads
+        self.max_batch = max(1, int(max_batch))
+        self.max_adapters = max(1, int(max_adapters))
+        self.max_models = max(1, int(max_models))
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._control: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._pending: collections.deque = collections.deque()  # admitted later (no free adapter slot)
+        self._batches: dict[str | None, _Batch] = {None: _Batch(model)}
+        self._adapter_folders: dict[str, Path] = {}
+        self._adapter_lru: collections.OrderedDict = collections.OrderedDict()  # loaded adapters
+        self._model_loaders: dict[str, object] = {}
+        self._models: collections.OrderedDict = collections.OrderedDict()  # loaded full models
+        self._doomed: set[str] = set()  # unloads waiting for their last row to finish
+        self._recent_seconds = 5.0  # moving estimate of one reply's time, for retry hints
+        self.stats = {"load_seconds": {}, "adapter_bytes": {}, "steps": 0, "tokens": 0, "evicted": 0,
+                      "mixed_steps": 0}
+        self.eos = self._eos_ids(model, tokenizer)
+        self._worker = threading.Thread(target=self._run, name="personae-generator", daemon=True)
+        self._worker.start()
+
+    # --- public API (any thread) ------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the worker."""
+        return self._queue.qsize() + len(self._pending)
+
+    @property
+    def active_rows(self) -> int:
+        """Replies being decoded now."""
+        return sum(len(b.rows) for b in self._batches.values())
+
+    def submit(self, request: Request) -> ReplyStream:
+        """Queue a request and return its stream; raise GeneratorBusy if the queue is full."""
+        stream = ReplyStream(request)
+        try:
+            self._queue.put_nowait(stream)
+        except queue.Full:
+            waiting = self._queue.qsize() + 1
+            raise GeneratorBusy(self._recent_seconds * (waiting / self.max_batch + 1)) from None
+        self._wake.set()
+        return stream
+
+    def register_adapter(self, name: str, folder) -> None:
+        """Make a LoRA folder known by name; it is loaded on first use (or by load_adapter)."""
+        self._adapter_folders[name] = Path(folder)
+
+    def load_adapter(self, name: str, folder=None, timeout: float = 120) -> float:
+        """Load (or replace) an adapter between decode steps; returns the seconds it took."""
+        if folder is not None:
+            self.register_adapter(name, folder)
+        return self._call(lambda: self._load_adapter(name), timeout)
+
+    def unload_adapter(self, name: str, forget: bool = True, wait: bool = True) -> None:
+        """Drop an adapter from memory (rows still using it keep it until they finish)."""
+        if forget:
+            self._adapter_folders.pop(name, None)
+        self._call(lambda: self._drop_adapter(name), 60, wait)
+
+    def register_model(self, name: str, loader) -> None:
+        """Make a fully fine-tuned model known by name; `loader()` returns it (called on first use)."""
+        self._model_loaders[name] = loader
+
+    def load_model(self, name: str, loader=None, model=None, timeout: float = 600) -> None:
+        """Load a full model now (in this thread) and hand it to the worker's bounded LRU."""
+        if loader is not None:
+            self.register_model(name, loader)
+        if model is None and name not in self._models:
+            model = self._model_loaders[name]()
+        if model is not None:
+            self._call(lambda: self._put_model(name, model), timeout)
+
+    def unload_model(self, name: str, forget: bool = True, wait: bool = True) -> None:
+        """Drop a full model from memory once no row uses it."""
+        if forget:
+            self._model_loaders.pop(name, None)
+        self._call(lambda: self._drop_model(name), 60, wait)
+
+    def knows(self, name: str) -> bool:
+        """Whether a request may name these weights."""
+        return name == BASE_ADAPTER or name in self._adapter_folders or name in self._model_loaders \
+            or name in self._models
+
+    def loaded(self) -> dict:
+        """Names of the adapters and full models in memory now (LRU order, oldest first)."""
+        return {"adapters": list(self._adapter_lru), "models": list(self._models)}
+
+    def close(self) -> None:
+        """Stop the worker; replies still running end as cancelled."""
+        self._stopping.set()
+        self._wake.set()
+        self._worker.join(timeout=30)
+
+    # --- worker-side plumbing -----------------------------------------------------------------
+    def _call(self, function, timeout: float, wait: bool = True):
+        """Run a function on the worker thread between decode steps (and wait for its result)."""
+        if threading.current_thread() is self._worker:
+            return function()
+        if not self._worker.is_alive():
+            raise RuntimeError("the generator is closed")
+        future: Future = Future()
+        self._control.append((function, future))
+        self._wake.set()
+        return future.result(timeout) if wait else None
+
+    def _run_control(self) -> None:
+        while self._control:
+            function, future = self._control.popleft()
+            try:
+                future.set_result(function())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                future.set_exception(error)
+
+    def _run(self) -> None:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            while not self._stopping.is_set():
+                self._run_control()
+                self._admit()
+                if not self.active_rows:
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                for batch in list(self._batches.values()):
+                    if batch.rows:
+                        self._step(batch)
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for batch in self._batches.values():
+            for row in batch.rows:
+                row.stream.finish("cancelled")
+            batch.rows, batch.cache, batch.mask = [], None, None
+        while self._pending:
+            self._pending.popleft().stream.finish("cancelled")
+        while True:
+            try:
+                self._queue.get_nowait().finish("cancelled")
+            except queue.Empty:
+                break
+        while self._control:
+            self._control.popleft()[1].set_exception(RuntimeError("the generator is closed"))
+        for batch in self._batches.values():
+            if batch.lora is not None:  # the shared model is plain again for whoever uses it next
+                batch.lora.close()
+                batch.lora = None
+
+    # --- admission and prefill ---------------------------------------------------------------
+    def _admit(self) -> None:
+        """Prefill waiting requests into their model's batch while there is room."""
+        waiting = len(self._pending)
+        while self.active_rows < self.max_batch:
+            if waiting:
+                stream, waiting = self._pending.popleft(), waiting - 1
+            else:
+                try:
+                    stream = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+            if stream.cancelled.is_set():
+                stream.finish("cancelled")
+                continue
+            try:
+                row = self._new_row(stream)
+                if row is None:  # every adapter slot is busy: try again after a step
+                    self._pending.append(stream)
+                    if not waiting:
+                        return
+                    continue
+                self._prefill(row)
+            except Exception as error:  # one bad request must not stop the worker
+                log.exception("request failed at prefill")
+                stream.finish("error", error)
+
+    def _new_row(self, stream: ReplyStream) -> _Row | None:
+        import torch
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                  TemperatureLogitsWarper, TopPLogitsWarper)
+
+        request = stream.request
+        name = request.adapter or BASE_ADAPTER
+        if name == BASE_ADAPTER:
+            key, adapter = None, BASE_ADAPTER
+        elif name in self._models or name in self._model_loaders:
+            key, adapter = name, BASE_ADAPTER
+            if name not in self._models and not self._make_room_for_model():
+                return None
+            if name not in self._models:
+                self._put_model(name, self._model_loaders[name]())
+            self._models.move_to_end(name)
+        elif name in self._adapter_folders:
+            key, adapter = None, name
+            if name not in self._adapter_lru:
+                if not self._make_room_for_adapter():
+                    return None
+                self._load_adapter(name)
+            self._adapter_lru.move_to_end(name)
+        else:
+            raise UnknownAdapter(f"no weights named {name!r} are loaded in the generator")
+        sampling = request.sampling
+        prompt = list(request.input_ids)
+        if not prompt:
+            raise ValueError("empty prompt")
+        row = _Row(stream, key, adapter)
+        row.ids = torch.empty(len(prompt) + max(1, sampling.max_new_tokens), dtype=torch.long)
+        row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        row.length = row.prompt_length = len(prompt)
+        processors = LogitsProcessorList()
+        if sampling.repetition_penalty and sampling.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(float(sampling.repetition_penalty)))
+        row.greedy = not sampling.temperature or sampling.temperature <= 0
+        if not row.greedy:
+            processors.append(TemperatureLogitsWarper(float(sampling.temperature)))
+            if sampling.top_p is not None and 0 < sampling.top_p < 1:
+                processors.append(TopPLogitsWarper(float(sampling.top_p)))
+            row.rng = torch.Generator()
+            if sampling.seed:
+                row.rng.manual_seed(int(sampling.seed))
+            else:
+                row.rng.seed()
+        row.processors = processors
+        row.detok = Detokenizer(self.tokenizer)
+        row.stop = StopText(list(sampling.stop or []))
+        return row
+
+    def _prefill(self, row: _Row) -> None:
+        import torch
+
+        batch = self._batches.setdefault(row.model_key, _Batch(self._models.get(row.model_key, self.model)))
+        if row.model_key is None and batch.lora is not None:
+            batch.lora.rows([row.adapter])
+        input_ids = row.ids[: row.length].unsqueeze(0)
+        output = batch.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        self._accept(row, self._choose(row, output.logits[:, -1, :].float()))
+        if row.done:
+            return
+        self._merge(batch, output.past_key_values, row.length - 1)
+        batch.rows.append(row)
+
+    def _merge(self, batch: _Batch, cache, length: int) -> None:
+        """Stack a new row's cache (length tokens) into the batch, left-padding the shorter side."""
+        import torch
+        import torch.nn.functional as F
+
+        new_mask = torch.ones(1, length, dtype=torch.long)
+        if batch.cache is None or not batch.rows:
+            batch.cache, batch.mask = cache, new_mask
+            return
+        current = batch.mask.shape[1]
+        if length < current:
+            for layer in cache.layers:
+                layer.keys = F.pad(layer.keys, (0, 0, current - length, 0))
+                layer.values = F.pad(layer.values, (0, 0, current - length, 0))
+            new_mask = F.pad(new_mask, (current - length, 0))
+        elif length > current:
+            for layer in batch.cache.layers:
+                layer.keys = F.pad(layer.keys, (0, 0, length - current, 0))
+                layer.values = F.pad(layer.values, (0, 0, length - current, 0))
+            batch.mask = F.pad(batch.mask, (length - current, 0))
+        for mine, theirs in zip(batch.cache.layers, cache.layers):
+            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+        batch.mask = torch.cat([batch.mask, new_mask], dim=0)
+
+    # --- one decode step -------------------------------------------------------------------------
+    def _step(self, batch: _Batch) -> None:
+        import torch
+
+        for row in batch.rows:
+            if row.stream.cancelled.is_set() and not row.done:
+                row.done = True
+                row.stream.finish("cancelled")
+        self._drop_finished(batch)
+        if not batch.rows:
+            return
+        rows = batch.rows
+        tokens = torch.stack([row.ids[row.length - 1: row.length] for row in rows])
+        positions = torch.tensor([[row.length - 1] for row in rows], dtype=torch.long)
+        batch.mask = torch.cat([batch.mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+        if batch.lora is not None:
+            names = [row.adapter for row in rows]
+            batch.lora.rows(names)
+            self.stats["mixed_steps"] += len(set(names)) > 1
+        try:
+            output = batch.model(input_ids=tokens, attention_mask=batch.mask, position_ids=positions,
+                                 past_key_values=batch.cache, use_cache=True, logits_to_keep=1)
+            logits = output.logits[:, -1, :].float()
+            for index, row in enumerate(rows):
+                self._accept(row, self._choose(row, logits[index: index + 1]))
+        except Exception as error:  # a failed step fails its rows, not the worker
+            log.exception("decode step failed")
+            for row in rows:
+                if not row.done:
+                    row.done = True
+                    row.stream.finish("error", error)
+        self.stats["steps"] += 1
+        self.stats["tokens"] += len(rows)
+        self._drop_finished(batch)
+
+    def _drop_finished(self, batch: _Batch) -> None:
+        """Cut finished rows out of the batch and its cache; trim padding no row needs any more."""
+        import torch
+
+        keep = [i for i, row in enumerate(batch.rows) if not row.done]
+        if len(keep) == len(batch.rows):
+            return
+        finished = [row for row in batch.rows if row.done]
+        batch.rows = [batch.rows[i] for i in keep]
+        if not keep:
+            batch.cache, batch.mask = None, None
+        else:
+            index = torch.tensor(keep, dtype=torch.long)
+            batch.mask = batch.mask.index_select(0, index)
+            start = int(torch.nonzero(batch.mask.any(dim=0))[0])
+            for layer in batch.cache.layers:
+                layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+                layer.values = layer.values.index_select(0, index)[:, :, start:]
+            batch.mask = batch.mask[:, start:]
+        for row in finished:
+            seconds = (row.stream.finished_at or time.perf_counter()) - row.stream.request.submitted
+            self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
+        self._release_unused()
+
+    def _choose(self, row: _Row, logits):
+        import torch
+
+        scores = row.processors(row.ids[: row.length].unsqueeze(0), logits) if row.processors else logits
+        if row.greedy:
+            return int(torch.argmax(scores, dim=-1)[0])
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=row.rng)[0, 0])
+
+    def _accept(self, row: _Row, token: int) -> None:
+        """Record a sampled token; stream its text; finish the row at EOS, a stop string or the limit."""
+        row.ids[row.length] = token
+        row.length += 1
+        stream = row.stream
+        stream.completion_tokens = row.generated
+        if token in self.eos:
+            return self._finish(row, "stop")
+        shown = row.stop.feed(row.detok.add(token))
+        if shown:
+            stream.push(shown)
+        if row.stop.stopped:
+            return self._finish(row, "stop", flush=False)
+        if row.generated >= stream.request.sampling.max_new_tokens or row.length >= row.ids.shape[0]:
+            return self._finish(row, "length")
+
+    def _finish(self, row: _Row, reason: str, flush: bool = True) -> None:
+        if flush:
+            tail = row.stop.feed(row.detok.flush())
+            if not row.stop.stopped:
+                tail += row.stop.flush()
+            if tail:
+                row.stream.push(tail)
+        row.done = True
+        row.stream.finish(reason)
+
+    # --- adapters and full models (worker thread) ----------------------------------------------
+    def _in_use(self) -> set[str]:
+        names = {row.adapter for batch in self._batches.values() for row in batch.rows}
+        names |= {key for key, batch in self._batches.items() if batch.rows and key}
+        return names
+
+    def _make_room_for_adapter(self) -> bool:
+        if len(self._adapter_lru) < self.max_adapters:
+            return True
+        busy = self._in_use()
+        for name in self._adapter_lru:
+            if name not in busy:
+                self._drop_adapter(name)
+                self.stats["evicted"] += 1
+                return True
+        return False
+
+    def _load_adapter(self, name: str) -> float:
+        from runtime.lora_batch import LoraBatch, read_peft_adapter
+
+        started = time.perf_counter()
+        folder = self._adapter_folders.get(name)
+        if folder is None:
+            raise UnknownAdapter(f"no adapter named {name!r} is registered")
+        batch = self._batches[None]
+        adapter = read_peft_adapter(folder, name, self.model)
+        self._doomed.discard(name)
+        if name not in self._adapter_lru and not self._make_room_for_adapter():
+            raise RuntimeError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
+        if batch.lora is None:
+            batch.lora = LoraBatch(self.model, capacity=self.max_adapters)
+        nbytes = adapter.nbytes
+        batch.lora.add(adapter)
+        adapter.pairs.clear()  # the stacked copies are what is served; don't hold the weights twice
+        adapter.replaced.clear()
+        self._adapter_lru[name] = None
+        self._adapter_lru.move_to_end(name)
+        seconds = time.perf_counter() - started
+        self.stats["load_seconds"][name] = seconds
+        self.stats["adapter_bytes"][name] = nbytes
+        self.stats["slot_bytes"] = batch.lora.slot_bytes()
+        log.info("adapter %s loaded in %.3f s (%.1f MB)", name, seconds, nbytes / 1e6)
+        return seconds
+
+    def _drop_adapter(self, name: str) -> None:
+        if name in self._in_use():
+            self._doomed.add(name)
+            return
+        lora = self._batches[None].lora
+        if lora is not None:
+            lora.remove(name)
+        self._adapter_lru.pop(name, None)
+        self.stats["adapter_bytes"].pop(name, None)
+
+    def _release_unused(self) -> None:
+        doomed = self._doomed
+        if not doomed:
+            return
+        busy = self._in_use()
+        for name in list(doomed):
+            if name not in busy:
+                doomed.discard(name)
+                if name in self._models:
+                    self._drop_model(name)
+                else:
+                    self._drop_adapter(name)
+
+    def _make_room_for_model(self) -> bool:
+        if len(self._models) < self.max_models:
+            return True
+        busy = self._in_use()
+        for name in self._models:
+            if name not in busy:
+                self._drop_model(name)
+                self.stats["evicted"] += 1
+                return True
+        return False
+
+    def _put_model(self, name: str, model) -> None:
+        if name not in self._models and not self._make_room_for_model():
+            raise RuntimeError(f"all {self.max_models} full-model slots are busy; raise max_models")
+        model.eval()
+        self._doomed.discard(name)
+        self._models[name] = model
+        self._models.move_to_end(name)
+        self._batches.setdefault(name, _Batch(model)).model = model
+
+    def _drop_model(self, name: str) -> None:
+        if name in self._in_use():
+            self._doomed.add(name)
+            return
+        self._models.pop(name, None)
+        batch = self._batches.get(name)
+        if batch is not None and not batch.rows:
+            del self._batches[name]
+
+    @staticmethod
+    def _eos_ids(model, tokenizer) -> set[int]:
+        ids = set()
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        for value in (configured, tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif value:
+                ids.update(int(v) for v in value)
+        return ids

@@ -1,0 +1,209 @@
+"""`personae dataset`, `personae train` and `personae schedule ...`: retraining from the log."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from runtime.cli.common import UsageProblem, friendly_errors
+
+# Errors of this area that mean "the input or set-up is wrong" (matched by name: no heavy imports here).
+TRAINING_ERRORS = {"TrainingError", "TrainingBusy", "ScheduleError", "RegistryError", "IncompatibleAdapter"}
+
+
+def training_errors(function):
+    """One-line messages (exit 2) for training, schedule and registry errors."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            if any(cls.__name__ in TRAINING_ERRORS for cls in type(error).__mro__):
+                raise UsageProblem(str(error)) from None
+            raise
+
+    return wrapper
+
+
+def _print_dropped(dataset) -> None:
+    click.echo(f"{dataset.character}: {dataset.logged_turns} logged replies, {dataset.kept_turns} kept; "
+               f"{len(dataset.train)} training examples ({dataset.card_examples} from the card's example "
+               f"dialogues), {len(dataset.validation)} validation")
+    click.echo("dropped by rule:")
+    for rule, count in dataset.dropped.items():
+        click.echo(f"  {rule:<12} {count}")
+    if dataset.scrubbed:
+        click.echo("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(dataset.scrubbed.items())))
+    for note in dataset.notes:
+        click.echo(f"note: {note}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), help="Write chat-format JSONL here.")
+@click.option("--split", type=click.Choice(["train", "validation", "all"]), default="train", show_default=True,
+              help="Which examples to export.")
+@friendly_errors
+@training_errors
+def dataset(name, export_path, split):
+    """Curate NAME's training data from the log; show what each rule dropped; optionally export JSONL."""
+    from runtime.catalog import Catalog
+    from runtime.config import load_settings
+    from runtime.plugins import get_plugin_manager
+    from runtime.store import Store
+    from runtime.training import curate
+
+    settings = load_settings()
+    pm = get_plugin_manager(settings.plugins_dir)
+    character = Catalog(pm, settings.data_dir).get(name)
+    curated = curate(Store(settings.db_path), character, settings, pm=pm)
+    _print_dropped(curated)
+    if export_path:
+        count = curated.export(export_path, split)
+        click.echo(f"wrote {count} examples to {export_path} ({{\"messages\": [...]}} per line, TRL/axolotl format)")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--method", type=click.Choice(["lora", "hybrid", "full"]), default=None,
+              help="lora (default), hybrid (LoRA + fully trained last layers) or full.")
+@click.option("--rank", type=int, help="LoRA rank (default 16).")
+@click.option("--alpha", type=int, help="LoRA alpha (default 32).")
+@click.option("--epochs", type=float, help="Passes over the data (default 3).")
+@click.option("--lr", type=float, help="Peak learning rate (default 2e-4 LoRA, 2e-5 full).")
+@click.option("--max-steps", type=int, help="Stop after this many steps.")
+@click.option("--batch-size", type=int, help="Examples per step (default 4).")
+@click.option("--max-length", type=int, help="Longest sequence in tokens (default 512).")
+@click.option("--full-layers", type=int, help="hybrid: how many last layers train in full (default 2).")
+@click.option("--gate", "gate_kind", type=click.Choice(["auto", "audit", "loss"]), default=None,
+              help="How the candidate is judged (auto: audit when installed, else validation loss).")
+@click.option("--no-gate", is_flag=True, help="Only register a candidate; don't promote or reject it.")
+@friendly_errors
+@training_errors
+def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_length, full_layers, gate_kind, no_gate):
+    """Train NAME on its curated conversations, register a candidate, gate it, promote or reject it.
+
+    Multi-GPU: accelerate launch -m runtime.training.worker --character NAME --method lora
+    """
+    from runtime.config import load_settings
+    from runtime.engine import build_engine
+    from runtime.training import retrain
+    from runtime.training.config import TrainingConfig
+
+    settings = load_settings()
+    engine = build_engine(settings)
+    config = TrainingConfig.from_sources(
+        settings.training, method=method, rank=rank, alpha=alpha, epochs=epochs, lr=lr, max_steps=max_steps,
+        batch_size=batch_size, max_length=max_length, full_layers=full_layers, gate=gate_kind,
+    )
+    engine.catalog.get(name)
+    outcome = retrain(engine, name, config=config, trigger="cli", gate=not no_gate)
+    _print_outcome(outcome)
+    if outcome.status == "failed":
+        raise UsageProblem(outcome.reason)
+
+
+def _print_outcome(outcome) -> None:
+    if outcome is None:
+        click.echo("nothing ran")
+        return
+    click.echo(outcome.summary())
+    metrics = outcome.metrics or {}
+    if metrics:
+        keys = ("train_loss", "val_loss", "reference_val_loss", "steps", "seconds_per_step", "tokens_per_s",
+                "peak_memory_mb", "bytes_on_disk")
+        click.echo("  " + ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics))
+    if outcome.loss_plot:
+        click.echo(f"  loss curve: {outcome.loss_plot}")
+
+
+@click.group()
+def schedule():
+    """Scheduled retraining: add, list, remove, run-now (runs inside `personae serve`)."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.option("--cron", required=True, help='Crontab line, e.g. "0 3 * * *" (every night at 03:00).')
+@click.option("--method", type=click.Choice(["lora", "hybrid", "full"]), default="lora", show_default=True)
+@click.option("--min-new-turns", type=int, default=50, show_default=True,
+              help="Skip a run unless this many new curated turns were logged since the last training.")
+@friendly_errors
+@training_errors
+def schedule_add(name, cron, method, min_new_turns):
+    """Retrain NAME on a cron schedule (persisted; `personae serve` runs it)."""
+    from runtime.catalog import Catalog
+    from runtime.config import load_settings
+    from runtime.plugins import get_plugin_manager
+    from runtime.scheduler import add_schedule
+
+    settings = load_settings()
+    Catalog(get_plugin_manager(settings.plugins_dir), settings.data_dir).get(name)
+    added = add_schedule(settings, name, cron, method, min_new_turns)
+    click.echo(f"scheduled {name}: {method} at '{cron}' when >= {min_new_turns} new turns; "
+               f"next run {added['next_run']:%Y-%m-%d %H:%M %Z}")
+
+
+@schedule.command("list")
+@friendly_errors
+@training_errors
+def schedule_list():
+    """Schedules, their next run and the last training of each character."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from runtime.config import load_settings
+    from runtime.scheduler import list_schedules
+    from runtime.store import Store
+    from runtime.training.runs import runs
+
+    settings = load_settings()
+    rows = list_schedules(settings)
+    if not rows:
+        click.echo("no schedules (add one: personae schedule add NAME --cron \"0 3 * * *\")")
+        return
+    store = Store(settings.db_path)
+    table = Table("character", "cron", "method", "min new turns", "next run", "last run")
+    for row in rows:
+        last = runs(store, row["character"], limit=1)
+        last_text = f"{last[0]['state']} {last[0]['started'][:16]}" if last else "never"
+        next_run = f"{row['next_run']:%Y-%m-%d %H:%M}" if row["next_run"] else "-"
+        table.add_row(row["character"], row["cron"], row["method"], str(row["min_new_turns"]), next_run, last_text)
+    Console().print(table)
+
+
+@schedule.command("remove")
+@click.argument("name")
+@friendly_errors
+@training_errors
+def schedule_remove(name):
+    """Remove NAME's schedule."""
+    from runtime.config import load_settings
+    from runtime.scheduler import remove_schedule
+
+    remove_schedule(load_settings(), name)
+    click.echo(f"removed the schedule of {name}")
+
+
+@schedule.command("run-now")
+@click.argument("name")
+@click.option("--method", type=click.Choice(["lora", "hybrid", "full"]), default=None)
+@click.option("--force", is_flag=True, help="Train even with fewer new turns than the schedule asks for.")
+@friendly_errors
+@training_errors
+def schedule_run_now(name, method, force):
+    """Run NAME's scheduled retraining now (low-priority subprocess, then gate) and wait for it."""
+    from runtime.config import load_settings
+    from runtime.engine import build_engine
+    from runtime.scheduler import run_now
+
+    engine = build_engine(load_settings())
+    outcome = run_now(engine, name, method, force=force)
+    _print_outcome(outcome)
+    if outcome is not None and outcome.status == "failed":
+        raise UsageProblem(outcome.reason)
+
+
+commands = [dataset, train, schedule]

@@ -1,0 +1,362 @@
+"""Batched multi-LoRA (S-LoRA / Punica style): rows of one forward pass use different adapters.
+
+Every loaded adapter gets a slot. For each targeted Linear the adapters' A and B matrices are
+stacked ([slots, in, r] and [slots, r, out], ranks zero-padded to the largest, scale folded into B);
+a forward hook gathers each row's A/B by its slot index and adds the delta with two batched
+matmuls, so a mixed batch costs one gather + two bmm per layer instead of a Python loop over
+adapters. Slot 0 is all zeros: base rows add nothing. Hybrid adapters' `modules_to_save` are
+whole replacement modules, applied to their rows only.
+
+Hooks (not module replacement) keep the model's structure and state_dict untouched, so other
+parts (training copies, audits) can still use `base.model` as a plain transformers model; the
+hooks act only on the generator's worker thread and are dropped from deep copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "base_model.model."
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class AdapterLoadError(ValueError):
+    """An adapter folder that cannot be served on this base; the message says which part and why."""
+
+
+@dataclass
+class LoadedAdapter:
+    """One adapter read from PEFT files: LoRA pairs per module and whole replacement modules."""
+
+    name: str
+    folder: Path
+    pairs: dict = field(default_factory=dict)  # module name -> (A^T [in, r], B^T*scale [r, out])
+    replaced: dict = field(default_factory=dict)  # module name -> {param: tensor} (modules_to_save)
+    rank: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its tensors take in memory."""
+        total = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.pairs.values())
+        return total + sum(t.numel() * t.element_size() for p in self.replaced.values() for t in p.values())
+
+
+def read_peft_adapter(folder, name: str, model, dtype=None) -> LoadedAdapter:
+    """Read a PEFT LoRA folder (safetensors only) and check it against the model's modules."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not weights_path.exists():
+        pickles = [p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise AdapterLoadError(f"{folder}: adapter weights are pickled ({', '.join(pickles)}); pickles are never "
+                                   "loaded: convert them to adapter_model.safetensors")
+        raise AdapterLoadError(f"{folder}: no adapter_model.safetensors (is this a PEFT adapter folder?)")
+    if not config_path.exists():
+        raise AdapterLoadError(f"{folder}: no adapter_config.json (is this a PEFT adapter folder?)")
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterLoadError(f"{folder}: peft_type {config.get('peft_type')!r} is not served; only LoRA adapters are")
+    if config.get("use_dora"):
+        raise AdapterLoadError(f"{folder}: DoRA adapters are not served by the batched generator; train plain LoRA")
+    if config.get("fan_in_fan_out"):
+        raise AdapterLoadError(f"{folder}: fan_in_fan_out adapters (GPT-2 Conv1D) are not served")
+    alpha, rank = float(config.get("lora_alpha", 8)), int(config.get("r", 8))
+    rslora = bool(config.get("use_rslora"))
+    alpha_pattern, rank_pattern = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
+    tensors = load_file(str(weights_path))
+    modules = dict(model.named_modules())
+    dtype = dtype or next(model.parameters()).dtype
+    adapter = LoadedAdapter(name, folder)
+    lora: dict[str, dict[str, object]] = {}
+    for key, tensor in tensors.items():
+        bare = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        if ".lora_A." in bare or ".lora_B." in bare:
+            module, rest = bare.split(".lora_A." if ".lora_A." in bare else ".lora_B.", 1)
+            lora.setdefault(module, {})["A" if ".lora_A." in bare else "B"] = tensor
+        elif ".lora_" in bare:
+            raise AdapterLoadError(f"{folder}: tensor {key} is a LoRA part this runtime does not serve")
+        else:  # modules_to_save: a whole trained copy of a module
+            module, _, param = bare.rpartition(".")
+            module = module.removesuffix(".modules_to_save").removesuffix(".original_module")
+            if module not in modules:
+                raise AdapterLoadError(f"{folder}: module {module!r} does not exist in the base model")
+            adapter.replaced.setdefault(module, {})[param] = tensor
+    for module, parts in lora.items():
+        if module not in modules:
+            raise AdapterLoadError(f"{folder}: target module {module!r} does not exist in the base model")
+        if set(parts) != {"A", "B"}:
+            raise AdapterLoadError(f"{folder}: module {module!r} has only lora_{''.join(parts)}")
+        a, b = parts["A"], parts["B"]
+        in_features, out_features = linear_shape(modules[module])
+        if a.shape[1] != in_features or b.shape[0] != out_features or a.shape[0] != b.shape[1]:
+            raise AdapterLoadError(
+                f"{folder}: shapes of {module} differ from the base (adapter A {tuple(a.shape)}, "
+                f"B {tuple(b.shape)}; base Linear {in_features}->{out_features})"
+            )
+        r = a.shape[0]
+        short = module.rsplit(".", 1)[-1]
+        r_cfg = int(next((v for k, v in rank_pattern.items() if module.endswith(k) or k == short), rank))
+        a_cfg = float(next((v for k, v in alpha_pattern.items() if module.endswith(k) or k == short), alpha))
+        scale = a_cfg / (r_cfg ** 0.5 if rslora else r_cfg)
+        adapter.pairs[module] = (a.t().contiguous().to(dtype), (b.t() * scale).contiguous().to(dtype))
+        adapter.rank = max(adapter.rank, r)
+    for module, params in adapter.replaced.items():
+        expected = dict(modules[module].named_parameters(recurse=False))
+        for param, tensor in params.items():
+            if param not in expected or tuple(expected[param].shape) != tuple(tensor.shape):
+                raise AdapterLoadError(f"{folder}: saved module {module}.{param} {tuple(tensor.shape)} does not match "
+                                       "the base model")
+    if not adapter.pairs and not adapter.replaced:
+        raise AdapterLoadError(f"{folder}: the adapter holds no LoRA tensors")
+    return adapter
+
+
+def linear_shape(module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear, also int8 dynamically quantised ones."""
+    try:
+        return int(module.in_features), int(module.out_features)
+    except AttributeError:
+        raise AdapterLoadError(f"LoRA target {type(module).__name__} is not a Linear layer") from None
+
+
+class _RowState:
+    """Which slot each row of the current forward uses; read by every hook."""
+
+    def __init__(self):
+        self.owner: int | None = None  # only this thread's forwards are adapted
+        self.single: int = 0  # all rows on this slot (0 = base) when index is None
+        self.index = None  # LongTensor [batch] of slots for a mixed batch
+        self.slots_in_use: frozenset = frozenset()
+        self.masks: dict = {}  # slot -> bool mask of its rows (for replaced modules)
+
+
+class _Hook:
+    """A forward hook; deep copies of the model get a no-op instead (they are someone else's)."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, module, args, output):
+        return self.function(module, args, output)
+
+    def __deepcopy__(self, memo):
+        return _NOOP
+
+
+_NOOP = _Hook(lambda module, args, output: None)
+
+
+class _LoraSite:
+    """The stacked adapters of one targeted Linear."""
+
+    def __init__(self, state, in_features, out_features, capacity, rank, dtype, device):
+        import torch
+
+        self.state = state
+        self.in_features, self.out_features = in_features, out_features
+        self.A = torch.zeros(capacity, in_features, rank, dtype=dtype, device=device)
+        self.B = torch.zeros(capacity, rank, out_features, dtype=dtype, device=device)
+        self.present: set[int] = set()  # slots with a non-zero delta here
+
+    def ensure_slots(self, count: int) -> None:
+        """Grow the stacks to hold `count` slots (memory grows with the adapters actually loaded)."""
+        import torch
+
+        have = self.A.shape[0]
+        if count <= have:
+            return
+        extra = count - have
+        self.A = torch.cat([self.A, self.A.new_zeros(extra, *self.A.shape[1:])])
+        self.B = torch.cat([self.B, self.B.new_zeros(extra, *self.B.shape[1:])])
+
+    def __call__(self, module, args, output):
+        import torch
+
+        state = self.state
+        if state.owner != threading.get_ident():
+            return None
+        x = args[0]
+        if state.index is None:
+            slot = state.single
+            if slot not in self.present:
+                return None
+            delta = (x.to(self.A.dtype) @ self.A[slot]) @ self.B[slot]
+            return output + delta.to(output.dtype)
+        if not (state.slots_in_use & self.present):
+            return None
+        shape = x.shape
+        flat = x.reshape(shape[0], -1, shape[-1]).to(self.A.dtype)
+        a = self.A.index_select(0, state.index)
+        b = self.B.index_select(0, state.index)
+        delta = torch.bmm(torch.bmm(flat, a), b)
+        return output + delta.reshape(*shape[:-1], self.out_features).to(output.dtype)
+
+
+class _ReplaceSite:
+    """Whole replacement modules (hybrid `modules_to_save`) for the rows of their adapters."""
+
+    def __init__(self, state):
+        self.state = state
+        self.variants: dict[int, object] = {}
+
+    def __call__(self, module, args, output):
+        state = self.state
+        if state.owner != threading.get_ident():
+            return None
+        if state.index is None:
+            variant = self.variants.get(state.single)
+            return None if variant is None else variant(*args)
+        hit = state.slots_in_use & self.variants.keys()
+        if not hit:
+            return None
+        output = output.clone()
+        for slot in hit:
+            mask = state.masks[slot]
+            output[mask] = self.variants[slot](args[0][mask])
+        return output
+
+
+class LoraBatch:
+    """Adapters of one model held in slots; `rows(...)` sets which slot each row uses."""
+
+    def __init__(self, model, capacity: int = 8):
+        self.model = model
+        self.capacity = capacity
+        self.state = _RowState()
+        self.slots: dict[str, int] = {}  # adapter name -> slot (1..capacity)
+        self.adapters: dict[str, LoadedAdapter] = {}
+        self.rank = 0
+        self._size = 1  # slots allocated per site (slot 0 = the base)
+        self.sites: dict[str, _LoraSite] = {}
+        self.replace_sites: dict[str, _ReplaceSite] = {}
+        self._handles = []
+
+    # --- loading ------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        """Slots not taken by an adapter."""
+        return self.capacity - len(self.slots)
+
+    def add(self, adapter: LoadedAdapter) -> int:
+        """Put an adapter into a free slot (or its old slot when replacing); returns the slot."""
+        if adapter.name in self.slots:
+            slot = self.slots[adapter.name]
+            self._clear(slot)
+        else:
+            used = set(self.slots.values())
+            free = [s for s in range(1, self.capacity + 1) if s not in used]
+            if not free:
+                raise RuntimeError("no free adapter slot; remove one first")
+            slot = free[0]
+        if adapter.rank > self.rank:
+            self._grow_rank(adapter.rank)
+        # Every site holds every slot (rows index all sites with the same slot numbers).
+        self._size = max(self._size, slot + 1)
+        for site in self.sites.values():
+            site.ensure_slots(self._size)
+        modules = dict(self.model.named_modules())
+        for name, (a, b) in adapter.pairs.items():
+            site = self.sites.get(name)
+            if site is None:
+                site = self._add_site(name, modules[name])
+            r = a.shape[1]
+            site.A[slot, :, :r] = a
+            site.B[slot, :r, :] = b
+            site.present.add(slot)
+        for name, params in adapter.replaced.items():
+            site = self.replace_sites.get(name)
+            if site is None:
+                site = self.replace_sites[name] = _ReplaceSite(self.state)
+                self._handles.append(modules[name].register_forward_hook(_Hook(site)))
+            variant = _plain_copy(modules[name])
+            for param, tensor in params.items():
+                getattr(variant, param).data = tensor.to(getattr(variant, param).dtype)
+            site.variants[slot] = variant
+        self.slots[adapter.name] = slot
+        self.adapters[adapter.name] = adapter
+        return slot
+
+    def slot_bytes(self) -> int:
+        """Memory one more adapter slot costs: every site's A and B at the padded rank."""
+        return sum((site.A[0].numel() * site.A.element_size()) + (site.B[0].numel() * site.B.element_size())
+                   for site in self.sites.values())
+
+    def remove(self, name: str) -> None:
+        """Free an adapter's slot."""
+        slot = self.slots.pop(name, None)
+        self.adapters.pop(name, None)
+        if slot is not None:
+            self._clear(slot)
+
+    def close(self) -> None:
+        """Remove every hook: the model is plain again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.sites.clear()
+        self.replace_sites.clear()
+        self.slots.clear()
+        self.adapters.clear()
+
+    def _clear(self, slot: int) -> None:
+        for site in self.sites.values():
+            if slot in site.present and slot < site.A.shape[0]:
+                site.A[slot].zero_()
+                site.B[slot].zero_()
+                site.present.discard(slot)
+        for site in self.replace_sites.values():
+            site.variants.pop(slot, None)
+
+    def _add_site(self, name, module) -> _LoraSite:
+        import torch
+
+        in_features, out_features = linear_shape(module)
+        weight = getattr(module, "weight", None)
+        dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else torch.float32
+        device = next(self.model.parameters()).device
+        site = _LoraSite(self.state, in_features, out_features, self._size, max(self.rank, 1), dtype, device)
+        self.sites[name] = site
+        self._handles.append(module.register_forward_hook(_Hook(site)))
+        return site
+
+    def _grow_rank(self, rank: int) -> None:
+        import torch
+
+        for site in self.sites.values():
+            a = torch.zeros(site.A.shape[0], site.in_features, rank, dtype=site.A.dtype, device=site.A.device)
+            b = torch.zeros(site.B.shape[0], rank, site.out_features, dtype=site.B.dtype, device=site.B.device)
+            a[:, :, : site.A.shape[2]] = site.A
+            b[:, : site.B.shape[1], :] = site.B
+            site.A, site.B = a, b
+        self.rank = rank
+
+    # --- per forward ----------------------------------------------------------------------
+    def rows(self, names: list[str]) -> None:
+        """Set the adapter of each row for the next forward passes on this thread."""
+        import torch
+
+        state = self.state
+        state.owner = threading.get_ident()
+        slots = [self.slots.get(n, 0) for n in names]
+        if len(set(slots)) <= 1:
+            state.index, state.single = None, (slots[0] if slots else 0)
+            state.slots_in_use = frozenset([state.single])
+            state.masks = {}
+            return
+        index = torch.tensor(slots, dtype=torch.long)
+        state.index, state.single = index, 0
+        state.slots_in_use = frozenset(slots)
+        state.masks = {s: index == s for s in state.slots_in_use} if self.replace_sites else {}
+
+
+def _plain_copy(module):
+    """A hook-free deep copy of one module (a replacement variant)."""
+    variant = copy.deepcopy(module)
+    variant._forward_hooks.clear()
+    return variant

@@ -1,0 +1,232 @@
+"""Retraining from logged conversations: curate, train (LoRA / hybrid / full), gate, promote."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.training.config import METHODS, TrainingConfig, TrainingError
+from runtime.training.curate import CuratedDataset, curate
+from runtime.training.runs import TrainingBusy
+
+__all__ = ["train", "curate", "retrain", "TrainResult", "RetrainOutcome", "CuratedDataset", "TrainingConfig",
+           "TrainingError", "TrainingBusy", "METHODS"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """A finished training run: the registered candidate (None when not registered), metrics, loss plot."""
+
+    version: object
+    metrics: dict
+    loss_plot: Path
+    folder: Path | None = None  # the weights when not registered
+    run_id: str | None = None
+
+
+@dataclass
+class RetrainOutcome:
+    """What a retrain did: skipped, failed, rejected or promoted, and why."""
+
+    character: str
+    status: str  # skipped | failed | candidate | rejected | promoted
+    reason: str = ""
+    version: object = None
+    metrics: dict = field(default_factory=dict)
+    gate: object = None
+    dropped: dict = field(default_factory=dict)
+    run_id: str | None = None
+    loss_plot: Path | None = None
+
+    def summary(self) -> str:
+        """One line for logs and the command line."""
+        ref = f" {self.version.ref}" if self.version is not None else ""
+        return f"{self.character}: {self.status}{ref} — {self.reason}"
+
+
+def registry_for(engine):
+    """The registry the serving side listens to (so a promotion hot-swaps in this process)."""
+    for owner in (engine, getattr(engine, "weights", None)):
+        registry = getattr(owner, "registry", None) if owner is not None else None
+        if registry is not None:
+            return registry
+    from adapters.registry import Registry
+
+    _, fingerprint = base_identity(engine)
+    registry = Registry.for_settings(engine.settings, engine.store, fingerprint, pm=engine.pm)
+    engine.registry = registry  # one registry per engine: subscribers must see the promotions
+    return registry
+
+
+def base_identity(engine) -> tuple[Path, str]:
+    """The base model's folder and fingerprint, without loading the model when it isn't loaded yet."""
+    loaded = getattr(engine, "_base", None)
+    if loaded is not None:
+        return Path(loaded.folder), loaded.fingerprint
+    from runtime.models import fingerprint_folder, resolve_model_folder
+
+    folder = resolve_model_folder(engine.settings.base_model, engine.settings.cache_dir)
+    return folder, fingerprint_folder(folder)
+
+
+def _config(engine, method=None, config=None, **overrides) -> TrainingConfig:
+    if config is not None:
+        if method and method != config.method:
+            config = TrainingConfig.from_sources(config.to_dict(), method=method)
+        return config
+    return TrainingConfig.from_sources(engine.settings.training, method=method, **overrides)
+
+
+def _as_dataset(engine, character, examples, config) -> CuratedDataset:
+    """A CuratedDataset from curation, a given one, or a plain list of chat examples (split by content hash)."""
+    if examples is None:
+        return curate(engine.store, character, engine.settings, config=config, pm=engine.pm)
+    if isinstance(examples, CuratedDataset):
+        return examples
+    train, validation = [], []
+    for example in examples:
+        example = {"messages": example["messages"], "meta": dict(example.get("meta") or {})}
+        digest = hashlib.sha256(f"{config.seed}:{json.dumps(example['messages'], sort_keys=True)}".encode()).digest()
+        (validation if digest[0] / 256 < config.validation_share else train).append(example)
+    if not validation and len(train) > 1:
+        validation.append(train.pop())
+    return CuratedDataset(character.id, train, validation, {}, kept_turns=len(examples))
+
+
+def _reference(active) -> dict | None:
+    if active is None:
+        return None
+    return {"folder": str(active.folder), "kind": active.kind, "ref": active.label}
+
+
+def _disk_full(error: OSError, where) -> TrainingError:
+    return TrainingError(f"no space left on the device while writing {where}: free some space (a full model needs "
+                         "about twice its size while training) and retry; nothing active was changed")
+
+
+def _register(engine, character_id, folder: Path, config, dataset, metrics, active, run_id):
+    registry = registry_for(engine)
+    training = {**config.to_dict(), "run_id": run_id, "last_message_id": dataset.last_message_id,
+                "dropped": dataset.dropped}
+    return registry.add(folder, character_id, kind=config.method, parent=active.number if active else None,
+                        training=training, data_hash=dataset.data_hash, metrics=metrics, state="candidate")
+
+
+def train(engine, character_id: str, method: str = "lora", *, config: TrainingConfig | None = None, examples=None,
+          register: bool = True, progress: bool = True, run_id: str | None = None,
+          output_dir: str | Path | None = None) -> TrainResult:
+    """Train a character in this process and register the result as a candidate version."""
+    from runtime.training.runs import training_dir
+    from runtime.training.trainer import run_training, write_run_files
+
+    character = engine.catalog.get(character_id)
+    config = _config(engine, method, config)
+    dataset = _as_dataset(engine, character, examples, config)
+    base_folder, _ = base_identity(engine)
+    active = registry_for(engine).active(character.id) if register else None
+    run_id = run_id or os.urandom(4).hex()
+    staging = Path(output_dir) if output_dir else training_dir(engine.settings, character.id) / f"staging-{run_id}"
+    try:
+        outcome = run_training(base_folder, dataset, config, staging, reference=_reference(active), progress=progress)
+        if not outcome["metrics"]["is_main_process"]:  # other ranks under `accelerate launch` stop here
+            return TrainResult(None, outcome["metrics"], staging / "loss.png", None, run_id)
+        plot = write_run_files(staging, outcome, config, dataset, f"{character.id} · {config.method}")
+        metrics = outcome["metrics"]
+        if not register:
+            return TrainResult(None, metrics, plot, staging, run_id)
+        version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise _disk_full(error, staging) from None
+        raise
+    finally:
+        if register and not output_dir:
+            shutil.rmtree(staging, ignore_errors=True)
+    return TrainResult(version, metrics, version.folder / "loss.png", None, run_id)
+
+
+def retrain(engine, character_id: str, method: str | None = None, *, config: TrainingConfig | None = None,
+            min_new_turns: int = 0, trigger: str = "cli", in_subprocess: bool | None = None, progress: bool = True,
+            gate: bool = True) -> RetrainOutcome:
+    """Curate, train, register a candidate, gate it against the active version, promote or reject.
+
+    in_subprocess=None: train in a low-priority child process when this engine is serving chats (its
+    generator is running), else here (the command line, with its progress bar).
+    """
+    from runtime.training import runs
+    from runtime.training.gate import run_gate
+
+    character = engine.catalog.get(character_id)
+    config = _config(engine, method, config)
+    store, settings = engine.store, engine.settings
+    if in_subprocess is None:
+        in_subprocess = getattr(engine, "_generator", None) is not None
+    if os.environ.get("RANK", "0") != "0":  # a non-main rank under `accelerate launch`: just train along
+        train(engine, character.id, config.method, config=config, progress=False)
+        return RetrainOutcome(character.id, "candidate", "trained as a non-main rank")
+    with runs.character_lock(settings, character.id):
+        runs.clean_stale(settings, character.id, store)
+        since = runs.last_trained_message_id(store, character.id)
+        dataset = curate(store, character, settings, config=config, pm=engine.pm, since_message_id=since)
+        run_id = runs.start_run(store, character.id, config.method, trigger, new_turns=dataset.new_turns,
+                                last_message_id=dataset.last_message_id, data_hash=dataset.data_hash)
+        if min_new_turns and dataset.new_turns < min_new_turns:
+            reason = (f"skipped: {dataset.new_turns} new curated turns since the last training "
+                      f"(message {since}), {min_new_turns} needed")
+            runs.update_run(store, run_id, state="skipped", reason=reason, phase="done")
+            log.info("%s: %s", character.id, reason)
+            return RetrainOutcome(character.id, "skipped", reason, dropped=dataset.dropped, run_id=run_id)
+        registry = registry_for(engine)
+        active = registry.active(character.id)
+        try:
+            if in_subprocess:
+                from runtime.training.worker import train_in_subprocess
+
+                base_folder, _ = base_identity(engine)
+                staging, metrics = train_in_subprocess(engine, character.id, dataset, config, _reference(active),
+                                                       run_id, base_folder)
+                runs.update_run(store, run_id, phase="registering")
+                try:
+                    version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+                result = TrainResult(version, metrics, version.folder / "loss.png", None, run_id)
+            else:
+                runs.update_run(store, run_id, phase="training", pid=os.getpid())
+                result = train(engine, character.id, config.method, config=config, examples=dataset,
+                               progress=progress, run_id=run_id)
+        except Exception as error:
+            reason = str(error) if isinstance(error, (TrainingError, OSError)) else f"{type(error).__name__}: {error}"
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                reason = str(_disk_full(error, runs.training_dir(settings, character.id)))
+            runs.update_run(store, run_id, state="failed", reason=reason, phase="done")
+            log.error("%s: training failed: %s", character.id, reason)
+            return RetrainOutcome(character.id, "failed", reason, dropped=dataset.dropped, run_id=run_id)
+        version, metrics = result.version, result.metrics
+        runs.update_run(store, run_id, state="candidate", version=version.number, metrics=metrics, phase="gating")
+        if not gate:
+            runs.update_run(store, run_id, phase="done")
+            return RetrainOutcome(character.id, "candidate", "registered as a candidate (gate skipped)", version,
+                                  metrics, None, dataset.dropped, run_id, result.loss_plot)
+        decision = run_gate(engine, character.id, version, active, metrics, config)
+        reason = f"{decision.method} gate: " + "; ".join(decision.reasons)
+        if decision.promote:
+            version = registry.promote(character.id, version.number)
+            status = "promoted"
+        else:
+            version = registry.reject(character.id, version.number, reason)
+            status = "rejected"
+        runs.update_run(store, run_id, state=status, reason=reason, phase="done",
+                        gate={"method": decision.method, "promote": decision.promote, "reasons": decision.reasons,
+                              "details": decision.details})
+        log.info("%s: %s %s (%s)", character.id, status, version.ref, reason)
+        return RetrainOutcome(character.id, status, reason, version, metrics, decision, dataset.dropped, run_id,
+                              version.folder / "loss.png")

@@ -1,0 +1,114 @@
+"""TrainingConfig: every knob of curation, training and the gate, with help text (PEFT-style)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+METHODS = ("lora", "hybrid", "full")
+ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot run or failed; the message says why and what to do."""
+
+
+@dataclass
+class TrainingConfig:
+    """How a character is curated, trained and gated; `[training]` in personae.toml sets the defaults."""
+
+    method: str = field(default="lora", metadata={"help": "lora, hybrid (LoRA + fully trained layers) or full."})
+    rank: int = field(default=16, metadata={"help": "LoRA rank r (the study suggests 8-16 to start)."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / rank)."})
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    target_modules: list = field(
+        default_factory=lambda: list(ATTENTION_AND_MLP),
+        metadata={"help": "Modules LoRA adapts: attention and MLP projections by default."},
+    )
+    full_layers: int = field(
+        default=2,
+        metadata={"help": "hybrid: how many of the last decoder layers are trained in full (modules_to_save)."},
+    )
+    modules_to_save: list = field(
+        default_factory=list,
+        metadata={"help": "hybrid: explicit module names trained in full (overrides full_layers), e.g. lm_head."},
+    )
+    epochs: float = field(default=3.0, metadata={"help": "Passes over the training set."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (-1 = by epochs)."})
+    lr: float = field(default=0.0, metadata={"help": "Peak learning rate; 0 = 2e-4 for LoRA/hybrid, 2e-5 for full."})
+    warmup: float = field(default=0.1, metadata={"help": "Warm-up: a fraction of the steps (<1) or a step count."})
+    scheduler: str = field(default="cosine", metadata={"help": "Learning-rate schedule (transformers name)."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per device per step."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    max_length: int = field(default=512, metadata={"help": "Longest training sequence in tokens (context cut left)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    patience: int = field(default=2, metadata={"help": "Early stopping: epochs without a better validation loss."})
+    seed: int = field(default=42, metadata={"help": "Seed for data order, initialisation and the split."})
+    threads: int = field(default=0, metadata={"help": "torch threads while training; 0 = torch's default."})
+    # curation
+    context_messages: int = field(default=6, metadata={"help": "Earlier messages kept as context of each reply."})
+    validation_share: float = field(default=0.1, metadata={"help": "Share of examples held out for validation."})
+    max_user_share: float = field(
+        default=0.25, metadata={"help": "Cap on one user's share of the logged turns (no one dominates)."}
+    )
+    user_cap_floor: int = field(
+        default=20, metadata={"help": "Each user may always contribute this many turns, whatever the share."}
+    )
+    dedupe_threshold: float = field(
+        default=0.8, metadata={"help": "Jaccard similarity of word shingles above which turns are near-duplicates."}
+    )
+    example_share: float = field(
+        default=0.2, metadata={"help": "Card example dialogues make up at least this share of the training set."}
+    )
+    min_examples: int = field(default=4, metadata={"help": "Fewer curated examples than this is an error."})
+    # gate
+    gate: str = field(
+        default="auto",
+        metadata={"help": "Promotion gate: auto (persona audit when installed, else validation loss), audit or loss."},
+    )
+    gate_tolerance: float = field(
+        default=0.02,
+        metadata={"help": "Loss gate: the candidate may be this much (relative) worse than the active version."},
+    )
+    subprocess_threads: int = field(
+        default=1, metadata={"help": "Scheduled training: torch/OMP threads of the low-priority training process."}
+    )
+    nice: int = field(default=10, metadata={"help": "Scheduled training: how much lower the training process runs."})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise TrainingError(f"unknown training method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.rank < 1 or self.alpha < 1:
+            raise TrainingError("LoRA rank and alpha must be positive integers (try --rank 16 --alpha 32)")
+        if self.gate not in ("auto", "audit", "loss"):
+            raise TrainingError(f"unknown gate {self.gate!r}; use auto, audit or loss")
+        if not 0 <= self.validation_share < 1:
+            raise TrainingError("validation_share must be between 0 and 1")
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate, defaulting by method (full fine-tuning needs a much smaller one)."""
+        if self.lr:
+            return self.lr
+        return 2e-5 if self.method == "full" else 2e-4
+
+    def to_dict(self) -> dict:
+        """Plain values for manifests and the worker's request file."""
+        return asdict(self)
+
+    @classmethod
+    def from_sources(cls, table: dict | None = None, **overrides) -> "TrainingConfig":
+        """Defaults < the `[training]` table of personae.toml < explicit overrides (None = not given)."""
+        known = {f.name for f in fields(cls)}
+        values = {}
+        for source in (table or {}, overrides):
+            for name, value in source.items():
+                if value is None or name not in known:
+                    continue
+                values[name] = value
+        return cls(**values)
+
+
+def config_help() -> list[tuple[str, object, str]]:
+    """(name, default, help) of every setting, for documentation."""
+    config = TrainingConfig()
+    return [(f.name, getattr(config, f.name), f.metadata.get("help", "")) for f in fields(TrainingConfig)]

@@ -1,0 +1,33 @@
+"""Loss-curve plot of a training run (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_losses(log_history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Training loss per step and validation loss per evaluation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    validation = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
+    figure, axes = plt.subplots(figsize=(6.4, 4))
+    if train:
+        axes.plot(*zip(*train), label="training loss", color="tab:blue")
+    if validation:
+        axes.plot(*zip(*validation), "o-", label="validation loss", color="tab:orange")
+    axes.set_xlabel("optimiser step")
+    axes.set_ylabel("cross-entropy on the character's replies")
+    axes.set_title(title or "Training loss")
+    axes.grid(alpha=0.3)
+    if train or validation:
+        axes.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,182 @@
+"""Which weights answer for a character: registry versions loaded into the generator, hot-swapped.
+
+acquire() returns the character's active version (or a pinned one) as an adapter name the
+generator serves, counting the request in flight until Weights.release(). A promotion or
+rollback (Registry.subscribe) preloads the new version, so later requests get it at once,
+while requests in flight finish on the version they started with; an old version leaves
+memory only when its last request has released it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+log = logging.getLogger("personae.weights")
+
+LORA_KINDS = ("lora", "hybrid", "composite")
+
+
+def _lazy(value):
+    """A zero-argument getter for a value or a callable producing it (the engine builds parts lazily)."""
+    return value if callable(value) else (lambda: value)
+
+
+class WeightsManager:
+    """Registry versions -> generator adapters / full models, reference-counted for hot swap."""
+
+    def __init__(self, registry, generator, base, pm=None):
+        self.registry = registry
+        self._generator = _lazy(generator)
+        self._base = _lazy(base)
+        self.pm = pm
+        self._lock = threading.RLock()
+        self._refs: collections.Counter = collections.Counter()
+        self._loaded: dict[str, object] = {}  # label -> Version registered in the generator
+        self._current: dict[str, str] = {}  # character -> label of its active version (as last seen)
+        registry.subscribe(self._on_change)
+
+    @property
+    def generator(self):
+        """The generator serving the weights."""
+        return self._generator()
+
+    def acquire(self, character_id: str, version=None):
+        """The weights to answer with now; call .release() when the reply is done."""
+        from adapters.errors import RegistryError
+        from runtime.engine import Weights
+
+        pinned = version not in (None, "")
+        for _ in range(3):  # a broken active version is marked failed and the next one tried
+            found = self._lookup(character_id, version)
+            if found is None:
+                return Weights(version="base", release=_noop)
+            label = found.label
+            with self._lock:
+                try:
+                    self._ensure_loaded(found)
+                except (RegistryError, ValueError, OSError) as error:
+                    if pinned:
+                        raise
+                    log.error("%s cannot be served (%s); marking it failed", found.ref, error)
+                    self.registry.mark_failed(found.character, found.number, f"failed to load: {error}")
+                    continue
+                self._refs[label] += 1
+                if not pinned:
+                    # A promotion made by another process shows up here, not through subscribe.
+                    previous = self._current.get(character_id)
+                    self._current[character_id] = label
+                    if previous and previous != label:
+                        self._maybe_unload(previous)
+            return Weights(version=label, adapter=label, release=self._releaser(label))
+        raise RegistryError(f"{character_id}: no version of its weights could be loaded; see the log")
+
+    def _lookup(self, character_id: str, version):
+        """The registry version wanted: a pinned number ('3', 3, 'pixel@3') or the active one."""
+        if version in (None, ""):
+            return self.registry.active(character_id)
+        text = str(version).strip()
+        if text == "base":
+            return None
+        number = text.rpartition("@")[2].lstrip("vV")
+        if not number.isdigit():
+            from adapters.errors import RegistryError
+
+            raise RegistryError(f"version {version!r}: expected a number, as in {character_id}@3")
+        return self.registry.get(character_id, int(number))
+
+    def _ensure_loaded(self, version) -> None:
+        """Verify a version once and load it into the generator (between its decode steps)."""
+        label = version.label
+        generator = self.generator
+        if label in self._loaded and generator.knows(label):
+            return
+        base = self._base()
+        adopt_base(self.registry, base)
+        self.registry.verify(version, base=base)
+        if version.kind in LORA_KINDS:
+            generator.load_adapter(label, version.folder)
+        elif version.kind == "full":
+            from adapters.full_delta import load_full
+
+            generator.load_model(label, loader=lambda v=version: load_full(v, base))
+        else:
+            raise ValueError(f"{version.ref}: weights of kind {version.kind!r} cannot be served")
+        self._loaded[label] = version
+        log.info("weights %s ready", label)
+
+    def _releaser(self, label: str):
+        done = threading.Event()
+
+        def release() -> None:
+            if done.is_set():  # release is idempotent
+                return
+            done.set()
+            with self._lock:
+                self._refs[label] -= 1
+                if self._refs[label] <= 0:
+                    del self._refs[label]
+                    self._maybe_unload(label)
+
+        return release
+
+    def _maybe_unload(self, label: str) -> None:
+        """Free a version nobody uses any more and that is no longer active."""
+        if self._refs.get(label) or label in self._current.values() or label not in self._loaded:
+            return
+        version = self._loaded.pop(label)
+        generator = self.generator
+        try:
+            if version.kind == "full":
+                generator.unload_model(label, wait=False)
+            else:
+                generator.unload_adapter(label, wait=False)
+        except RuntimeError:
+            pass  # the generator is closed: nothing to free
+        log.info("weights %s unloaded (no longer active, no request in flight)", label)
+
+    def _on_change(self, character: str, version) -> None:
+        """Hot swap: preload the newly active version; free the old one once its requests finish."""
+        with self._lock:
+            previous = self._current.pop(character, None)
+            if version is not None:
+                try:
+                    self._ensure_loaded(version)
+                    self._current[character] = version.label
+                except Exception as error:  # noqa: BLE001 - acquire() retries and reports
+                    log.error("could not preload %s: %s", version.ref, error)
+            if previous is not None:
+                self._maybe_unload(previous)
+
+    def status(self) -> dict:
+        """Loaded versions and requests in flight on each (for `personae status`)."""
+        with self._lock:
+            return {"loaded": sorted(self._loaded), "in_flight": dict(self._refs), "active": dict(self._current)}
+
+
+def _noop() -> None:
+    return None
+
+
+def attach_registry(engine) -> bool:
+    """Give an engine a WeightsManager over the data dir's adapter registry (False: not installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("adapters.registry") is None:
+        return False
+    from adapters.registry import Registry
+
+    registry = Registry.for_settings(engine.settings, engine.store, pm=engine.pm)
+    if engine._base is not None:  # already loaded: let the registry check adapters against it
+        adopt_base(registry, engine._base)
+    engine.weights = WeightsManager(registry, lambda: engine.generator, lambda: engine.base, pm=engine.pm)
+    return True
+
+
+def adopt_base(registry, base) -> None:
+    """Tell a registry built before the model loaded which base it serves (compat checks, deltas)."""
+    if getattr(registry, "base", None) is None:
+        registry.base = base
+    if not getattr(registry, "base_fingerprint", None):
+        registry.base_fingerprint = getattr(base, "fingerprint", None)

@@ -1,0 +1,326 @@
+"""Generator benchmarks on SmolLM2-135M: batched multi-LoRA, continuous batching, swap-in, precision.
+
+Everything is a ratio against a baseline measured in the same run (the machine is shared, so
+absolute numbers drift); the table is printed and saved to tests/bench/results/generation.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import pytest
+from bench_utils import report
+
+N_ADAPTERS = 8
+NEW_TOKENS = 24
+QUESTIONS = [
+    "Tell me about your ship.", "What is your favourite book?", "Describe a storm at sea.",
+    "How do you win a video game?", "What did you eat today?", "Who is your best friend?",
+    "What scares you most?", "Give me advice for a long journey.", "What is the meaning of courage?",
+    "Sing me a short song.", "Where were you born?", "What makes a good captain?",
+    "Explain how stars form.", "What is your secret?", "Tell me a joke.", "Why is the sea salty?",
+]
+
+
+def make_adapters(base, root, count=N_ADAPTERS, rank=16):
+    """Real PEFT LoRA adapters r=16 on q,k,v,o (random non-zero B so each one changes the output)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    folders = []
+    for index in range(count):
+        torch.manual_seed(100 + index)
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                            lora_dropout=0.0, init_lora_weights=False, task_type="CAUSAL_LM")
+        model = get_peft_model(copy.deepcopy(base.model), config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.mul_(0.02)
+        folder = root / f"adapter{index}"
+        model.save_pretrained(folder, safe_serialization=True)
+        folders.append(folder)
+        del model
+    return folders
+
+
+def prompts_for(tokenizer, count):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=False) for q in QUESTIONS[:count]]
+
+
+def greedy(max_new_tokens=NEW_TOKENS, **extra):
+    from runtime.generation import SamplingSettings
+
+    return SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=max_new_tokens, **extra)
+
+
+def run_together(gen, prompts, adapters):
+    """Submit all at once; (tokens/s, texts)."""
+    from runtime.generation import Request
+
+    started = time.perf_counter()
+    streams = [gen.submit(Request(p, greedy(), a)) for p, a in zip(prompts, adapters)]
+    texts = [s.result() for s in streams]
+    seconds = time.perf_counter() - started
+    return sum(s.completion_tokens for s in streams) / seconds, texts
+
+
+def run_one_by_one(gen, prompts, adapters):
+    from runtime.generation import Request
+
+    started = time.perf_counter()
+    tokens, texts = 0, []
+    for p, a in zip(prompts, adapters):
+        stream = gen.submit(Request(p, greedy(), a))
+        texts.append(stream.result())
+        tokens += stream.completion_tokens
+    return tokens / (time.perf_counter() - started), texts
+
+
+def best_of(function, repeat=2):
+    results = [function() for _ in range(repeat)]
+    return max(results, key=lambda r: r[0])
+
+
+def peft_batches(base, folders, prompts):
+    """PEFT's own mixed batch (adapter_names) and single-adapter batch, for reference."""
+    import torch
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(copy.deepcopy(base.model), folders[0], adapter_name="a0")
+    for index, folder in enumerate(folders[1:], 1):
+        model.load_adapter(folder, adapter_name=f"a{index}")
+    tokenizer = base.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    out = {}
+    for label, names in (("single", ["a0"] * len(prompts)), ("mixed", [f"a{i}" for i in range(len(prompts))])):
+        def once():
+            started = time.perf_counter()
+            with torch.inference_mode():
+                result = model.generate(**batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                        do_sample=False, adapter_names=names, pad_token_id=tokenizer.pad_token_id)
+            return (result.shape[1] - batch["input_ids"].shape[1]) * len(prompts) / (time.perf_counter() - started),
+        out[label] = max(once() for _ in range(2))[0]
+    return out
+
+
+def static_batch_tokens_per_s(base, prompts):
+    """transformers' generate on one left-padded batch (everyone waits for the whole batch)."""
+    import torch
+
+    tokenizer = base.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = base.model.generate(**batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)
+    return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts) / (time.perf_counter() - started)
+
+
+def staggered(gen, prompts, adapters, gap):
+    """Chats arriving `gap` seconds apart; returns (ttfts, tokens/s from first arrival to last token)."""
+    from runtime.generation import Request
+
+    streams = []
+    started = time.perf_counter()
+    for p, a in zip(prompts, adapters):
+        streams.append(gen.submit(Request(p, greedy(), a)))
+        time.sleep(gap)
+    for s in streams:
+        s.result()
+    end = max(s.finished_at for s in streams)
+    return [s.ttft for s in streams], sum(s.completion_tokens for s in streams) / (end - started)
+
+
+class Rows(list):
+    """Result rows, printed and saved as they come (the run takes minutes on a shared machine)."""
+
+    def __iadd__(self, new):
+        for row in new:
+            print(f"  {row['metric']}: {row['value']}", flush=True)
+        self.extend(new)
+        report("generation", list(self))
+        return self
+
+    def append(self, row):
+        self.__iadd__([row])
+
+
+ROWS = Rows()
+
+
+def p95(values):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def rss_mb():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096 / 1e6
+
+
+@pytest.fixture(scope="module")
+def setup(real_base, tmp_path_factory):
+    """SmolLM2, 8 adapters, prompts; the generator with the adapters loaded (load / swap / memory rows)."""
+    from runtime.generation import Generator
+
+    global ROWS
+    base, tokenizer = real_base, real_base.tokenizer
+    folders = make_adapters(base, tmp_path_factory.mktemp("bench-adapters"))
+    names = [f"a{i}" for i in range(N_ADAPTERS)]
+    gen = Generator(base.model, tokenizer, max_batch=16, max_adapters=16)
+    before = rss_mb()
+    loads = [gen.load_adapter(name, folder) for name, folder in zip(names, folders)]
+    after = rss_mb()
+    swap = [gen.load_adapter("a0", folders[0]) for _ in range(3)]  # replace in place between steps
+    ROWS += [
+        {"metric": "adapter load (read safetensors + stack), median s", "value": round(statistics.median(loads), 4)},
+        {"metric": "adapter swap-in (replace loaded adapter), median s", "value": round(statistics.median(swap), 4)},
+        {"metric": "memory per extra adapter (its tensors), MB",
+         "value": round(statistics.median(gen.stats["adapter_bytes"].values()) / 1e6, 2)},
+        {"metric": "memory per extra adapter slot (stacked, padded rank), MB",
+         "value": round(gen.stats["slot_bytes"] / 1e6, 2)},
+        {"metric": f"process RSS growth for {N_ADAPTERS} adapters, MB", "value": round(after - before, 1)},
+    ]
+    yield {"base": base, "tokenizer": tokenizer, "folders": folders, "names": names, "gen": gen,
+           "prompts": prompts_for(tokenizer, N_ADAPTERS), "many": prompts_for(tokenizer, 16)}
+    gen.close()
+
+
+def test_bench_mixed_adapters(setup):
+    global ROWS
+    gen, prompts, names = setup["gen"], setup["prompts"], setup["names"]
+    run_together(gen, prompts[:2], names[:2])  # warm-up
+    single, _ = run_together(gen, prompts, ["a0"] * N_ADAPTERS)
+    mixed, mixed_texts = run_together(gen, prompts, names)
+    single = max(single, run_together(gen, prompts, ["a0"] * N_ADAPTERS)[0])  # interleaved, best of 2
+    mixed = max(mixed, run_together(gen, prompts, names)[0])
+    one, alone_texts = run_one_by_one(gen, prompts, names)
+    identical = sum(a == b for a, b in zip(mixed_texts, alone_texts))
+    ROWS += [
+        {"metric": "single-adapter batch of 8, tokens/s", "value": round(single, 1)},
+        {"metric": "mixed 8-adapter batch, tokens/s", "value": round(mixed, 1)},
+        {"metric": "one at a time, tokens/s", "value": round(one, 1)},
+        {"metric": "mixed / single", "value": round(mixed / single, 2), "target": ">= 0.9"},
+        {"metric": "mixed / one at a time", "value": round(mixed / one, 2), "target": ">= 4"},
+        {"metric": "mixed outputs identical to each adapter alone", "value": f"{identical}/{N_ADAPTERS}",
+         "target": f"{N_ADAPTERS}/{N_ADAPTERS}"},
+    ]
+    peft = peft_batches(setup["base"], setup["folders"], prompts)
+    ROWS += [
+        {"metric": "PEFT adapter_names mixed / PEFT single (reference)", "value": round(peft["mixed"] / peft["single"], 2)},
+        {"metric": "batched LoRA mixed / PEFT mixed", "value": round(mixed / peft["mixed"], 2)},
+    ]
+    assert identical == N_ADAPTERS
+
+
+def test_bench_staggered_chats(setup):
+    from runtime.generation import BASE_ADAPTER, Request
+
+    global ROWS
+    gen, many, names = setup["gen"], setup["many"], setup["names"]
+    characters = [names[i % 4] if i % 5 else BASE_ADAPTER for i in range(16)]
+    lone = []
+    for i in range(2):
+        stream = gen.submit(Request(many[i], greedy(), names[0]))
+        stream.result()
+        lone.append(stream.ttft)
+    lone_ttft = statistics.median(lone)
+    gap = 0.5 * lone_ttft + 0.05
+    ttfts, arrival_tps = staggered(gen, many, characters, gap)
+    static_tps = static_batch_tokens_per_s(setup["base"], many)
+    ROWS += [
+        {"metric": "lone chat TTFT, s", "value": round(lone_ttft, 3)},
+        {"metric": "16 staggered chats: p95 TTFT, s", "value": round(p95(ttfts), 3)},
+        {"metric": "p95 TTFT / lone TTFT", "value": round(p95(ttfts) / lone_ttft, 2), "target": "<= 2"},
+        {"metric": "staggered aggregate tokens/s", "value": round(arrival_tps, 1)},
+        {"metric": "static batch of 16 (HF generate, base only), tokens/s", "value": round(static_tps, 1)},
+        {"metric": "staggered / static batch", "value": round(arrival_tps / static_tps, 2), "target": ">= 0.8"},
+    ]
+
+
+def test_bench_engine_vs_generate(setup, make_engine):
+    import torch
+
+    from runtime.engine import Turn
+
+    global ROWS
+    base, tokenizer = setup["base"], setup["tokenizer"]
+    setup["gen"].close()  # the engine's own generator owns the model now
+    engine = make_engine(base)
+    engine_tps, raw_tps = [], []
+    for i in range(2):
+        reply = engine.reply(Turn(platform="bench", channel=f"e{i}", user_id="b", text=QUESTIONS[i],
+                                  character="pixel", sampling={"temperature": 0, "max_new_tokens": 32}))
+        reply.result()
+        stream = reply.stream
+        engine_tps.append(stream.completion_tokens / (stream.finished_at - stream.request.submitted))
+        ids = torch.tensor([stream.request.input_ids])
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = base.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=stream.completion_tokens,
+                                      min_new_tokens=stream.completion_tokens, do_sample=False,
+                                      repetition_penalty=stream.request.sampling.repetition_penalty,
+                                      pad_token_id=tokenizer.pad_token_id)
+        raw_tps.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - started))
+    engine.close()
+    ROWS += [
+        {"metric": "engine reply tokens/s", "value": round(statistics.median(engine_tps), 1)},
+        {"metric": "raw model.generate tokens/s (same prompt)", "value": round(statistics.median(raw_tps), 1)},
+        {"metric": "engine / raw generate", "value": round(statistics.median(engine_tps) / statistics.median(raw_tps), 2),
+         "target": ">= 0.95"},
+    ]
+
+
+def test_bench_precision(setup):
+    from runtime.catalog import Catalog
+    from runtime.config import load_settings
+    from runtime.generation import BASE_ADAPTER, Generator, Request
+    from runtime.plugins import get_plugin_manager
+    from runtime.precision import convert, perplexity, probe_bf16
+
+    global ROWS
+    base, tokenizer, many = setup["base"], setup["tokenizer"], setup["many"]
+    settings = load_settings()
+    catalog = Catalog(get_plugin_manager(settings.plugins_dir), settings.data_dir)
+    dialogues = []
+    for cid in catalog.names():
+        character = catalog.characters[cid]
+        for block in character.example_dialogues("User"):
+            if len(block) >= 2 and block[-1]["role"] == "assistant":
+                dialogues.append([{"role": "system", "content": character.system_text("User")}, *block])
+    quality_prompts = prompts_for(tokenizer, 6)
+    results = {}
+    for dtype in ("float32", "bfloat16", "int8"):
+        model = base.model if dtype == "float32" else convert(copy.deepcopy(base.model), dtype)
+        gen = Generator(model, tokenizer, max_batch=16)
+        run_together(gen, many[:1], [BASE_ADAPTER])
+        tps1 = run_together(gen, many[:1], [BASE_ADAPTER])[0]
+        tps16 = run_together(gen, many, [BASE_ADAPTER] * 16)[0]
+        streams = [gen.submit(Request(p, greedy(16))) for p in quality_prompts]
+        tokens = [tokenizer.encode(s.result(), add_special_tokens=False) for s in streams]
+        gen.close()
+        results[dtype] = {"tps1": tps1, "tps16": tps16, "tokens": tokens,
+                          "ppl": perplexity(model, tokenizer, dialogues) if dialogues else float("nan")}
+        del model
+        reference, result = results["float32"], results[dtype]
+        agree = []
+        for mine, ref in zip(result["tokens"], reference["tokens"]):
+            same = next((i for i, (x, y) in enumerate(zip(mine, ref)) if x != y), min(len(mine), len(ref)))
+            agree.append(same / max(1, len(ref)))
+        ROWS += [
+            {"metric": f"{dtype}: batch 1 tokens/s (x fp32)",
+             "value": f"{result['tps1']:.1f} ({result['tps1'] / reference['tps1']:.2f}x)"},
+            {"metric": f"{dtype}: batch 16 tokens/s (x fp32)",
+             "value": f"{result['tps16']:.1f} ({result['tps16'] / reference['tps16']:.2f}x)"},
+            {"metric": f"{dtype}: greedy agreement with fp32 (prefix share)", "value": round(statistics.mean(agree), 3)},
+            {"metric": f"{dtype}: perplexity on the cards' example dialogues", "value": round(result["ppl"], 3)},
+        ]
+    ROWS.append({"metric": "bf16/fp32 matmul probe by batch (auto's input)", "value": str(probe_bf16())})
+    with open("/proc/loadavg") as handle:
+        ROWS.append({"metric": "machine load average at the end", "value": handle.read().split()[0]})

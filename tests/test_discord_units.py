@@ -1,0 +1,186 @@
+"""Discord plugin parts without a bot: config, token checks, rate limits, who answers, redaction, --check."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from click.testing import CliRunner
+
+from plugins.discord.bot import addresses, choose, name_patterns
+from plugins.discord.config import check, parse_config, token_problems
+from plugins.discord.ratelimit import RateLimiter
+from plugins.discord.redact import MASK, TokenRedactor, install, uninstall
+from tests.discord_harness import TOKEN
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_config_parses_ids_and_reports_every_problem():
+    config, problems = parse_config({
+        "allowed_guilds": [123456789012345678], "admin_roles": ["223456789012345678"],
+        "admin_users": ["12", True], "answer": "everyone", "user_rate": -1, "streaming": "yes",
+        "admin_channel": 323456789012345678, "colour": "blue",
+    })
+    assert config.allowed_guilds == [123456789012345678] and config.admin_roles == [223456789012345678]
+    assert config.admin_channel == 323456789012345678
+    assert config.answer == "first" and config.user_rate == 6 and config.streaming is True  # defaults kept
+    joined = "\n".join(problems)
+    assert "admin_users: '12' is not a Discord id" in joined and "admin_users: True" in joined
+    assert "answer: 'everyone' is not one of first, all, random, none" in joined
+    assert "user_rate: expected a non-negative int" in joined
+    assert "streaming: expected true or false" in joined
+    assert "unknown key 'colour'" in joined
+    assert len(problems) == 6
+
+
+def test_default_config_has_no_problems_and_sampling_overrides():
+    config, problems = parse_config({"temperature": 0, "max_new_tokens": 24})
+    assert problems == []
+    assert config.sampling == {"temperature": 0.0, "max_new_tokens": 24}
+
+
+def test_token_shape_is_checked_without_connecting():
+    assert token_problems(TOKEN) == []
+    assert "is empty" in token_problems("")[0]
+    assert "three parts" in token_problems("abc")[0]
+    assert "without the 'Bot ' prefix" in token_problems("Bot " + TOKEN)[0]
+    assert "base64 user id" in token_problems("aGVsbG8.abc.def")[0]
+    assert check({"answer": "all"}, TOKEN) == []
+
+
+def test_rate_limiter_window_and_single_warning():
+    clock = Clock()
+    limiter = RateLimiter(2, 60, clock=clock)
+    assert limiter.hit("u") == 0 and limiter.hit("u") == 0
+    wait = limiter.hit("u")
+    assert wait == 60
+    assert limiter.should_warn("u", wait) is True
+    clock.now += 10
+    assert limiter.hit("u") == 50 and limiter.should_warn("u", 50) is False  # warned once per window
+    assert limiter.hit("other") == 0  # keys are independent
+    clock.now += 51
+    assert limiter.hit("u") == 0 and limiter.should_warn("u", 1) is True
+    assert RateLimiter(0).hit("x") == 0  # 0 = no limit
+
+
+class Card:
+    def __init__(self, id, name):
+        self.id, self.name = id, name
+
+
+MARA, QUILL, PIXEL = Card("captain-mara-voss", "Captain Mara Voss"), Card("professor-quill", "Professor Quill"), \
+    Card("pixel", "Pixel")
+
+
+def test_characters_are_addressed_by_distinctive_name_words():
+    assert "captain" not in name_patterns(MARA) and {"mara", "voss", "captain mara voss"} <= set(name_patterns(MARA))
+    assert addresses("Mara, where are we headed?", MARA)
+    assert addresses("what do you think, professor quill", QUILL)
+    assert not addresses("the captain of the team", MARA)  # a title alone is not her name
+    assert not addresses("pixelated screens", PIXEL)  # whole words only
+
+
+def test_who_answers_per_mode():
+    bound, rng = [PIXEL, QUILL, MARA], random.Random(1)
+    assert choose("Quill and Pixel, hello", bound, "none", rng) == [PIXEL, QUILL]
+    assert choose("hello", bound, "first", rng) == [PIXEL]
+    assert choose("hello", bound, "all", rng) == bound
+    assert choose("hello", bound, "none", rng) == []
+    assert choose("hello", bound, "none", rng, mentioned=True) == [PIXEL]
+    picks = {choose("hello", bound, "random", rng)[0].id for _ in range(40)}
+    assert picks == {c.id for c in bound}
+    assert choose("hello", [], "all", rng) == []
+
+
+def test_token_is_redacted_from_log_records(caplog):
+    redactor = TokenRedactor(TOKEN)
+    logger = logging.getLogger("plugins.discord.test")
+    logger.addFilter(redactor)
+    try:
+        with caplog.at_level(logging.INFO, logger="plugins.discord.test"):
+            logger.info("connecting with %s", TOKEN)
+            logger.info(f"headers {{'Authorization': 'Bot {TOKEN}'}}")
+            logger.info("as mapping %(token)s", {"token": TOKEN})
+            try:
+                raise RuntimeError(f"bad token {TOKEN}")
+            except RuntimeError:
+                logger.exception("failed")
+    finally:
+        logger.removeFilter(redactor)
+    assert TOKEN not in caplog.text
+    assert caplog.text.count(MASK) == 4
+
+
+def test_installed_redactor_covers_root_handlers_and_discord_loggers(caplog):
+    redactor = install(TOKEN)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            logging.getLogger("discord.http").debug("GET /users/@me with Bot %s", TOKEN)
+    finally:
+        uninstall(redactor)
+    assert TOKEN not in caplog.text and MASK in caplog.text
+
+
+def test_serve_check_validates_discord_config_without_connecting(monkeypatch, tmp_path):
+    from runtime.cli import cli
+
+    runner = CliRunner()
+    (tmp_path / "personae.toml").write_text('[discord]\nanswer = "all"\nadmin_users = ["123456789012345678"]\n')
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    result = runner.invoke(cli, ["serve", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "discord: ok" in result.output and TOKEN not in result.output
+
+    (tmp_path / "personae.toml").write_text('[discord]\nanswer = "loudest"\n')
+    monkeypatch.setenv("DISCORD_TOKEN", "not-a-token")
+    result = runner.invoke(cli, ["serve", "--check"])
+    assert result.exit_code == 2
+    assert "discord: problems" in result.output
+    assert "answer: 'loudest' is not one of" in result.output
+    assert "does not look like a bot token" in result.output
+
+    monkeypatch.delenv("DISCORD_TOKEN")
+    result = runner.invoke(cli, ["serve", "--check"])
+    assert "discord" not in result.output  # no token: the platform isn't wanted
+
+
+def test_platform_is_wanted_only_with_a_token_and_stop_is_safe(monkeypatch):
+    import plugins.discord as plugin
+    from runtime.config import load_settings
+
+    settings = load_settings()
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    assert plugin.platform.wanted(settings, {}) is False
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    assert plugin.platform.wanted(settings, {}) is True
+    plugin.platform.stop()  # not running: nothing to do, no error
+    registered = []
+    plugin.register_platforms(registered.append)
+    assert registered == [plugin.platform] and registered[0].name == "discord"
+
+
+def test_capability_results_are_summarised_for_discord():
+    from plugins.discord.commands import capability, summary
+
+    class Outcome:
+        def summary(self):
+            return "pixel: promoted pixel@4 — alignment up 3 points"
+
+    class Report:
+        def summary(self):
+            return {"run_id": "r1", "aligned": 0.8734, "leakage": 0.05, "replies": 30}
+
+    assert summary(Outcome()) == "pixel: promoted pixel@4 — alignment up 3 points"
+    assert summary(Report()) == "run_id r1, aligned 87%, leakage 5%, replies 30"
+    assert summary({"character": "pixel", "cron": "0 4 * * 1"}) == "character pixel, cron 0 4 * * 1"
+    assert summary(None) == "done."
+    assert capability("runtime.nothing_here", "run") is None
+    assert capability("json", "no_such_function") is None
+    assert capability("json", "dumps") is not None

@@ -1,0 +1,68 @@
+"""WeightsManager: registry versions served by the generator (base, pinned, full, broken ones)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers_adapters import train_tiny_full, train_tiny_lora
+from runtime.engine import Turn
+from runtime.generation import BASE_ADAPTER
+
+
+def turn(character, channel="c1", version=None):
+    return Turn(platform="test", channel=channel, user_id="u1", text="Hello", character=character, version=version,
+                sampling={"temperature": 0, "max_new_tokens": 6})
+
+
+@pytest.fixture(scope="module")
+def loras(tiny_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return [train_tiny_lora(tiny_base, root / f"v{i}", steps=2, seed=i) for i in range(2)]
+
+
+def test_no_version_means_base_and_pinned_versions_are_served(make_engine, tiny_base, loras):
+    engine = make_engine(tiny_base, registry=True)
+    weights = engine.weights.acquire("pixel")
+    assert (weights.version, weights.adapter) == ("base", BASE_ADAPTER)
+    registry = engine.weights.registry
+    registry.add(loras[0], "pixel", activate=True)
+    registry.add(loras[1], "pixel", activate=True)
+    pinned = engine.reply(turn("pixel", version="1"))
+    active = engine.reply(turn("pixel", channel="c2"))
+    pinned.result(), active.result()
+    assert pinned.message["weights_version"] == "lora:pixel@1"
+    assert active.message["weights_version"] == "lora:pixel@2"
+    assert engine.weights.status()["in_flight"] == {}  # every acquire was released
+
+
+def test_full_fine_tune_is_served_as_its_own_model(make_engine, tiny_base, tmp_path):
+    import torch
+
+    engine = make_engine(tiny_base, registry=True)
+    folder = train_tiny_full(tiny_base, tmp_path / "full", steps=2, lr=5e-3)
+    engine.weights.registry.add(folder, "professor-quill", activate=True)
+    reply = engine.reply(turn("professor-quill"))
+    reply.result()
+    assert reply.message["weights_version"] == "full:professor-quill@1"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.tensor([reply.stream.request.input_ids])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                         repetition_penalty=1.1, pad_token_id=tiny_base.tokenizer.pad_token_id)
+    assert reply.stream.text == tiny_base.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert engine.generator.loaded()["models"] == ["full:professor-quill@1"]
+
+
+def test_tampered_active_version_is_marked_failed_and_the_previous_one_answers(make_engine, tiny_base, loras):
+    first = make_engine(tiny_base, registry=True)
+    registry = first.weights.registry
+    registry.add(loras[0], "pixel", activate=True)
+    broken = registry.add(loras[1], "pixel", activate=True)
+    with open(broken.folder / "adapter_model.safetensors", "ab") as handle:
+        handle.write(b"tampered")
+    second = make_engine(tiny_base, registry=True)  # e.g. a restarted server: nothing loaded yet
+    reply = second.reply(turn("pixel"))
+    reply.result()
+    assert reply.message["weights_version"] == "lora:pixel@1"
+    assert second.weights.registry.get("pixel", 2).state == "failed"
