@@ -187,8 +187,14 @@ class Engine:
             platform=turn.platform, channel=turn.channel, user_id=turn.user_id, user_name=turn.user_name,
             platform_message_id=turn.platform_message_id,
         )
+        try:
+            reply = self._start(turn, character, history + [user_message], user_message)
+        except Exception:
+            # Busy or refused: the message was never answered, and the user is told to send it again.
+            self.store.delete_message(user_message["id"])
+            raise
         self.pm.hook.message_logged(message=user_message, store=self.store)
-        return self._start(turn, character, history + [user_message], user_message)
+        return reply
 
     def regenerate(self, turn: Turn) -> Reply:
         """Re-roll the last reply of the conversation (a swipe); both stay in the log."""

