@@ -437,16 +437,20 @@ class BatchingGenerator:
         names |= {key for key, batch in self._batches.items() if batch.rows and key}
         return names
 
-    def _make_room_for_adapter(self) -> bool:
-        if len(self._adapter_lru) < self.max_adapters:
+    def _make_room(self, loaded, limit: int, drop) -> bool:
+        """Evict the least recently used entry of an LRU that no running row uses; False if all are busy."""
+        if len(loaded) < limit:
             return True
         busy = self._in_use()
-        for name in self._adapter_lru:
+        for name in loaded:
             if name not in busy:
-                self._drop_adapter(name)
+                drop(name)
                 self.stats["evicted"] += 1
                 return True
         return False
+
+    def _make_room_for_adapter(self) -> bool:
+        return self._make_room(self._adapter_lru, self.max_adapters, self._drop_adapter)
 
     def _load_adapter(self, name: str) -> float:
         from runtime.lora_batch import LoraBatch, read_peft_adapter
@@ -499,15 +503,7 @@ class BatchingGenerator:
                     self._drop_adapter(name)
 
     def _make_room_for_model(self) -> bool:
-        if len(self._models) < self.max_models:
-            return True
-        busy = self._in_use()
-        for name in self._models:
-            if name not in busy:
-                self._drop_model(name)
-                self.stats["evicted"] += 1
-                return True
-        return False
+        return self._make_room(self._models, self.max_models, self._drop_model)
 
     def _put_model(self, name: str, model) -> None:
         if name not in self._models and not self._make_room_for_model():

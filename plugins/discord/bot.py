@@ -226,18 +226,18 @@ class PersonaeBot(discord.Client):
 
     async def rate_limited(self, message: discord.Message) -> bool:
         """Count the message against the user's and the channel's limits; answer politely once if over."""
-        user_wait = self.user_limits.hit(f"user:{message.author.id}")
-        if user_wait:
-            if self.user_limits.should_warn(f"user:{message.author.id}", user_wait):
-                await self.tell(message, f"You're sending messages faster than the characters can answer. "
-                                         f"Please wait {user_wait} s and try again.")
-            return True
-        channel_wait = self.channel_limits.hit(f"channel:{message.channel.id}")
-        if channel_wait:
-            if self.channel_limits.should_warn(f"channel:{message.channel.id}", channel_wait):
-                await self.tell(message, f"This channel is very busy right now; characters will answer again "
-                                         f"in {channel_wait} s.")
-            return True
+        checks = (
+            (self.user_limits, f"user:{message.author.id}",
+             "You're sending messages faster than the characters can answer. Please wait {} s and try again."),
+            (self.channel_limits, f"channel:{message.channel.id}",
+             "This channel is very busy right now; characters will answer again in {} s."),
+        )
+        for limits, key, answer in checks:
+            wait = limits.hit(key)
+            if wait:
+                if limits.should_warn(key, wait):
+                    await self.tell(message, answer.format(wait))
+                return True
         return False
 
     async def tell(self, message: discord.Message, text: str) -> None:
