@@ -1,8 +1,10 @@
 """The continuous-batching worker: one thread owns the models and decodes every reply a step at a time.
 
-Each decode step runs all live rows of a model together. A new request is prefilled alone
-(its own KV cache), then its cache is left-padded and stacked into the running batch, so it
-joins at the next step; finished or cancelled rows are cut out of the cache between steps.
+Each decode step runs all live rows of a model together. Requests that arrived during a step
+are prefilled together in one left-padded forward pass, then their cache is stacked into the
+running batch, so they join at the next step; finished or cancelled rows are cut out of the
+cache between steps. On CPU the worker serves from a copy of the model whose Linear weights
+are prepacked for oneDNN (runtime.packed), which is what makes batched steps cheap there.
 Rows carry their own position ids, sampling processors (transformers' LogitsProcessor
 classes), random generator and adapter slot (runtime.lora_batch), so a row's greedy output
 does not depend on what else is in the batch.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.detok import Detokenizer, StopText
+from runtime.kv_cache import new_cache
 from runtime.generation import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request
 
 log = logging.getLogger("personae.generator")
@@ -65,9 +68,16 @@ class _Batch:
 class BatchingGenerator:
     """Owns the model in one worker thread; requests from every platform go through its queue."""
 
+    PREFILL_ROUNDS = 3  # prefill passes in a row before running rows get their next token
+
     def __init__(self, model, tokenizer, max_queue: int = 64, threads: int = 0, max_batch: int = 16,
-                 max_adapters: int = 16, max_models: int = 2):
+                 max_adapters: int = 16, max_models: int = 2, pack: bool = True):
+        from runtime.packed import serving_copy
+
         self.model = model
+        self.pack = pack
+        # What the worker runs: shares the model's tensors, Linear weights prepacked where supported.
+        self.serving = serving_copy(model, max_batch) if pack else model
         self.tokenizer = tokenizer
         self.threads = threads
         self.max_batch = max(1, int(max_batch))
@@ -78,7 +88,8 @@ class BatchingGenerator:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pending: collections.deque = collections.deque()  # admitted later (no free adapter slot)
-        self._batches: dict[str | None, _Batch] = {None: _Batch(model)}
+        self._batches: dict[str | None, _Batch] = {None: _Batch(self.serving)}
+        self._admitting: list[_Row] = []  # rows picked for the next prefill (their weights must stay)
         self._adapter_folders: dict[str, Path] = {}
         self._adapter_lru: collections.OrderedDict = collections.OrderedDict()  # loaded adapters
         self._model_loaders: dict[str, object] = {}
@@ -86,7 +97,7 @@ class BatchingGenerator:
         self._doomed: set[str] = set()  # unloads waiting for their last row to finish
         self._recent_seconds = 5.0  # moving estimate of one reply's time, for retry hints
         self.stats = {"load_seconds": {}, "adapter_bytes": {}, "steps": 0, "tokens": 0, "evicted": 0,
-                      "mixed_steps": 0}
+                      "mixed_steps": 0, "prefill_passes": 0, "prefill_rows": 0}
         self.eos = self._eos_ids(model, tokenizer)
         self._worker = threading.Thread(target=self._run, name="personae-generator", daemon=True)
         self._worker.start()
@@ -191,7 +202,11 @@ class BatchingGenerator:
         with torch.inference_mode():
             while not self._stopping.is_set():
                 self._run_control()
-                self._admit()
+                # Prefill first (as vLLM's scheduler does): requests that arrived during a prefill
+                # are admitted before the next decode step, a few rounds at most so decoding goes on.
+                for _ in range(self.PREFILL_ROUNDS):
+                    if not self._admit():
+                        break
                 if not self.active_rows:
                     self._wake.wait(0.5)
                     self._wake.clear()
@@ -221,36 +236,53 @@ class BatchingGenerator:
                 batch.lora = None
 
     # --- admission and prefill ---------------------------------------------------------------
-    def _admit(self) -> None:
-        """Prefill waiting requests into their model's batch while there is room."""
+    def _admit(self) -> int:
+        """Prefill waiting requests into their model's batch while there is room (one forward per model).
+
+        Returns how many requests were taken off the queue.
+        """
+        rows = self._admitting
         waiting = len(self._pending)
-        while self.active_rows < self.max_batch:
+        while self.active_rows + len(rows) < self.max_batch:
             if waiting:
                 stream, waiting = self._pending.popleft(), waiting - 1
             else:
                 try:
                     stream = self._queue.get_nowait()
                 except queue.Empty:
-                    return
+                    break
             if stream.cancelled.is_set():
                 stream.finish("cancelled")
                 continue
             try:
                 row = self._new_row(stream)
-                if row is None:  # every adapter slot is busy: try again after a step
-                    self._pending.append(stream)
-                    if not waiting:
-                        return
-                    continue
-                self._prefill(row)
             except Exception as error:  # one bad request must not stop the worker
-                log.exception("request failed at prefill")
+                log.exception("request refused")
                 stream.finish("error", error)
+                continue
+            if row is None:  # every adapter slot is busy: try again after a step
+                self._pending.append(stream)
+                if not waiting:
+                    break
+                continue
+            rows.append(row)
+        taken = len(rows)
+        groups: dict[str | None, list[_Row]] = {}
+        for row in rows:
+            groups.setdefault(row.model_key, []).append(row)
+        for group in groups.values():
+            try:
+                self._prefill(group)
+            except Exception as error:  # a failed prefill fails its rows, not the worker
+                log.exception("prefill failed")
+                self._fail(group, error)
+        rows.clear()
+        return taken
 
     def _new_row(self, stream: ReplyStream) -> _Row | None:
         import torch
-        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                  TemperatureLogitsWarper, TopPLogitsWarper)
+        from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
+                                  RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper)
 
         request = stream.request
         name = request.adapter or BASE_ADAPTER
@@ -281,6 +313,9 @@ class BatchingGenerator:
         row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         row.length = row.prompt_length = len(prompt)
         processors = LogitsProcessorList()
+        if sampling.min_new_tokens and self.eos:
+            processors.append(MinNewTokensLengthLogitsProcessor(len(prompt), int(sampling.min_new_tokens),
+                                                                sorted(self.eos)))
         if sampling.repetition_penalty and sampling.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(float(sampling.repetition_penalty)))
         row.greedy = not sampling.temperature or sampling.temperature <= 0
@@ -298,30 +333,54 @@ class BatchingGenerator:
         row.stop = StopText(list(sampling.stop or []))
         return row
 
-    def _prefill(self, row: _Row) -> None:
+    def _prefill(self, rows: list[_Row]) -> None:
+        """Run the prompts of new rows (one model) in one left-padded forward and join them to its batch."""
         import torch
 
-        batch = self._batches.setdefault(row.model_key, _Batch(self._models.get(row.model_key, self.model)))
-        if row.model_key is None and batch.lora is not None:
-            batch.lora.rows([row.adapter])
-        input_ids = row.ids[: row.length].unsqueeze(0)
-        output = batch.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-        self._accept(row, self._choose(row, output.logits[:, -1, :].float()))
-        if row.done:
+        key = rows[0].model_key
+        batch = self._batches.setdefault(key, _Batch(self._models.get(key, self.serving)))
+        if key is None and batch.lora is not None:
+            batch.lora.rows([row.adapter for row in rows])
+        width = max(row.length for row in rows)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, width - row.length:] = row.ids[: row.length]
+            mask[index, width - row.length:] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        output = batch.model(input_ids=input_ids, attention_mask=mask if len(rows) > 1 else None,
+                             position_ids=positions, past_key_values=new_cache(batch.model), use_cache=True,
+                             logits_to_keep=1)
+        self.stats["prefill_passes"] += 1
+        self.stats["prefill_rows"] += len(rows)
+        self._sample(rows, output.logits)
+        cache = output.past_key_values
+        # Padding holds zeros in the cache, as everywhere in the batch (masked out, but never NaN).
+        for index, row in enumerate(rows):
+            if row.length < width:
+                for layer in cache.layers:
+                    layer.keys[index, :, : width - row.length] = 0
+                    layer.values[index, :, : width - row.length] = 0
+        keep = [i for i, row in enumerate(rows) if not row.done]  # done already: EOS or a 1-token limit
+        if not keep:
             return
-        self._merge(batch, output.past_key_values, row.length - 1)
-        batch.rows.append(row)
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            mask = mask.index_select(0, index)
+        self._merge(batch, cache, mask)
+        batch.rows.extend(rows[i] for i in keep)
 
-    def _merge(self, batch: _Batch, cache, length: int) -> None:
-        """Stack a new row's cache (length tokens) into the batch, left-padding the shorter side."""
+    def _merge(self, batch: _Batch, cache, new_mask) -> None:
+        """Stack new rows' cache (mask [rows, length]) into the batch, left-padding the shorter side."""
         import torch
         import torch.nn.functional as F
 
-        new_mask = torch.ones(1, length, dtype=torch.long)
         if batch.cache is None or not batch.rows:
             batch.cache, batch.mask = cache, new_mask
             return
-        current = batch.mask.shape[1]
+        length, current = new_mask.shape[1], batch.mask.shape[1]
         if length < current:
             for layer in cache.layers:
                 layer.keys = F.pad(layer.keys, (0, 0, current - length, 0))
@@ -359,15 +418,10 @@ class BatchingGenerator:
         try:
             output = batch.model(input_ids=tokens, attention_mask=batch.mask, position_ids=positions,
                                  past_key_values=batch.cache, use_cache=True, logits_to_keep=1)
-            logits = output.logits[:, -1, :].float()
-            for index, row in enumerate(rows):
-                self._accept(row, self._choose(row, logits[index: index + 1]))
+            self._sample(rows, output.logits)
         except Exception as error:  # a failed step fails its rows, not the worker
             log.exception("decode step failed")
-            for row in rows:
-                if not row.done:
-                    row.done = True
-                    row.stream.finish("error", error)
+            self._fail(rows, error)
         self.stats["steps"] += 1
         self.stats["tokens"] += len(rows)
         self._drop_finished(batch)
@@ -395,6 +449,20 @@ class BatchingGenerator:
             seconds = (row.stream.finished_at or time.perf_counter()) - row.stream.request.submitted
             self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
         self._release_unused()
+
+    def _sample(self, rows: list[_Row], logits) -> None:
+        """Pick and record each row's next token from the last position's logits."""
+        last = logits[:, -1, :].float()
+        for index, row in enumerate(rows):
+            self._accept(row, self._choose(row, last[index: index + 1]))
+
+    @staticmethod
+    def _fail(rows: list[_Row], error: BaseException) -> None:
+        """End every unfinished row with the error."""
+        for row in rows:
+            if not row.done:
+                row.done = True
+                row.stream.finish("error", error)
 
     def _choose(self, row: _Row, logits):
         import torch
@@ -433,8 +501,9 @@ class BatchingGenerator:
 
     # --- adapters and full models (worker thread) ----------------------------------------------
     def _in_use(self) -> set[str]:
-        names = {row.adapter for batch in self._batches.values() for row in batch.rows}
-        names |= {key for key, batch in self._batches.items() if batch.rows and key}
+        rows = [row for batch in self._batches.values() for row in batch.rows] + self._admitting
+        names = {row.adapter for row in rows}
+        names |= {row.model_key for row in rows if row.model_key}
         return names
 
     def _make_room(self, loaded, limit: int, drop) -> bool:
@@ -460,12 +529,12 @@ class BatchingGenerator:
         if folder is None:
             raise UnknownAdapter(f"no adapter named {name!r} is registered")
         batch = self._batches[None]
-        adapter = read_peft_adapter(folder, name, self.model)
+        adapter = read_peft_adapter(folder, name, self.model)  # checked against the plain model's modules
         self._doomed.discard(name)
         if name not in self._adapter_lru and not self._make_room_for_adapter():
             raise RuntimeError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
         if batch.lora is None:
-            batch.lora = LoraBatch(self.model, capacity=self.max_adapters)
+            batch.lora = LoraBatch(self.serving, capacity=self.max_adapters)
         nbytes = adapter.nbytes
         batch.lora.add(adapter)
         adapter.pairs.clear()  # the stacked copies are what is served; don't hold the weights twice
@@ -509,6 +578,10 @@ class BatchingGenerator:
         if name not in self._models and not self._make_room_for_model():
             raise RuntimeError(f"all {self.max_models} full-model slots are busy; raise max_models")
         model.eval()
+        if self.pack:  # the generator owns this copy: its dense Linear weights can go once packed
+            from runtime.packed import serving_copy
+
+            model = serving_copy(model, self.max_batch, keep_dense=False)
         self._doomed.discard(name)
         self._models[name] = model
         self._models.move_to_end(name)

@@ -65,6 +65,11 @@ class Settings:
     max_full_models: int = field(
         default=2, metadata={"help": "Most fully fine-tuned character models held in memory (LRU)."}
     )
+    pack_weights: bool = field(
+        default=True,
+        metadata={"help": "On CPU, serve from Linear weights prepacked for oneDNN: ~1.3-1.5x faster decoding, "
+                          "one extra copy of the base model's Linear weights in memory (false = off)."},
+    )
     expected_batch: int = field(
         default=1,
         metadata={"help": "Typical number of replies generated at once; dtype 'auto' picks bf16 on CPU only "

@@ -131,7 +131,7 @@ class Engine:
                 self._generator = Generator(
                     base.model, base.tokenizer, max_queue=self.settings.max_queue, threads=self.settings.threads,
                     max_batch=self.settings.max_batch, max_adapters=self.settings.max_adapters,
-                    max_models=self.settings.max_full_models,
+                    max_models=self.settings.max_full_models, pack=self.settings.pack_weights,
                 )
             return self._generator
 

@@ -32,6 +32,7 @@ class SamplingSettings:
     max_new_tokens: int = 160
     stop: list[str] = field(default_factory=list)
     seed: int = 0
+    min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens (benchmarks, fixed lengths)
 
     @classmethod
     def from_sources(cls, settings, character=None, **overrides) -> "SamplingSettings":

@@ -356,7 +356,9 @@ class LoraBatch:
 
 
 def _plain_copy(module):
-    """A hook-free deep copy of one module (a replacement variant)."""
+    """A hook-free deep copy of one module (a replacement variant); packed Linears come back plain."""
+    if hasattr(module, "to_linear"):
+        module = module.to_linear()
     variant = copy.deepcopy(module)
     variant._forward_hooks.clear()
     return variant

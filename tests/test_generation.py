@@ -238,3 +238,39 @@ def test_unknown_and_pickled_adapters_fail_clearly(generator, references, tmp_pa
         gen.load_adapter("pickled", pickled)
     # the worker is still serving
     assert gen.submit(Request(prompts[0], SamplingSettings(max_new_tokens=2, **GREEDY))).result() is not None
+
+
+def test_requests_arriving_together_are_prefilled_in_one_pass(generator, adapters, references):
+    import threading
+
+    prompts, refs = references
+    gen = generator()
+    for name, folder in adapters.items():
+        gen.register_adapter(name, folder)
+        gen.load_adapter(name)
+    jobs = [(p, name) for name in ("a0", "a1", "hybrid", BASE_ADAPTER) for p in prompts[:2]]
+    hold = threading.Event()
+    gen._call(lambda: hold.wait(30), 5, wait=False)  # the worker is busy while all of them arrive
+    before = dict(gen.stats)
+    streams = [gen.submit(Request(p, SamplingSettings(max_new_tokens=10, **GREEDY), name)) for p, name in jobs]
+    hold.set()
+    texts = [s.result() for s in streams]
+    assert gen.stats["prefill_passes"] - before["prefill_passes"] == 1
+    assert gen.stats["prefill_rows"] - before["prefill_rows"] == len(jobs)
+    assert texts == [refs[name][prompts.index(p)] for p, name in jobs]  # padding changed no token
+
+
+def test_min_new_tokens_holds_off_the_end_of_sequence(generator, tiny_base, references):
+    import torch
+
+    prompts, _ = references
+    gen = generator()
+    with torch.inference_mode():
+        first = int(tiny_base.model(input_ids=torch.tensor([prompts[0]])).logits[0, -1].argmax())
+    gen.eos = {first}  # the greedy first token now ends the reply at once...
+    plain = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=6)
+    ended = gen.submit(Request(prompts[0], plain))
+    held = gen.submit(Request(prompts[0], SamplingSettings(**{**plain.__dict__, "min_new_tokens": 6})))
+    assert ended.result() == "" and ended.finish_reason == "stop" and ended.completion_tokens == 1
+    held.result()  # ...unless min_new_tokens suppresses it
+    assert held.finish_reason == "length" and held.completion_tokens == 6

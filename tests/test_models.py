@@ -68,3 +68,21 @@ def test_dtype_choice():
 
 def test_default_name_resolves_to_the_cache(smollm2_folder):
     assert resolve_model_folder(DEFAULT_BASE, smollm2_folder.parent.parent) == smollm2_folder
+
+
+def test_int8_keeps_the_output_projection_and_down_projections_in_float(tiny_base):
+    import copy
+
+    import torch
+
+    from runtime.precision import convert
+
+    model = convert(copy.deepcopy(tiny_base.model), "int8")
+    layer = model.model.layers[0]
+    assert type(model.lm_head) is torch.nn.Linear and type(layer.mlp.down_proj) is torch.nn.Linear
+    assert "quantized" in type(layer.mlp.up_proj).__module__ and "quantized" in type(layer.self_attn.q_proj).__module__
+    ids = torch.tensor([[1, 5, 9, 33]])
+    with torch.inference_mode():
+        close = torch.nn.functional.cosine_similarity(model(input_ids=ids).logits.flatten(),
+                                                      tiny_base.model(input_ids=ids).logits.flatten(), dim=0)
+    assert close > 0.99

@@ -15,6 +15,7 @@ from bench_utils import report
 
 N_ADAPTERS = 8
 NEW_TOKENS = 24
+CHAT_TOKENS = 128  # a chat-length reply
 QUESTIONS = [
     "Tell me about your ship.", "What is your favourite book?", "Describe a storm at sea.",
     "How do you win a video game?", "What did you eat today?", "Who is your best friend?",
@@ -57,12 +58,12 @@ def greedy(max_new_tokens=NEW_TOKENS, **extra):
     return SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=max_new_tokens, **extra)
 
 
-def run_together(gen, prompts, adapters):
+def run_together(gen, prompts, adapters, sampling=None):
     """Submit all at once; (tokens/s, texts)."""
     from runtime.generation import Request
 
     started = time.perf_counter()
-    streams = [gen.submit(Request(p, greedy(), a)) for p, a in zip(prompts, adapters)]
+    streams = [gen.submit(Request(p, sampling or greedy(), a)) for p, a in zip(prompts, adapters)]
     texts = [s.result() for s in streams]
     seconds = time.perf_counter() - started
     return sum(s.completion_tokens for s in streams) / seconds, texts
@@ -108,28 +109,27 @@ def peft_batches(base, folders, prompts):
     return out
 
 
-def static_batch_tokens_per_s(base, prompts):
+def static_batch_tokens_per_s(model, tokenizer, prompts, new_tokens=NEW_TOKENS):
     """transformers' generate on one left-padded batch (everyone waits for the whole batch)."""
     import torch
 
-    tokenizer = base.tokenizer
     tokenizer.padding_side = "left"
     batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
     started = time.perf_counter()
     with torch.inference_mode():
-        out = base.model.generate(**batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
     return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts) / (time.perf_counter() - started)
 
 
-def staggered(gen, prompts, adapters, gap):
+def staggered(gen, prompts, adapters, gap, new_tokens=NEW_TOKENS):
     """Chats arriving `gap` seconds apart; returns (ttfts, tokens/s from first arrival to last token)."""
     from runtime.generation import Request
 
     streams = []
     started = time.perf_counter()
     for p, a in zip(prompts, adapters):
-        streams.append(gen.submit(Request(p, greedy(), a)))
+        streams.append(gen.submit(Request(p, greedy(new_tokens, min_new_tokens=new_tokens), a)))
         time.sleep(gap)
     for s in streams:
         s.result()
@@ -219,29 +219,76 @@ def test_bench_mixed_adapters(setup):
     assert identical == N_ADAPTERS
 
 
-def test_bench_staggered_chats(setup):
+def character_prompts(tokenizer, count):
+    """Prompts as the engine builds them: a built-in character's card, then one user question."""
+    from runtime.catalog import Catalog
+    from runtime.config import load_settings
+    from runtime.plugins import get_plugin_manager
+    from runtime.prompt import build_messages
+
+    settings = load_settings()
+    catalog = Catalog(get_plugin_manager(settings.plugins_dir), settings.data_dir)
+    characters = [catalog.get(cid) for cid in catalog.names()]
+    prompts = []
+    for index in range(count):
+        messages = build_messages(characters[index % len(characters)], [{"role": "user", "content": QUESTIONS[index]}],
+                                  tokenizer, settings.context_tokens)
+        prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False))
+    return prompts
+
+
+def staggered_rows(setup, label, prompts, gap_rule, new_tokens):
+    """Lone TTFT, then 16 chats arriving `gap_rule(lone_ttft)` apart vs static batches of the same 16."""
     from runtime.generation import BASE_ADAPTER, Request
 
-    global ROWS
-    gen, many, names = setup["gen"], setup["many"], setup["names"]
-    characters = [names[i % 4] if i % 5 else BASE_ADAPTER for i in range(16)]
+    gen, names, tokenizer = setup["gen"], setup["names"], setup["tokenizer"]
+    weights = [names[i % 4] if i % 5 else BASE_ADAPTER for i in range(16)]
     lone = []
     for i in range(2):
-        stream = gen.submit(Request(many[i], greedy(), names[0]))
+        stream = gen.submit(Request(prompts[i], greedy(), names[0]))
         stream.result()
         lone.append(stream.ttft)
     lone_ttft = statistics.median(lone)
-    gap = 0.5 * lone_ttft + 0.05
-    ttfts, arrival_tps = staggered(gen, many, characters, gap)
-    static_tps = static_batch_tokens_per_s(setup["base"], many)
-    ROWS += [
-        {"metric": "lone chat TTFT, s", "value": round(lone_ttft, 3)},
-        {"metric": "16 staggered chats: p95 TTFT, s", "value": round(p95(ttfts), 3)},
-        {"metric": "p95 TTFT / lone TTFT", "value": round(p95(ttfts) / lone_ttft, 2), "target": "<= 2"},
-        {"metric": "staggered aggregate tokens/s", "value": round(arrival_tps, 1)},
-        {"metric": "static batch of 16 (HF generate, base only), tokens/s", "value": round(static_tps, 1)},
-        {"metric": "staggered / static batch", "value": round(arrival_tps / static_tps, 2), "target": ">= 0.8"},
+    gap = gap_rule(lone_ttft)
+    ttfts, arrival_tps = staggered(gen, prompts, weights, gap, new_tokens)
+    static_packed = static_batch_tokens_per_s(gen.serving, tokenizer, prompts, new_tokens)
+    static_plain = static_batch_tokens_per_s(setup["base"].model, tokenizer, prompts, new_tokens)
+    static_ours, _ = run_together(gen, prompts, weights, greedy(new_tokens, min_new_tokens=new_tokens))
+    strictest = max(static_packed, static_plain, static_ours)
+    return [
+        {"metric": f"{label}: prompt tokens (median)", "value": statistics.median(len(p) for p in prompts)},
+        {"metric": f"{label}: lone chat TTFT, s", "value": round(lone_ttft, 3)},
+        {"metric": f"{label}: gap between arrivals, s", "value": round(gap, 3)},
+        {"metric": f"{label}: 16 staggered chats, p95 TTFT, s", "value": round(p95(ttfts), 3)},
+        {"metric": f"{label}: p95 TTFT / lone TTFT", "value": round(p95(ttfts) / lone_ttft, 2), "target": "<= 2"},
+        {"metric": f"{label}: staggered aggregate tokens/s", "value": round(arrival_tps, 1)},
+        {"metric": f"{label}: static batch of 16 on the same prepacked weights (generate), tokens/s",
+         "value": round(static_packed, 1)},
+        {"metric": f"{label}: static batch of 16 on the plain model (generate), tokens/s", "value": round(static_plain, 1)},
+        {"metric": f"{label}: static batch of 16 through this generator (all submitted at once), tokens/s",
+         "value": round(static_ours, 1)},
+        {"metric": f"{label}: staggered / the fastest of those static batches", "value": round(arrival_tps / strictest, 2),
+         "target": ">= 0.8"},
+        {"metric": f"{label}: staggered / static batch (plain model, generate)", "value": round(arrival_tps / static_plain, 2)},
     ]
+
+
+def test_bench_staggered_chats(setup):
+    """16 chats on 4 adapters and the base, arriving one by one while the others decode.
+
+    The target scenario is what the runtime serves: prompts built from the characters' cards
+    (~550-620 tokens), chat-length replies, and a new chat every lone-TTFT seconds (a lone TTFT is
+    almost all prefill, so prefills alone keep the CPU nearly busy). The second scenario is the
+    earlier, harsher one: one-line prompts with no card, 24-token replies, a chat every
+    0.5 x TTFT + 50 ms, which offers more prefill work than the CPU can do, so its TTFT measures
+    the queue more than the joining.
+    """
+    global ROWS
+    ROWS += staggered_rows(setup, "character prompts, 128-token replies", character_prompts(setup["tokenizer"], 16),
+                           lambda ttft: ttft, CHAT_TOKENS)
+    ROWS += staggered_rows(setup, "one-line prompts, 24-token replies", setup["many"],
+                           lambda ttft: 0.5 * ttft + 0.05, NEW_TOKENS)
 
 
 def test_bench_engine_vs_generate(setup, make_engine):
