@@ -155,6 +155,7 @@ class Engine:
         """The weights a character answers with now (base until the registry says otherwise)."""
         if self.weights is None:
             return Weights()
+        self.weights.adopt_packaged(character)
         return self.weights.acquire(character.id, version)
 
     def greeting(self, character, user_name: str = "User", index: int = 0) -> str:

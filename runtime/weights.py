@@ -35,12 +35,35 @@ class WeightsManager:
         self._refs: collections.Counter = collections.Counter()
         self._loaded: dict[str, object] = {}  # label -> Version registered in the generator
         self._current: dict[str, str] = {}  # character -> label of its active version (as last seen)
+        self._adopted: set[str] = set()  # characters whose packaged weights were looked at
         registry.subscribe(self._on_change)
 
     @property
     def generator(self):
         """The generator serving the weights."""
         return self._generator()
+
+    def adopt_packaged(self, character) -> None:
+        """Register the weights a character plugin ships, the first time it answers with no registry version.
+
+        Installing a character package is enough: its weights become version 1 (active) of its
+        registry history. A character that has versions already is left alone, so rollbacks and
+        removals stay the operator's decisions; broken packaged weights are logged, not fatal.
+        """
+        from adapters.character import weights_from_character
+        from adapters.errors import RegistryError
+
+        if character.id in self._adopted:
+            return
+        self._adopted.add(character.id)
+        try:
+            if weights_from_character(character) is None or self.registry.versions(character.id):
+                return
+            version = self.registry.add_from_character(character, activate=True)
+            log.info("%s: registered the weights its package ships as %s", character.id, version.ref)
+        except (RegistryError, ValueError, OSError) as error:
+            log.error("%s: the weights its package ships cannot be used (%s); it answers with the base model",
+                      character.id, error)
 
     def acquire(self, character_id: str, version=None):
         """The weights to answer with now; call .release() when the reply is done."""

@@ -66,3 +66,43 @@ def test_tampered_active_version_is_marked_failed_and_the_previous_one_answers(m
     reply.result()
     assert reply.message["weights_version"] == "lora:pixel@1"
     assert second.weights.registry.get("pixel", 2).state == "failed"
+
+
+def test_weights_a_character_package_ships_are_served_without_a_command(make_engine, tiny_base, loras, tmp_path):
+    import shutil
+
+    from runtime.characters import Character
+    from runtime.hookspecs import hookimpl
+
+    package = tmp_path / "ahab_package"
+    shutil.copytree(loras[1], package / "weights")
+    ahab = Character(name="Ahab", description="A captain.", source=str(package / "card.png"),
+                     extensions={"personae": {"weights": "weights"}})
+    broken = Character(name="Ishmael", source=str(package / "card.png"),
+                       extensions={"personae": {"weights": "missing"}})
+
+    class Plugin:
+        @hookimpl
+        def register_characters(self, register):
+            register(ahab)
+            register(broken)
+
+    engine = make_engine(tiny_base, registry=True)
+    plugin = Plugin()
+    engine.pm.register(plugin, name="ahab-package")
+    try:
+        engine.catalog.reload()
+        first = engine.reply(turn("ahab"))
+        first.result()
+        assert first.message["weights_version"] == "lora:ahab@1"
+        registry = engine.weights.registry
+        assert [v.state for v in registry.versions("ahab")] == ["active"]
+        assert registry.versions("ahab")[0].manifest["training"] == {"source": "character package"}
+        again = engine.reply(turn("ahab", channel="c2"))
+        again.result()
+        assert again.message["weights_version"] == "lora:ahab@1" and len(registry.versions("ahab")) == 1
+        fallback = engine.reply(turn("ishmael"))  # a package whose weights folder is missing answers on the base
+        fallback.result()
+        assert fallback.message["weights_version"] == "base" and registry.versions("ishmael") == []
+    finally:
+        engine.pm.unregister(plugin)
