@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.detok import Detokenizer, StopText
-from runtime.kv_cache import new_cache
+from runtime.kv_cache import full_attention_only, new_cache
 from runtime.generation import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request
 
 log = logging.getLogger("personae.generator")
@@ -71,8 +71,9 @@ class BatchingGenerator:
     PREFILL_ROUNDS = 3  # prefill passes in a row before running rows get their next token
 
     def __init__(self, model, tokenizer, max_queue: int = 64, threads: int = 0, max_batch: int = 16,
-                 max_adapters: int = 16, max_models: int = 2, pack: bool = True):
+                 max_adapters: int = 16, max_models: int = 2, pack: bool = True, prefix_cache_mb: int = 256):
         from runtime.packed import serving_copy
+        from runtime.prefix_cache import PrefixCache
 
         self.model = model
         self.pack = pack
@@ -90,6 +91,9 @@ class BatchingGenerator:
         self._pending: collections.deque = collections.deque()  # admitted later (no free adapter slot)
         self._batches: dict[str | None, _Batch] = {None: _Batch(self.serving)}
         self._admitting: list[_Row] = []  # rows picked for the next prefill (their weights must stay)
+        # Prompts' KV by weights, so a prompt repeating a stored prefix (the card, earlier turns) skips it.
+        self.prefixes = PrefixCache(int(prefix_cache_mb) << 20) if prefix_cache_mb else None
+        self._prefix_ok: dict[str | None, bool] = {}  # model key -> full attention only (prefixes reusable)
         self._adapter_folders: dict[str, Path] = {}
         self._adapter_lru: collections.OrderedDict = collections.OrderedDict()  # loaded adapters
         self._model_loaders: dict[str, object] = {}
@@ -97,7 +101,7 @@ class BatchingGenerator:
         self._doomed: set[str] = set()  # unloads waiting for their last row to finish
         self._recent_seconds = 5.0  # moving estimate of one reply's time, for retry hints
         self.stats = {"load_seconds": {}, "adapter_bytes": {}, "steps": 0, "tokens": 0, "evicted": 0,
-                      "mixed_steps": 0, "prefill_passes": 0, "prefill_rows": 0}
+                      "mixed_steps": 0, "prefill_passes": 0, "prefill_rows": 0, "prefill_tokens": 0}
         self.eos = self._eos_ids(model, tokenizer)
         self._worker = threading.Thread(target=self._run, name="personae-generator", daemon=True)
         self._worker.start()
@@ -334,33 +338,55 @@ class BatchingGenerator:
         return row
 
     def _prefill(self, rows: list[_Row]) -> None:
-        """Run the prompts of new rows (one model) in one left-padded forward and join them to its batch."""
-        import torch
-
+        """Prefill new rows of one model: from a stored prefix where one matches, the rest in one padded pass."""
         key = rows[0].model_key
         batch = self._batches.setdefault(key, _Batch(self._models.get(key, self.serving)))
-        if key is None and batch.lora is not None:
+        fresh = []
+        for row in rows:
+            start, prefix = (0, None)
+            if self.prefixes is not None and self._prefix_ok.setdefault(key, full_attention_only(batch.model)):
+                start, prefix = self.prefixes.lookup((key, row.adapter), row.ids[: row.length])
+            if prefix is None:
+                fresh.append(row)
+            else:
+                self._prefill_rows(batch, [row], start, prefix)
+        if fresh:
+            self._prefill_rows(batch, fresh)
+
+    def _prefill_rows(self, batch: _Batch, rows: list[_Row], start: int = 0, prefix=None) -> None:
+        """One forward over the rows' prompts (left-padded; after `start` cached tokens for a single row)."""
+        import torch
+
+        cache = new_cache(batch.model)
+        if prefix is not None:  # copied into the new cache's own buffers: the stored prefix stays as it is
+            for index, (keys, values) in enumerate(prefix.layers):
+                cache.update(keys[:, :, :start], values[:, :, :start], index)
+        if batch.lora is not None:
             batch.lora.rows([row.adapter for row in rows])
         width = max(row.length for row in rows)
-        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        input_ids = torch.zeros(len(rows), width - start, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for index, row in enumerate(rows):
-            input_ids[index, width - row.length:] = row.ids[: row.length]
+            input_ids[index, width - row.length:] = row.ids[start: row.length]
             mask[index, width - row.length:] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, start:]
         output = batch.model(input_ids=input_ids, attention_mask=mask if len(rows) > 1 else None,
-                             position_ids=positions, past_key_values=new_cache(batch.model), use_cache=True,
-                             logits_to_keep=1)
+                             position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
         self.stats["prefill_passes"] += 1
         self.stats["prefill_rows"] += len(rows)
-        self._sample(rows, output.logits)
+        self.stats["prefill_tokens"] += int(mask.sum()) - start
         cache = output.past_key_values
-        # Padding holds zeros in the cache, as everywhere in the batch (masked out, but never NaN).
         for index, row in enumerate(rows):
-            if row.length < width:
+            prompt = row.length
+            if prompt < width:  # padding holds zeros, as everywhere in the batch (masked out, never NaN)
                 for layer in cache.layers:
-                    layer.keys[index, :, : width - row.length] = 0
-                    layer.values[index, :, : width - row.length] = 0
+                    layer.keys[index, :, : width - prompt] = 0
+                    layer.values[index, :, : width - prompt] = 0
+            if self.prefixes is not None and self._prefix_ok.get(row.model_key):
+                self.prefixes.store((row.model_key, row.adapter), row.ids[:prompt],
+                                    [(layer.keys[index: index + 1, :, width - prompt:],
+                                      layer.values[index: index + 1, :, width - prompt:]) for layer in cache.layers])
+        self._sample(rows, output.logits)
         keep = [i for i, row in enumerate(rows) if not row.done]  # done already: EOS or a 1-token limit
         if not keep:
             return
@@ -537,6 +563,7 @@ class BatchingGenerator:
             batch.lora = LoraBatch(self.serving, capacity=self.max_adapters)
         nbytes = adapter.nbytes
         batch.lora.add(adapter)
+        self._forget_prefixes(adapter=name)  # a replaced adapter computes other keys and values
         adapter.pairs.clear()  # the stacked copies are what is served; don't hold the weights twice
         adapter.replaced.clear()
         self._adapter_lru[name] = None
@@ -557,6 +584,11 @@ class BatchingGenerator:
             lora.remove(name)
         self._adapter_lru.pop(name, None)
         self.stats["adapter_bytes"].pop(name, None)
+        self._forget_prefixes(adapter=name)
+
+    def _forget_prefixes(self, model_key=None, adapter=None) -> None:
+        if self.prefixes is not None:
+            self.prefixes.forget(model_key=model_key, adapter=adapter)
 
     def _release_unused(self) -> None:
         doomed = self._doomed
@@ -583,6 +615,7 @@ class BatchingGenerator:
 
             model = serving_copy(model, self.max_batch, keep_dense=False)
         self._doomed.discard(name)
+        self._forget_prefixes(model_key=name)
         self._models[name] = model
         self._models.move_to_end(name)
         self._batches.setdefault(name, _Batch(model)).model = model
@@ -592,6 +625,7 @@ class BatchingGenerator:
             self._doomed.add(name)
             return
         self._models.pop(name, None)
+        self._forget_prefixes(model_key=name)
         batch = self._batches.get(name)
         if batch is not None and not batch.rows:
             del self._batches[name]

@@ -70,6 +70,11 @@ class Settings:
         metadata={"help": "On CPU, serve from Linear weights prepacked for oneDNN: ~1.3-1.5x faster decoding, "
                           "one extra copy of the base model's Linear weights in memory (false = off)."},
     )
+    prefix_cache_mb: int = field(
+        default=256,
+        metadata={"help": "Memory for the keys/values of recent prompts, so a prompt repeating a stored prefix "
+                          "(a character's card, a chat's earlier turns) prefills only the rest; 0 = off."},
+    )
     expected_batch: int = field(
         default=1,
         metadata={"help": "Typical number of replies generated at once; dtype 'auto' picks bf16 on CPU only "

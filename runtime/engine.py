@@ -132,6 +132,7 @@ class Engine:
                     base.model, base.tokenizer, max_queue=self.settings.max_queue, threads=self.settings.threads,
                     max_batch=self.settings.max_batch, max_adapters=self.settings.max_adapters,
                     max_models=self.settings.max_full_models, pack=self.settings.pack_weights,
+                    prefix_cache_mb=self.settings.prefix_cache_mb,
                 )
             return self._generator
 

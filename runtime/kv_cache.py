@@ -73,13 +73,20 @@ def _layer_class():
 _LAYER = None
 
 
+def full_attention_only(model) -> bool:
+    """Whether every layer of the model keeps all positions (no sliding window, no shared or recurrent layers)."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
+    return all(kind == "full_attention" for kind in layer_types)
+
+
 def new_cache(model):
     """An empty cache for one prefill of `model`: growing layers where every layer is full attention."""
     global _LAYER
-    from transformers.cache_utils import Cache, DynamicCache, get_layer_types_and_kwargs
+    from transformers.cache_utils import Cache, DynamicCache
 
-    layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
-    if any(kind != "full_attention" for kind in layer_types):
+    if not full_attention_only(model):
         return DynamicCache(config=model.config)  # sliding, hybrid or shared layers: transformers' own handling
     if _LAYER is None:
         _LAYER = _layer_class()

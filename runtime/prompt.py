@@ -20,11 +20,13 @@ class PromptParts:
 
     def messages(self) -> list[dict]:
         """The chat messages these parts make."""
+        # The parts that never change for a character come first, the triggered lore after them: chats
+        # with one character then share the longest prompt prefix, which the generator prefills once.
         system = self.card
-        if self.lore:
-            system += "\n\nWhat you know:\n" + "\n".join(self.lore)
         if self.examples:
             system += "\n\nExamples of how you talk:\n" + "\n\n".join(self.examples)
+        if self.lore:
+            system += "\n\nWhat you know:\n" + "\n".join(self.lore)
         messages = [{"role": "system", "content": system}, *self.history]
         if self.post_history:
             messages.append({"role": "system", "content": self.post_history})

@@ -96,3 +96,20 @@ def make_engine(isolated_environment):
     yield build
     for engine in engines:
         engine.close()
+
+
+@pytest.fixture
+def generator(tiny_base):
+    """Build batching generators on the tiny model; all closed after the test."""
+    from runtime.generation import Generator
+
+    made = []
+
+    def build(**options):
+        gen = Generator(tiny_base.model, tiny_base.tokenizer, **options)
+        made.append(gen)
+        return gen
+
+    yield build
+    for gen in made:
+        gen.close()

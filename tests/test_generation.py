@@ -58,20 +58,6 @@ def references(tiny_base, adapters):
     return prompts, refs
 
 
-@pytest.fixture
-def generator(tiny_base):
-    made = []
-
-    def build(**options):
-        gen = Generator(tiny_base.model, tiny_base.tokenizer, **options)
-        made.append(gen)
-        return gen
-
-    yield build
-    for gen in made:
-        gen.close()
-
-
 def test_mixed_adapter_batch_equals_each_adapter_alone(generator, adapters, references):
     prompts, refs = references
     gen = generator(max_batch=32)

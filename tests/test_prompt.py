@@ -90,3 +90,15 @@ def test_huge_user_message_is_cut_to_fit(tokenizer):
     character = parse_card(CARD)
     messages = build_messages(character, [{"role": "user", "content": "storm " * 3000}], tokenizer, 200)
     assert count_tokens(tokenizer, messages) <= 200
+
+
+def test_prompts_of_one_character_share_everything_before_the_triggered_lore(tokenizer):
+    character = parse_card(CARD)
+    asks = [build_messages(character, [{"role": "user", "content": text}], tokenizer, 2000, user="Ann")
+            for text in ("Any news of the kraken?", "Is the lamp lit?")]
+    with_lore, without = (tokenizer.apply_chat_template(m, tokenize=True, return_dict=False) for m in asks)
+    system = asks[0][0]["content"]
+    assert system.index("Examples of how you talk") < system.index("What you know")  # static parts first
+    shared = next(i for i, (a, b) in enumerate(zip(with_lore, without)) if a != b)
+    card_and_examples = len(tokenizer.apply_chat_template([asks[1][0]], tokenize=True, return_dict=False))
+    assert shared >= card_and_examples - 3  # only the template's closing tokens can differ

@@ -219,8 +219,8 @@ def test_bench_mixed_adapters(setup):
     assert identical == N_ADAPTERS
 
 
-def character_prompts(tokenizer, count):
-    """Prompts as the engine builds them: a built-in character's card, then one user question."""
+def character_prompts(tokenizer, count, history=()):
+    """Prompts as the engine builds them: a built-in character's card, (earlier turns,) one user question."""
     from runtime.catalog import Catalog
     from runtime.config import load_settings
     from runtime.plugins import get_plugin_manager
@@ -231,8 +231,8 @@ def character_prompts(tokenizer, count):
     characters = [catalog.get(cid) for cid in catalog.names()]
     prompts = []
     for index in range(count):
-        messages = build_messages(characters[index % len(characters)], [{"role": "user", "content": QUESTIONS[index]}],
-                                  tokenizer, settings.context_tokens)
+        turns = [*history, {"role": "user", "content": QUESTIONS[index]}]
+        messages = build_messages(characters[index % len(characters)], turns, tokenizer, settings.context_tokens)
         prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                      return_dict=False))
     return prompts
@@ -289,6 +289,31 @@ def test_bench_staggered_chats(setup):
                            lambda ttft: ttft, CHAT_TOKENS)
     ROWS += staggered_rows(setup, "one-line prompts, 24-token replies", setup["many"],
                            lambda ttft: 0.5 * ttft + 0.05, NEW_TOKENS)
+
+
+def test_bench_prefix_cache(setup):
+    """Time to first token of a character prompt: cold, then a new chat with the same card, then the next turn."""
+    from runtime.generation import Request
+
+    global ROWS
+    gen, tokenizer, weights = setup["gen"], setup["tokenizer"], setup["names"][5]  # weights no other test used
+    prompts = character_prompts(tokenizer, 4)  # cards 0, 1, 2, 0
+    first = gen.submit(Request(prompts[0], greedy(), weights))
+    reply = first.result()
+    same_card = gen.submit(Request(prompts[3], greedy(), weights))
+    same_card.result()
+    history = [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": reply}]
+    next_turn_ids = character_prompts(tokenizer, 1, history)[0]  # card, question 0, the reply, question 0 again
+    next_turn = gen.submit(Request(next_turn_ids, greedy(), weights))
+    next_turn.result()
+    stats = gen.prefixes.stats
+    ROWS += [
+        {"metric": "character prompt TTFT, nothing stored (s)", "value": round(first.ttft, 3)},
+        {"metric": "new chat, same card and weights: TTFT (s)", "value": round(same_card.ttft, 3)},
+        {"metric": "same chat, next turn: TTFT (s)", "value": round(next_turn.ttft, 3)},
+        {"metric": "prefix cache: hits / tokens reused so far (whole run)",
+         "value": f"{stats['hits']} / {stats['tokens_reused']}"},
+    ]
 
 
 def test_bench_engine_vs_generate(setup, make_engine):
