@@ -341,10 +341,12 @@ class BatchingGenerator:
         """Prefill new rows of one model: from a stored prefix where one matches, the rest in one padded pass."""
         key = rows[0].model_key
         batch = self._batches.setdefault(key, _Batch(self._models.get(key, self.serving)))
+        if key not in self._prefix_ok:
+            self._prefix_ok[key] = full_attention_only(batch.model)
         fresh = []
         for row in rows:
             start, prefix = (0, None)
-            if self.prefixes is not None and self._prefix_ok.setdefault(key, full_attention_only(batch.model)):
+            if self.prefixes is not None and self._prefix_ok[key]:
                 start, prefix = self.prefixes.lookup((key, row.adapter), row.ids[: row.length])
             if prefix is None:
                 fresh.append(row)
