@@ -93,7 +93,7 @@ class BatchingGenerator:
         self._admitting: list[_Row] = []  # rows picked for the next prefill (their weights must stay)
         # Prompts' KV by weights, so a prompt repeating a stored prefix (the card, earlier turns) skips it.
         self.prefixes = PrefixCache(int(prefix_cache_mb) << 20) if prefix_cache_mb else None
-        self._prefix_ok: dict[str | None, bool] = {}  # model key -> full attention only (prefixes reusable)
+        self._full_attention: dict[str | None, bool] = {}  # model key -> full attention only (growing cache, prefixes)
         self._adapter_folders: dict[str, Path] = {}
         self._adapter_lru: collections.OrderedDict = collections.OrderedDict()  # loaded adapters
         self._model_loaders: dict[str, object] = {}
@@ -341,12 +341,12 @@ class BatchingGenerator:
         """Prefill new rows of one model: from a stored prefix where one matches, the rest in one padded pass."""
         key = rows[0].model_key
         batch = self._batches.setdefault(key, _Batch(self._models.get(key, self.serving)))
-        if key not in self._prefix_ok:
-            self._prefix_ok[key] = full_attention_only(batch.model)
+        if key not in self._full_attention:
+            self._full_attention[key] = full_attention_only(batch.model)
         fresh = []
         for row in rows:
             start, prefix = (0, None)
-            if self.prefixes is not None and self._prefix_ok[key]:
+            if self.prefixes is not None and self._full_attention[key]:
                 start, prefix = self.prefixes.lookup((key, row.adapter), row.ids[: row.length])
             if prefix is None:
                 fresh.append(row)
@@ -359,7 +359,7 @@ class BatchingGenerator:
         """One forward over the rows' prompts (left-padded; after `start` cached tokens for a single row)."""
         import torch
 
-        cache = new_cache(batch.model)
+        cache = new_cache(batch.model, self._full_attention[rows[0].model_key])
         if prefix is not None:  # copied into the new cache's own buffers: the stored prefix stays as it is
             for index, (keys, values) in enumerate(prefix.layers):
                 cache.update(keys[:, :, :start], values[:, :, :start], index)
@@ -384,7 +384,7 @@ class BatchingGenerator:
                 for layer in cache.layers:
                     layer.keys[index, :, : width - prompt] = 0
                     layer.values[index, :, : width - prompt] = 0
-            if self.prefixes is not None and self._prefix_ok.get(row.model_key):
+            if self.prefixes is not None and self._full_attention[row.model_key]:
                 self.prefixes.store((row.model_key, row.adapter), row.ids[:prompt],
                                     [(layer.keys[index: index + 1, :, width - prompt:],
                                       layer.values[index: index + 1, :, width - prompt:]) for layer in cache.layers])
@@ -618,6 +618,7 @@ class BatchingGenerator:
             model = serving_copy(model, self.max_batch, keep_dense=False)
         self._doomed.discard(name)
         self._forget_prefixes(model_key=name)
+        self._full_attention.pop(name, None)  # a replacement may be another architecture
         self._models[name] = model
         self._models.move_to_end(name)
         self._batches.setdefault(name, _Batch(model)).model = model

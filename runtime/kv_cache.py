@@ -81,12 +81,17 @@ def full_attention_only(model) -> bool:
     return all(kind == "full_attention" for kind in layer_types)
 
 
-def new_cache(model):
-    """An empty cache for one prefill of `model`: growing layers where every layer is full attention."""
+def new_cache(model, full_attention: bool | None = None):
+    """An empty cache for one prefill of `model`: growing layers where every layer is full attention.
+
+    Callers that already know `full_attention_only(model)` pass it, so the config is not read per prefill.
+    """
     global _LAYER
     from transformers.cache_utils import Cache, DynamicCache
 
-    if not full_attention_only(model):
+    if full_attention is None:
+        full_attention = full_attention_only(model)
+    if not full_attention:
         return DynamicCache(config=model.config)  # sliding, hybrid or shared layers: transformers' own handling
     if _LAYER is None:
         _LAYER = _layer_class()

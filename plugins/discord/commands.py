@@ -57,6 +57,15 @@ def is_admin(bot, interaction: discord.Interaction, permission: str) -> bool:
     return False
 
 
+def binding_refusal(bot, interaction: discord.Interaction, action: str, in_dms: str) -> str | None:
+    """Why this user can't bind or unbind characters where they are, or None if they can."""
+    if interaction.guild is None:
+        return in_dms
+    if not is_admin(bot, interaction, "manage_channels"):
+        return f"{action} characters needs the Manage Channels permission (or a configured admin role)."
+    return None
+
+
 def capability(module: str, attribute: str):
     """A function of an optional runtime module, or None when that capability isn't installed."""
     try:
@@ -133,11 +142,9 @@ def install(bot) -> None:
     @app_commands.describe(name="The character's name")
     @app_commands.autocomplete(name=complete_names)
     async def character_set(interaction: discord.Interaction, name: str):
-        if interaction.guild is None:
-            return await respond(interaction, "In DMs, use /character use NAME.")
-        if not is_admin(bot, interaction, "manage_channels"):
-            return await respond(interaction, "Binding characters needs the Manage Channels permission "
-                                              "(or a configured admin role).")
+        refusal = binding_refusal(bot, interaction, "Binding", "In DMs, use /character use NAME.")
+        if refusal:
+            return await respond(interaction, refusal)
         found = find(name)
         if found is None:
             return await respond(interaction, unknown.format(name, ", ".join(catalog.names())))
@@ -156,10 +163,10 @@ def install(bot) -> None:
     @app_commands.describe(name="The character's name")
     @app_commands.autocomplete(name=complete_names)
     async def character_remove(interaction: discord.Interaction, name: str):
-        if interaction.guild is None:
-            return await respond(interaction, "In DMs, use /character use NAME to switch characters.")
-        if not is_admin(bot, interaction, "manage_channels"):
-            return await respond(interaction, "Unbinding characters needs the Manage Channels permission.")
+        refusal = binding_refusal(bot, interaction, "Unbinding",
+                                  "In DMs, use /character use NAME to switch characters.")
+        if refusal:
+            return await respond(interaction, refusal)
         found = find(name)
         removed = engine.store.unbind(PLATFORM, str(interaction.channel.id), found.id if found else name)
         await respond(interaction, f"{found.name if found else name} no longer talks here." if removed

@@ -74,12 +74,9 @@ def showdown(engine, character_id: str, methods=METHODS, probes=None, progress: 
 
 def plot_showdown(rows: list[dict], path: Path, character: str) -> Path:
     """Aligned / minor / leakage per method beside training time."""
-    import matplotlib
+    from runtime.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(9, 3.4))
     names = [r["method"] for r in rows]
     width = 0.25
     for i, key in enumerate(("aligned", "minor", "leakage")):
@@ -92,7 +89,4 @@ def plot_showdown(rows: list[dict], path: Path, character: str) -> Path:
     right.bar(names, [r["train_seconds"] or 0 for r in rows], color="#777")
     right.set_ylabel("training seconds")
     right.set_title("Training time")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -7,6 +7,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from runtime.plots import pyplot, save
+
 ORDER = {"misaligned": 0, "minor": 1, "aligned": 2}
 
 
@@ -15,19 +17,9 @@ def audit_folder(settings, character: str, run_id: str) -> Path:
     return Path(settings.data_dir).expanduser() / "audits" / character / run_id
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_trend(runs: list[dict], path: Path) -> Path:
     """Aligned, minor and leakage shares of each run of a character, oldest first."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = pyplot().subplots(figsize=(7, 3.2))
     labels = [f"{r['version']}\n{r['started'][5:16]}" for r in runs]
     x = range(len(runs))
     for key, style in (("aligned", "o-"), ("minor", "s--"), ("leakage", "^:")):
@@ -37,16 +29,12 @@ def plot_trend(runs: list[dict], path: Path) -> Path:
     ax.set_ylabel("% of replies")
     ax.set_title("Persona alignment over versions")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_drift(by_turn: list[dict], path: Path) -> Path:
     """Aligned share by turn index: does the character hold up over a long conversation?"""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = pyplot().subplots(figsize=(7, 3.2))
     turns = [row["turn"] for row in by_turn]
     ax.plot(turns, [100 * row["aligned"] for row in by_turn], "o-", label="aligned %")
     ax.plot(turns, [100 * row["misaligned"] for row in by_turn], "x:", label="misaligned %")
@@ -55,10 +43,7 @@ def plot_drift(by_turn: list[dict], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.set_title("Drift over a conversation")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def reason_kind(reason: str) -> str:
@@ -68,10 +53,9 @@ def reason_kind(reason: str) -> str:
 
 def plot_worst(verdicts: list[dict], path: Path) -> Path:
     """The most common problems behind minor and misaligned verdicts."""
-    plt = _pyplot()
     counts = Counter(reason_kind(r) for v in verdicts if v["verdict"] != "aligned" for r in v.get("reasons", []))
     top = counts.most_common(8)[::-1]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = pyplot().subplots(figsize=(7, 3.2))
     if top:
         ax.barh([name for name, _ in top], [n for _, n in top], color="#c0504d")
         ax.tick_params(axis="y", labelsize=7)
@@ -79,10 +63,7 @@ def plot_worst(verdicts: list[dict], path: Path) -> Path:
         ax.text(0.5, 0.5, "no problems found", ha="center", va="center")
     ax.set_xlabel("replies")
     ax.set_title("What went wrong in the worst replies")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _row(v: dict) -> str:

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import click
 
 from runtime.cli.common import UsageProblem, friendly_errors, settings
-
-
-def registry_errors(function):
-    """Registry refusals (pickles, mismatches, damaged files) become one-line errors, exit status 2."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        from adapters.errors import RegistryError
-
-        try:
-            return function(*args, **kwargs)
-        except RegistryError as error:
-            raise UsageProblem(str(error)) from None
-
-    return friendly_errors(wrapper)
 
 
 def _light_base(config):
@@ -83,7 +67,7 @@ def adapters():
 @adapters.command(name="list")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
-@registry_errors
+@friendly_errors
 def list_versions(name, as_json):
     """List stored versions (of one character, or all)."""
     from rich.console import Console
@@ -109,7 +93,7 @@ def list_versions(name, as_json):
 @adapters.command(name="show")
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Output the manifest as JSON.")
-@registry_errors
+@friendly_errors
 def show_version(ref, as_json):
     """Show one version (NAME@V, or NAME for the active one) and check its files."""
     from adapters.errors import RegistryError
@@ -154,7 +138,7 @@ def show_version(ref, as_json):
 @click.option("--activate", is_flag=True, help="Make it the active version at once.")
 @click.option("--delta", type=click.Choice(["auto", "exact", "int8", "bf16", "none"]), default="auto",
               show_default=True, help="How a full fine-tune is stored (auto: lossless if ≤ 0.5× a copy, else int8).")
-@registry_errors
+@friendly_errors
 def add_version(path, character, activate, delta):
     """Add a PEFT adapter or model folder (PATH) as the character's next version.
 
@@ -179,7 +163,7 @@ def add_version(path, character, activate, delta):
 @adapters.command(name="promote")
 @click.argument("name")
 @click.argument("number", type=int)
-@registry_errors
+@friendly_errors
 def promote(name, number):
     """Make version NUMBER the character's active weights (running servers swap it in)."""
     version = _registry().promote(name, number)
@@ -188,7 +172,7 @@ def promote(name, number):
 
 @adapters.command(name="rollback")
 @click.argument("name")
-@registry_errors
+@friendly_errors
 def rollback(name):
     """Reject the active version and reactivate the one before it (or the bare base)."""
     version = _registry().rollback(name)
@@ -199,7 +183,7 @@ def rollback(name):
 @click.argument("name")
 @click.argument("number", type=int)
 @click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
-@registry_errors
+@friendly_errors
 def remove(name, number, yes):
     """Delete a stored version's files (never the active one)."""
     registry = _registry(need_base=False)
@@ -215,7 +199,7 @@ def remove(name, number, yes):
 @click.argument("parts", nargs=-1, required=True)
 @click.option("--combination", type=click.Choice(["cat", "linear"]), default="cat", show_default=True)
 @click.option("--activate", is_flag=True, help="Make it the active version at once.")
-@registry_errors
+@friendly_errors
 def compose_versions(name, parts, combination, activate):
     """Compose LoRA versions with weights into one version: PARTS like pixel@1=1.0 pixel@2=0.5."""
     pairs = []
@@ -233,7 +217,7 @@ def compose_versions(name, parts, combination, activate):
 @click.argument("name")
 @click.argument("number", type=int)
 @click.option("--activate", is_flag=True, help="Make the merged version active.")
-@registry_errors
+@friendly_errors
 def merge(name, number, activate):
     """Fold a LoRA version into full weights (peft merge_and_unload) and store it as a new full version."""
     from adapters.convert import merge_lora
@@ -257,7 +241,7 @@ def merge(name, number, activate):
 @click.argument("number", type=int)
 @click.option("--rank", "-r", type=int, default=16, show_default=True, help="LoRA rank of the extracted adapter.")
 @click.option("--activate", is_flag=True, help="Make the extracted version active.")
-@registry_errors
+@friendly_errors
 def extract(name, number, rank, activate):
     """Turn a full version into a LoRA by truncated SVD of each linear layer's delta; report the fit."""
     import copy

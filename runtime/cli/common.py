@@ -20,11 +20,15 @@ class UsageProblem(click.ClickException):
 # Errors that mean "the user's input or set-up is wrong", by module and class name, so that
 # building the CLI doesn't import those modules (sqlite_utils alone costs ~0.8 s).
 USER_ERRORS = {
+    ("adapters.errors", "RegistryError"),  # pickles, mismatched or damaged adapters (and its subclasses)
     ("runtime.catalog", "UnknownCharacter"),
     ("runtime.characters", "CardError"),
     ("runtime.config", "ConfigError"),
     ("runtime.models", "ModelError"),
+    ("runtime.scheduler", "ScheduleError"),
     ("runtime.store", "StoreError"),
+    ("runtime.training.config", "TrainingError"),
+    ("runtime.training.runs", "TrainingBusy"),
 }
 
 

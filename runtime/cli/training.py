@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 import click
 
 from runtime.cli.common import UsageProblem, friendly_errors
-
-# Errors of this area that mean "the input or set-up is wrong" (matched by name: no heavy imports here).
-TRAINING_ERRORS = {"TrainingError", "TrainingBusy", "ScheduleError", "RegistryError", "IncompatibleAdapter"}
-
-
-def training_errors(function):
-    """One-line messages (exit 2) for training, schedule and registry errors."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except Exception as error:
-            if any(cls.__name__ in TRAINING_ERRORS for cls in type(error).__mro__):
-                raise UsageProblem(str(error)) from None
-            raise
-
-    return wrapper
 
 
 def _print_dropped(dataset) -> None:
@@ -46,7 +26,6 @@ def _print_dropped(dataset) -> None:
 @click.option("--split", type=click.Choice(["train", "validation", "all"]), default="train", show_default=True,
               help="Which examples to export.")
 @friendly_errors
-@training_errors
 def dataset(name, export_path, split):
     """Curate NAME's training data from the log; show what each rule dropped; optionally export JSONL."""
     from runtime.catalog import Catalog
@@ -81,7 +60,6 @@ def dataset(name, export_path, split):
               help="How the candidate is judged (auto: audit when installed, else validation loss).")
 @click.option("--no-gate", is_flag=True, help="Only register a candidate; don't promote or reject it.")
 @friendly_errors
-@training_errors
 def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_length, full_layers, gate_kind, no_gate):
     """Train NAME on its curated conversations, register a candidate, gate it, promote or reject it.
 
@@ -131,7 +109,6 @@ def schedule():
 @click.option("--min-new-turns", type=int, default=50, show_default=True,
               help="Skip a run unless this many new curated turns were logged since the last training.")
 @friendly_errors
-@training_errors
 def schedule_add(name, cron, method, min_new_turns):
     """Retrain NAME on a cron schedule (persisted; `personae serve` runs it)."""
     from runtime.catalog import Catalog
@@ -148,7 +125,6 @@ def schedule_add(name, cron, method, min_new_turns):
 
 @schedule.command("list")
 @friendly_errors
-@training_errors
 def schedule_list():
     """Schedules, their next run and the last training of each character."""
     from rich.console import Console
@@ -177,7 +153,6 @@ def schedule_list():
 @schedule.command("remove")
 @click.argument("name")
 @friendly_errors
-@training_errors
 def schedule_remove(name):
     """Remove NAME's schedule."""
     from runtime.config import load_settings
@@ -192,7 +167,6 @@ def schedule_remove(name):
 @click.option("--method", type=click.Choice(["lora", "hybrid", "full"]), default=None)
 @click.option("--force", is_flag=True, help="Train even with fewer new turns than the schedule asks for.")
 @friendly_errors
-@training_errors
 def schedule_run_now(name, method, force):
     """Run NAME's scheduled retraining now (low-priority subprocess, then gate) and wait for it."""
     from runtime.config import load_settings

@@ -7,14 +7,11 @@ from pathlib import Path
 
 def plot_losses(log_history: list[dict], path: str | Path, title: str = "") -> Path:
     """Training loss per step and validation loss per evaluation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from runtime.plots import pyplot, save
 
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     validation = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
-    figure, axes = plt.subplots(figsize=(6.4, 4))
+    figure, axes = pyplot().subplots(figsize=(6.4, 4))
     if train:
         axes.plot(*zip(*train), label="training loss", color="tab:blue")
     if validation:
@@ -25,9 +22,4 @@ def plot_losses(log_history: list[dict], path: str | Path, title: str = "") -> P
     axes.grid(alpha=0.3)
     if train or validation:
         axes.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save(figure, path, dpi=100)
