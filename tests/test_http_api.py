@@ -298,6 +298,8 @@ def test_characters_avatars_and_audits_for_the_page(server, engine, monkeypatch,
     (["Hello", " there\nUs", "er: more"], "Hello there"),   # a stop string split across pieces
     (["  Hi", " you", "  "], "Hi you"),                       # stripped like the logged text
     (["a\nU", "nicorns\n", "User"], "a\nUnicorns\nUser"),     # a held-back prefix that was not a stop
+    ([" \n", "Hi", " ", " there ", "\n"], "Hi  there"),      # whitespace inside kept, at the ends dropped
+    (["Hi", " \nUser: x", "more"], "Hi"),                    # nothing after a stop string
 ])
 def test_stop_scanner_streams_what_is_logged(piece_lists, expected):
     from plugins.http.chat import StopScanner

@@ -9,6 +9,7 @@ import time
 from urllib.parse import unquote
 
 from plugins.http.errors import APIError
+from runtime.detok import StopText
 
 PLATFORM = "http"
 CONVERSATION_HEADER = "x-personae-conversation"
@@ -168,45 +169,27 @@ async def begin(engine, metrics, body, headers, regenerate: bool = False):
 
 
 class StopScanner:
-    """Streamed text as it will be logged: no stop string, no leading or trailing whitespace."""
+    """Streamed text as it will be logged (`trim_at_stop`): cut at a stop string, no surrounding whitespace."""
 
     def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
+        self.stop = StopText(stops)
+        self.pending = ""  # trailing whitespace, sent only if more text follows
         self.started = False
-        self.stopped = False
 
     def feed(self, piece: str) -> str:
         """Text that is safe to send now."""
-        if self.stopped:
-            return ""
-        self.pending += piece
-        if not self.started:
-            self.pending = self.pending.lstrip()
-        found = [i for i in (self.pending.find(s) for s in self.stops) if i != -1]
-        if found:
-            self.stopped = True
-            out, self.pending = self.pending[:min(found)].rstrip(), ""
-            return self._emit(out)
-        # Hold back what may be the start of a stop string, and trailing whitespace.
-        hold = 0
-        for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(stop[:k]):
-                    hold = max(hold, k)
-                    break
-        keep = len(self.pending[:len(self.pending) - hold].rstrip())
-        out, self.pending = self.pending[:keep], self.pending[keep:]
-        return self._emit(out)
+        return self._trimmed(self.stop.feed(piece), last=self.stop.stopped)
 
     def flush(self) -> str:
         """What is left when the reply ends."""
-        if self.stopped:
-            return ""
-        out, self.pending = self.pending.rstrip(), ""
-        return self._emit(out)
+        return self._trimmed(self.stop.flush(), last=True)
 
-    def _emit(self, out: str) -> str:
+    def _trimmed(self, text: str, last: bool) -> str:
+        text = self.pending + text
+        if not self.started:
+            text = text.lstrip()
+        out = text.rstrip()
+        self.pending = "" if last else text[len(out):]
         self.started = self.started or bool(out)
         return out
 
