@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.hookspecs import hookimpl
+
 REPO = Path(__file__).resolve().parent.parent
 # Converted base models are cached across test runs (the GGUF conversion takes ~25-45 s).
 MODEL_CACHE = Path(os.environ.get("PERSONAE_TEST_CACHE", REPO / ".cache" / "test-models"))
@@ -113,3 +115,32 @@ def generator(tiny_base):
     yield build
     for gen in made:
         gen.close()
+
+
+class PromptSpy:
+    """Records the chat messages the engine sends to the model (a prompt_messages hook)."""
+
+    def __init__(self):
+        self.prompts = []
+
+    @hookimpl
+    def prompt_messages(self, character, messages, turn):
+        self.prompts.append([dict(m) for m in messages])
+
+
+@pytest.fixture
+def prompt_spy():
+    """`prompt_spy(engine)` registers a PromptSpy on the engine's plugins until the test ends."""
+    registered = []
+
+    def watch(engine):
+        spy = PromptSpy()
+        engine.pm.register(spy)
+        registered.append((engine, spy))
+        return spy
+
+    try:
+        yield watch
+    finally:
+        for engine, spy in registered:
+            engine.pm.unregister(spy)

@@ -8,7 +8,6 @@ import httpx
 import openai
 import pytest
 
-from runtime.hookspecs import hookimpl
 from http_server import LiveServer
 
 
@@ -30,25 +29,9 @@ def rows(engine, sql, params=()):
     return engine.store.query(sql, params)
 
 
-class PromptSpy:
-    """Records the chat messages the engine sends to the model."""
-
-    def __init__(self):
-        self.prompts = []
-
-    @hookimpl
-    def prompt_messages(self, character, messages, turn):
-        self.prompts.append([dict(m) for m in messages])
-
-
 @pytest.fixture
-def spy(engine):
-    plugin = PromptSpy()
-    engine.pm.register(plugin)
-    try:
-        yield plugin
-    finally:
-        engine.pm.unregister(plugin)
+def spy(engine, prompt_spy):
+    return prompt_spy(engine)
 
 
 def test_models_lists_every_character(server, engine):
