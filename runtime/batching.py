@@ -63,6 +63,11 @@ class _Batch:
     rows: list = field(default_factory=list)
     cache: object = None
     mask: object = None  # LongTensor [rows, cache length]: 0 = left padding
+    full_attention: bool = False  # every layer keeps all positions: growing KV cache, reusable prefixes
+
+    @classmethod
+    def of(cls, model) -> "_Batch":
+        return cls(model, full_attention=full_attention_only(model))
 
 
 class BatchingGenerator:
@@ -89,11 +94,10 @@ class BatchingGenerator:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pending: collections.deque = collections.deque()  # admitted later (no free adapter slot)
-        self._batches: dict[str | None, _Batch] = {None: _Batch(self.serving)}
+        self._batches: dict[str | None, _Batch] = {None: _Batch.of(self.serving)}
         self._admitting: list[_Row] = []  # rows picked for the next prefill (their weights must stay)
         # Prompts' KV by weights, so a prompt repeating a stored prefix (the card, earlier turns) skips it.
         self.prefixes = PrefixCache(int(prefix_cache_mb) << 20) if prefix_cache_mb else None
-        self._full_attention: dict[str | None, bool] = {}  # model key -> full attention only (growing cache, prefixes)
         self._adapter_folders: dict[str, Path] = {}
         self._adapter_lru: collections.OrderedDict = collections.OrderedDict()  # loaded adapters
         self._model_loaders: dict[str, object] = {}
@@ -148,13 +152,12 @@ class BatchingGenerator:
         """Make a fully fine-tuned model known by name; `loader()` returns it (called on first use)."""
         self._model_loaders[name] = loader
 
-    def load_model(self, name: str, loader=None, model=None, timeout: float = 600) -> None:
+    def load_model(self, name: str, loader=None, timeout: float = 600) -> None:
         """Load a full model now (in this thread) and hand it to the worker's bounded LRU."""
         if loader is not None:
             self.register_model(name, loader)
-        if model is None and name not in self._models:
+        if name not in self._models:
             model = self._model_loaders[name]()
-        if model is not None:
             self._call(lambda: self._put_model(name, model), timeout)
 
     def unload_model(self, name: str, forget: bool = True, wait: bool = True) -> None:
@@ -340,13 +343,11 @@ class BatchingGenerator:
     def _prefill(self, rows: list[_Row]) -> None:
         """Prefill new rows of one model: from a stored prefix where one matches, the rest in one padded pass."""
         key = rows[0].model_key
-        batch = self._batches.setdefault(key, _Batch(self._models.get(key, self.serving)))
-        if key not in self._full_attention:
-            self._full_attention[key] = full_attention_only(batch.model)
+        batch = self._batches[key]
         fresh = []
         for row in rows:
             start, prefix = (0, None)
-            if self.prefixes is not None and self._full_attention[key]:
+            if self.prefixes is not None and batch.full_attention:
                 start, prefix = self.prefixes.lookup((key, row.adapter), row.ids[: row.length])
             if prefix is None:
                 fresh.append(row)
@@ -359,7 +360,7 @@ class BatchingGenerator:
         """One forward over the rows' prompts (left-padded; after `start` cached tokens for a single row)."""
         import torch
 
-        cache = new_cache(batch.model, self._full_attention[rows[0].model_key])
+        cache = new_cache(batch.model, batch.full_attention)
         if prefix is not None:  # copied into the new cache's own buffers: the stored prefix stays as it is
             for index, (keys, values) in enumerate(prefix.layers):
                 cache.update(keys[:, :, :start], values[:, :, :start], index)
@@ -384,7 +385,7 @@ class BatchingGenerator:
                 for layer in cache.layers:
                     layer.keys[index, :, : width - prompt] = 0
                     layer.values[index, :, : width - prompt] = 0
-            if self.prefixes is not None and self._full_attention[row.model_key]:
+            if self.prefixes is not None and batch.full_attention:
                 self.prefixes.store((row.model_key, row.adapter), row.ids[:prompt],
                                     [(layer.keys[index: index + 1, :, width - prompt:],
                                       layer.values[index: index + 1, :, width - prompt:]) for layer in cache.layers])
@@ -470,8 +471,8 @@ class BatchingGenerator:
             batch.mask = batch.mask.index_select(0, index)
             start = int(torch.nonzero(batch.mask.any(dim=0))[0])
             for layer in batch.cache.layers:
-                layer.keys = layer.keys.index_select(0, index)[:, :, start:]
-                layer.values = layer.values.index_select(0, index)[:, :, start:]
+                layer.keys = layer.keys[:, :, start:].index_select(0, index)
+                layer.values = layer.values[:, :, start:].index_select(0, index)
             batch.mask = batch.mask[:, start:]
         for row in finished:
             seconds = (row.stream.finished_at or time.perf_counter()) - row.stream.request.submitted
@@ -514,7 +515,7 @@ class BatchingGenerator:
             stream.push(shown)
         if row.stop.stopped:
             return self._finish(row, "stop", flush=False)
-        if row.generated >= stream.request.sampling.max_new_tokens or row.length >= row.ids.shape[0]:
+        if row.length >= row.ids.shape[0]:  # ids hold the prompt and max_new_tokens (at least 1) more
             return self._finish(row, "length")
 
     def _finish(self, row: _Row, reason: str, flush: bool = True) -> None:
@@ -609,7 +610,10 @@ class BatchingGenerator:
         return self._make_room(self._models, self.max_models, self._drop_model)
 
     def _put_model(self, name: str, model) -> None:
-        if name not in self._models and not self._make_room_for_model():
+        if name in self._models:  # loaded meanwhile by another request: rows may be running on it
+            self._models.move_to_end(name)
+            return
+        if not self._make_room_for_model():
             raise RuntimeError(f"all {self.max_models} full-model slots are busy; raise max_models")
         model.eval()
         if self.pack:  # the generator owns this copy: its dense Linear weights can go once packed
@@ -618,10 +622,8 @@ class BatchingGenerator:
             model = serving_copy(model, self.max_batch, keep_dense=False)
         self._doomed.discard(name)
         self._forget_prefixes(model_key=name)
-        self._full_attention.pop(name, None)  # a replacement may be another architecture
         self._models[name] = model
-        self._models.move_to_end(name)
-        self._batches.setdefault(name, _Batch(model)).model = model
+        self._batches[name] = _Batch.of(model)  # any batch left under this name has no rows
 
     def _drop_model(self, name: str) -> None:
         if name in self._in_use():

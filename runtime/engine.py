@@ -86,16 +86,6 @@ class Reply:
         self.message = self.engine._log_reply(self)
 
 
-def trim_at_stop(text: str, stops: list[str]) -> str:
-    """Cut a reply at the first stop string it contains."""
-    cut = len(text)
-    for stop in stops:
-        index = text.find(stop)
-        if index != -1:
-            cut = min(cut, index)
-    return text[:cut].strip()
-
-
 class Engine:
     """Runs chat turns for every platform over one store, catalog and generator."""
 
@@ -238,7 +228,7 @@ class Engine:
     def _log_reply(self, reply: Reply) -> dict:
         """Filter the finished reply through the hooks and write it to the log."""
         stream = reply.stream
-        draft = ReplyDraft(trim_at_stop(stream.text, stream.request.sampling.stop))
+        draft = ReplyDraft(stream.text.strip())  # the generator cut it at any stop string
         self.pm.hook.filter_reply(character=reply.character, reply=draft, turn=reply.turn)
         ttft = stream.ttft
         message = self.store.log_message(

@@ -20,8 +20,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.models import PICKLE_SUFFIXES
+
 PREFIX = "base_model.model."
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class AdapterLoadError(ValueError):
@@ -33,7 +34,6 @@ class LoadedAdapter:
     """One adapter read from PEFT files: LoRA pairs per module and whole replacement modules."""
 
     name: str
-    folder: Path
     pairs: dict = field(default_factory=dict)  # module name -> (A^T [in, r], B^T*scale [r, out])
     replaced: dict = field(default_factory=dict)  # module name -> {param: tensor} (modules_to_save)
     rank: int = 0
@@ -73,7 +73,7 @@ def read_peft_adapter(folder, name: str, model, dtype=None) -> LoadedAdapter:
     tensors = load_file(str(weights_path))
     modules = dict(model.named_modules())
     dtype = dtype or next(model.parameters()).dtype
-    adapter = LoadedAdapter(name, folder)
+    adapter = LoadedAdapter(name)
     lora: dict[str, dict[str, object]] = {}
     for key, tensor in tensors.items():
         bare = key[len(PREFIX):] if key.startswith(PREFIX) else key
@@ -231,7 +231,6 @@ class LoraBatch:
         self.capacity = capacity
         self.state = _RowState()
         self.slots: dict[str, int] = {}  # adapter name -> slot (1..capacity)
-        self.adapters: dict[str, LoadedAdapter] = {}
         self.rank = 0
         self._size = 1  # slots allocated per site (slot 0 = the base)
         self.sites: dict[str, _LoraSite] = {}
@@ -239,10 +238,6 @@ class LoraBatch:
         self._handles = []
 
     # --- loading ------------------------------------------------------------------------
-    def free_slots(self) -> int:
-        """Slots not taken by an adapter."""
-        return self.capacity - len(self.slots)
-
     def add(self, adapter: LoadedAdapter) -> int:
         """Put an adapter into a free slot (or its old slot when replacing); returns the slot."""
         if adapter.name in self.slots:
@@ -279,7 +274,6 @@ class LoraBatch:
                 getattr(variant, param).data = tensor.to(getattr(variant, param).dtype)
             site.variants[slot] = variant
         self.slots[adapter.name] = slot
-        self.adapters[adapter.name] = adapter
         return slot
 
     def slot_bytes(self) -> int:
@@ -290,7 +284,6 @@ class LoraBatch:
     def remove(self, name: str) -> None:
         """Free an adapter's slot."""
         slot = self.slots.pop(name, None)
-        self.adapters.pop(name, None)
         if slot is not None:
             self._clear(slot)
 
@@ -302,7 +295,6 @@ class LoraBatch:
         self.sites.clear()
         self.replace_sites.clear()
         self.slots.clear()
-        self.adapters.clear()
 
     def _clear(self, slot: int) -> None:
         for site in self.sites.values():

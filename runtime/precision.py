@@ -127,11 +127,15 @@ def choose_precision(requested: str, device: str = "cpu", expected_batch: int = 
                              "on this CPU)")
 
 
+def _choose_for(settings, measure: bool) -> Choice:
+    return choose_precision(settings.dtype, settings.device, int(getattr(settings, "expected_batch", 1) or 1),
+                            settings.cache_dir, settings.threads, measure)
+
+
 def resolve_dtype(settings, measure: bool = True) -> str:
     """The dtype to load the base model in for these settings; logs and remembers the choice."""
     global last_choice
-    choice = choose_precision(settings.dtype, settings.device, int(getattr(settings, "expected_batch", 1) or 1),
-                              settings.cache_dir, settings.threads, measure)
+    choice = _choose_for(settings, measure)
     if measure:
         last_choice = choice
         log.info("precision: %s — %s", choice.dtype, choice.reason)
@@ -140,9 +144,7 @@ def resolve_dtype(settings, measure: bool = True) -> str:
 
 def describe(settings) -> str:
     """One line for `personae config` / status: the dtype in use (or that would be) and why."""
-    choice = last_choice or choose_precision(settings.dtype, settings.device,
-                                             int(getattr(settings, "expected_batch", 1) or 1),
-                                             settings.cache_dir, settings.threads, measure=False)
+    choice = last_choice or _choose_for(settings, measure=False)
     return f"precision: {choice.dtype} ({choice.reason})"
 
 

@@ -18,19 +18,14 @@ log = logging.getLogger("personae.weights")
 LORA_KINDS = ("lora", "hybrid", "composite")
 
 
-def _lazy(value):
-    """A zero-argument getter for a value or a callable producing it (the engine builds parts lazily)."""
-    return value if callable(value) else (lambda: value)
-
-
 class WeightsManager:
     """Registry versions -> generator adapters / full models, reference-counted for hot swap."""
 
-    def __init__(self, registry, generator, base, pm=None):
+    def __init__(self, registry, generator, base):
+        """`generator` and `base` are getters: the engine builds them on first use."""
         self.registry = registry
-        self._generator = _lazy(generator)
-        self._base = _lazy(base)
-        self.pm = pm
+        self._generator = generator
+        self._base = base
         self._lock = threading.RLock()
         self._refs: collections.Counter = collections.Counter()
         self._loaded: dict[str, object] = {}  # label -> Version registered in the generator
@@ -193,7 +188,7 @@ def attach_registry(engine) -> bool:
     registry = Registry.for_settings(engine.settings, engine.store, pm=engine.pm)
     if engine._base is not None:  # already loaded: let the registry check adapters against it
         adopt_base(registry, engine._base)
-    engine.weights = WeightsManager(registry, lambda: engine.generator, lambda: engine.base, pm=engine.pm)
+    engine.weights = WeightsManager(registry, lambda: engine.generator, lambda: engine.base)
     return True
 
 

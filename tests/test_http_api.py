@@ -278,19 +278,16 @@ def test_characters_avatars_and_audits_for_the_page(server, engine, monkeypatch,
 
 
 @pytest.mark.parametrize("piece_lists, expected", [
-    (["Hello", " there\nUs", "er: more"], "Hello there"),   # a stop string split across pieces
     (["  Hi", " you", "  "], "Hi you"),                       # stripped like the logged text
-    (["a\nU", "nicorns\n", "User"], "a\nUnicorns\nUser"),     # a held-back prefix that was not a stop
     ([" \n", "Hi", " ", " there ", "\n"], "Hi  there"),      # whitespace inside kept, at the ends dropped
-    (["Hi", " \nUser: x", "more"], "Hi"),                    # nothing after a stop string
+    (["a\nU", "nicorns\n", "User"], "a\nUnicorns\nUser"),
 ])
-def test_stop_scanner_streams_what_is_logged(piece_lists, expected):
-    from plugins.http.chat import StopScanner
-    from runtime.engine import trim_at_stop
+def test_streamed_text_is_what_is_logged(piece_lists, expected):
+    from plugins.http.chat import TrimmedText
 
-    scanner = StopScanner(["\nUser:"])
-    streamed = "".join(scanner.feed(p) for p in piece_lists) + scanner.flush()
-    assert streamed == expected == trim_at_stop("".join(piece_lists), ["\nUser:"])
+    trimmed = TrimmedText()
+    streamed = "".join(trimmed.feed(p) for p in piece_lists) + trimmed.feed("", last=True)
+    assert streamed == expected == "".join(piece_lists).strip()
 
 
 def test_one_completion_on_the_real_model(make_engine, real_base):

@@ -86,3 +86,14 @@ def test_int8_keeps_the_output_projection_and_down_projections_in_float(tiny_bas
         close = torch.nn.functional.cosine_similarity(model(input_ids=ids).logits.flatten(),
                                                       tiny_base.model(input_ids=ids).logits.flatten(), dim=0)
     assert close > 0.99
+
+
+def test_dtype_int8_loads_the_measured_int8_variant(tiny_model_folder):
+    import torch
+
+    from runtime.models import load_base_model
+
+    model = load_base_model(str(tiny_model_folder), tiny_model_folder.parent, dtype="int8").model
+    layer = model.model.layers[0]
+    assert type(model.lm_head) is torch.nn.Linear and type(layer.mlp.down_proj) is torch.nn.Linear
+    assert "quantized" in type(layer.self_attn.q_proj).__module__

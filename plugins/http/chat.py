@@ -9,7 +9,6 @@ import time
 from urllib.parse import unquote
 
 from plugins.http.errors import APIError
-from runtime.detok import StopText
 
 PLATFORM = "http"
 CONVERSATION_HEADER = "x-personae-conversation"
@@ -168,24 +167,17 @@ async def begin(engine, metrics, body, headers, regenerate: bool = False):
 # --- streaming a blocking reply into the event loop --------------------------------------------
 
 
-class StopScanner:
-    """Streamed text as it will be logged (`trim_at_stop`): cut at a stop string, no surrounding whitespace."""
+class TrimmedText:
+    """Streamed text as it will be logged: the generator already cut it at any stop string; no
+    leading whitespace, and trailing whitespace held back until more text follows."""
 
-    def __init__(self, stops: list[str]):
-        self.stop = StopText(stops)
-        self.pending = ""  # trailing whitespace, sent only if more text follows
+    def __init__(self):
+        self.pending = ""
         self.started = False
 
-    def feed(self, piece: str) -> str:
-        """Text that is safe to send now."""
-        return self._trimmed(self.stop.feed(piece), last=self.stop.stopped)
-
-    def flush(self) -> str:
-        """What is left when the reply ends."""
-        return self._trimmed(self.stop.flush(), last=True)
-
-    def _trimmed(self, text: str, last: bool) -> str:
-        text = self.pending + text
+    def feed(self, piece: str, last: bool = False) -> str:
+        """Text that is safe to send now (`last`: the reply ended, drop what is held back)."""
+        text = self.pending + piece
         if not self.started:
             text = text.lstrip()
         out = text.rstrip()
@@ -201,7 +193,7 @@ class Bridge:
         self.reply = reply
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.scanner = StopScanner(reply.stream.request.sampling.stop)
+        self.trimmed = TrimmedText()
         self.first_piece_at: float | None = None
         # Its own thread, not the shared pool: a long reply must not starve short requests.
         threading.Thread(target=self._pump, name="personae-http-reply", daemon=True).start()
@@ -224,12 +216,9 @@ class Bridge:
     async def __aiter__(self):
         while True:
             kind, value = await self.queue.get()
-            if kind == "piece":
-                text = self.scanner.feed(value)
-            elif kind == "done":
-                text = self.scanner.flush()
-            else:
+            if kind == "error":
                 raise value
+            text = self.trimmed.feed(value or "", last=kind == "done")
             if text:
                 if self.first_piece_at is None:
                     self.first_piece_at = time.perf_counter()
