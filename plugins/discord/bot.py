@@ -256,8 +256,7 @@ class PersonaeBot(discord.Client):
                     platform_message_id=platform_message_id, sampling=self.config.sampling)
 
     async def answer(self, message: discord.Message, character, text: str) -> None:
-        turn = self.turn(message.channel, message.author, text, character, str(message.id))
-        self.engine.store.ensure_user(turn.user_id, turn.user_name, PLATFORM)
+        turn = self.turn(message.channel, message.author, text, character, str(message.id))  # engine.reply adds the user
         await self.speak(message.channel, character, lambda: self.engine.reply(turn),
                          lambda words: self.tell(message, words))
 

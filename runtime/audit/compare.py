@@ -39,6 +39,7 @@ def showdown(engine, character_id: str, methods=METHODS, probes=None, progress: 
     """Train every method (prompt = the card alone, on the base) and audit each on the same probes."""
     from runtime.audit.probes import probe_set
     from runtime.audit.runner import run_audit
+    from runtime.audit.report import audit_folder
 
     character = engine.catalog.get(character_id)
     trained = [m for m in methods if m != "prompt"]
@@ -65,7 +66,7 @@ def showdown(engine, character_id: str, methods=METHODS, probes=None, progress: 
             "peak_memory_mb": metrics.get("peak_memory_mb"), "bytes_on_disk": metrics.get("bytes_on_disk"),
             "tokens_per_s": report.tokens_per_s,
         })
-    folder = Path(engine.settings.data_dir).expanduser() / "audits" / character.id / f"compare-{int(time.time())}"
+    folder = audit_folder(engine.settings, character.id, f"compare-{int(time.time())}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "showdown.json").write_text(json.dumps(rows, indent=2))
     plot = plot_showdown(rows, folder / "showdown.png", character.id)

@@ -39,7 +39,7 @@ def live_audit(engine, sample: int | None = None, threshold: float | None = None
         rows = recent_replies(engine.store, character.id, sample, since)
         if not rows:
             continue
-        clock = time.perf_counter()
+        clock, started = time.perf_counter(), now()
         context = build_context(engine, character)
         scored = score_replies(character, rows, context=context, pm=engine.pm)
         verdicts = [{"probe_id": "live", "probe_kind": "live", "turn": 1, "prompt": row["prompt"], "reply": row["reply"],
@@ -47,12 +47,8 @@ def live_audit(engine, sample: int | None = None, threshold: float | None = None
         numbers = summarise(verdicts)
         report = AuditReport(run_id=audits.new_run_id(), character=character.id, version="live", verdicts=verdicts,
                              seconds=time.perf_counter() - clock, kind="live", **numbers)
-        audits.save_run({"id": report.run_id, "character": character.id, "version": "live", "kind": "live",
-                         "started": now(), "finished": now(), "probes": 0, "replies": len(verdicts),
-                         "aligned": report.aligned, "minor": report.minor, "misaligned": report.misaligned,
-                         "leakage": report.leakage, "by_turn": report.by_turn, "seconds": round(report.seconds, 2),
-                         "meta": {"last_message_id": max(row["id"] for row in rows), "threshold": threshold}},
-                        verdicts)
+        audits.save_report(report, started, 0, {"last_message_id": max(row["id"] for row in rows),
+                                                 "threshold": threshold})
         if report.aligned < threshold:
             log.warning("live audit: %s is %.0f%% aligned over %d recent replies (threshold %.0f%%)",
                         character.id, 100 * report.aligned, len(verdicts), 100 * threshold)

@@ -12,9 +12,14 @@ from runtime.plots import pyplot, save
 ORDER = {"misaligned": 0, "minor": 1, "aligned": 2}
 
 
+def audits_root(settings, character: str) -> Path:
+    """data_dir/audits/<character>/: one folder per audit run or comparison."""
+    return settings.data_path / "audits" / character
+
+
 def audit_folder(settings, character: str, run_id: str) -> Path:
     """data_dir/audits/<character>/<run_id>/"""
-    return Path(settings.data_dir).expanduser() / "audits" / character / run_id
+    return audits_root(settings, character) / run_id
 
 
 def plot_trend(runs: list[dict], path: Path) -> Path:
@@ -110,7 +115,7 @@ tr.minor td:first-child{{color:#b60}}</style></head><body>
 
 def latest_report_files(settings, character_id: str) -> list[Path]:
     """The PNG plots and report.html of a character's newest audit run (empty if none)."""
-    root = Path(settings.data_dir).expanduser() / "audits" / character_id
+    root = audits_root(settings, character_id)
     if not root.is_dir():
         return []
     runs = sorted((p for p in root.iterdir() if (p / "report.html").is_file()), key=lambda p: p.name)

@@ -224,15 +224,9 @@ def run_audit(engine, character_id: str, version=None, probes=None, progress: bo
                          seconds=time.perf_counter() - clock,
                          tokens_per_s=round(tokens / answering, 2) if answering > 0 else None, phases=phases,
                          **numbers)
-    audits.save_run(
-        {"id": run_id, "character": character.id, "version": label, "kind": "probe", "started": started_at,
-         "finished": now(), "probes": len(probes), "replies": len(verdicts), "aligned": result.aligned,
-         "minor": result.minor, "misaligned": result.misaligned, "leakage": result.leakage,
-         "by_turn": result.by_turn, "seconds": round(result.seconds, 2),
-         "meta": {"requested_version": version, "started_epoch": started, "scorers": sorted(scorers),
-                  "tokens_per_s": result.tokens_per_s, "phases": phases, "tokens": tokens}},
-        verdicts,
-    )
+    audits.save_report(result, started_at, len(probes),
+                       {"requested_version": version, "started_epoch": started, "scorers": sorted(scorers),
+                        "tokens_per_s": result.tokens_per_s, "phases": phases, "tokens": tokens})
     _record_in_registry(engine, character.id, version, result)
     if report:
         from runtime.audit.report import write_report

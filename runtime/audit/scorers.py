@@ -166,6 +166,8 @@ class ScoringContext:
     _voice: object = None
     _generic: object = None
     _vectors: dict = field(default_factory=dict)
+    _base_patterns: list | None = None  # compiled once per audit, not per reply
+    _style_cache: dict = field(default_factory=dict)
 
     def voice_texts(self) -> list[str]:
         """The character's own voice: greetings and example replies."""
@@ -272,8 +274,9 @@ def leakage(reply, probe, context: ScoringContext) -> dict:
         return _result(leakage=False)
     question = " ".join(probe.turns) if probe is not None else ""
     reasons = []
-    patterns = context.__dict__.setdefault("_base_patterns", context.base.patterns())
-    for what, pattern in patterns:
+    if context._base_patterns is None:
+        context._base_patterns = context.base.patterns()
+    for what, pattern in context._base_patterns:
         match = pattern.search(text)
         if match and not pattern.search(question):
             reasons.append(f"{what} ({match.group(0)!r})")
@@ -375,7 +378,7 @@ def _mean_features(texts: list[str]) -> dict:
 
 def voice_profile(context: ScoringContext) -> dict:
     """Per feature: (plain text's mean, the character's mean), for features that tell them apart."""
-    cache = context.__dict__.setdefault("_style_cache", {})
+    cache = context._style_cache
     if "profile" not in cache:
         own = _mean_features(context.voice_texts())
         # Plain text: a generic assistant, and the card's own facts told in the third person.

@@ -52,6 +52,14 @@ class AuditStore:
         """A sortable, unique run id."""
         return now().replace(":", "").replace("-", "").replace(".", "")[:18] + "-" + uuid.uuid4().hex[:6]
 
+    def save_report(self, report, started: str, probes: int, meta: dict) -> None:
+        """Store a finished AuditReport (its numbers and verdicts) with when it started and its meta."""
+        run = {"id": report.run_id, "character": report.character, "version": report.version, "kind": report.kind,
+               "started": started, "finished": now(), "probes": probes, "replies": len(report.verdicts),
+               "aligned": report.aligned, "minor": report.minor, "misaligned": report.misaligned,
+               "leakage": report.leakage, "by_turn": report.by_turn, "seconds": round(report.seconds, 2), "meta": meta}
+        self.save_run(run, report.verdicts)
+
     def save_run(self, run: dict, verdicts: list[dict]) -> None:
         """Store a finished run and every verdict in one transaction."""
         row = dict(run)
