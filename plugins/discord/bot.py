@@ -10,10 +10,10 @@ import re
 
 import discord
 
-from plugins.discord.bridge import StreamedReply
 from plugins.discord.ratelimit import RateLimiter
 from plugins.discord.replies import NO_MENTIONS, Post, Speaker
 from plugins.discord.tables import DiscordTables
+from runtime.streaming import StreamedReply
 
 log = logging.getLogger("plugins.discord")
 
@@ -278,7 +278,7 @@ class PersonaeBot(discord.Client):
                     if self.config.streaming and self.loop.time() - shown_at >= self.config.stream_interval:
                         post = await self.show(post, channel, character, text)
                         shown_at = self.loop.time()
-                row = await stream.wait_logged()
+                row = stream.logged
             post = await self.show(post, channel, character, row["text"] if row else text, final=True)
             if row:
                 self.tables.map_messages(post.ids, row["id"], channel.id)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from urllib.parse import unquote
 
 from plugins.http.errors import APIError
+from runtime.streaming import StreamedReply
 
 PLATFORM = "http"
 CONVERSATION_HEADER = "x-personae-conversation"
@@ -187,44 +187,24 @@ class TrimmedText:
 
 
 class Bridge:
-    """Iterates a blocking Reply in its own thread and hands its pieces to the event loop."""
+    """An engine Reply streamed into the event loop as the text it will log; notes its first piece's time."""
 
     def __init__(self, reply):
-        self.reply = reply
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pieces = StreamedReply(lambda: reply)
         self.trimmed = TrimmedText()
         self.first_piece_at: float | None = None
-        # Its own thread, not the shared pool: a long reply must not starve short requests.
-        threading.Thread(target=self._pump, name="personae-http-reply", daemon=True).start()
-
-    def _put(self, item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server stopping): nobody will read this reply
-            self.reply.cancel()
-
-    def _pump(self) -> None:
-        try:
-            for piece in self.reply:
-                self._put(("piece", piece))
-        except BaseException as error:  # handed to the request, which reports it to the client
-            self._put(("error", error))
-            return
-        self._put(("done", None))
 
     async def __aiter__(self):
-        while True:
-            kind, value = await self.queue.get()
-            if kind == "error":
-                raise value
-            text = self.trimmed.feed(value or "", last=kind == "done")
+        pieces, last = aiter(self.pieces), False
+        while not last:
+            try:
+                piece = await anext(pieces)
+            except StopAsyncIteration:
+                piece, last = "", True
+            text = self.trimmed.feed(piece, last)
             if text:
-                if self.first_piece_at is None:
-                    self.first_piece_at = time.perf_counter()
+                self.first_piece_at = self.first_piece_at or time.perf_counter()
                 yield text
-            if kind == "done":
-                return
 
 
 # --- responses ---------------------------------------------------------------------------------

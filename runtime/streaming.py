@@ -1,4 +1,4 @@
-"""Run a blocking engine reply in a worker thread and hand its pieces to the event loop."""
+"""Run a blocking engine reply in a worker thread and hand its pieces to a platform's event loop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ class StreamedReply:
     """Async iterator over the text pieces of an engine Reply made in a worker thread.
 
     `start` is a blocking callable returning an engine Reply (engine.reply / engine.regenerate);
-    its errors (GeneratorBusy, UnknownCharacter, ...) are raised from the first `__anext__`.
+    its errors (GeneratorBusy, UnknownCharacter, ...) are raised from the first `__anext__`. Each
+    reply gets its own thread, not a shared pool: a long reply must not starve short ones.
     """
 
     def __init__(self, start):
@@ -21,7 +22,7 @@ class StreamedReply:
         self._loop = asyncio.get_running_loop()
         self._stop = threading.Event()
         self.reply = None
-        self._thread = threading.Thread(target=self._work, name="personae-discord-reply", daemon=True)
+        self._thread = threading.Thread(target=self._work, name="personae-reply", daemon=True)
         self._thread.start()
 
     def _put(self, item) -> None:
@@ -54,12 +55,15 @@ class StreamedReply:
         return item
 
     def cancel(self) -> None:
-        """Stop generating (the bot is closing); nothing is logged for a cancelled reply."""
+        """Stop generating (the platform is closing); nothing is logged for a cancelled reply."""
         self._stop.set()
         if self.reply is not None:
             self.reply.cancel()
 
-    async def wait_logged(self) -> dict | None:
-        """Wait for the worker thread to finish; return the logged reply row (None if cancelled)."""
-        await asyncio.to_thread(self._thread.join)
+    @property
+    def logged(self) -> dict | None:
+        """The logged reply row once iteration has ended (None if it was cancelled).
+
+        The Reply logs itself when its own iteration ends, before the worker hands over the end.
+        """
         return self.reply.message if self.reply is not None else None
