@@ -167,7 +167,8 @@ def test_platform_is_wanted_only_with_a_token_and_stop_is_safe(monkeypatch):
 
 
 def test_capability_results_are_summarised_for_discord():
-    from plugins.discord.commands import capability, summary
+    from plugins.discord.commands import summary
+    from runtime.packages import capability
 
     class Outcome:
         def summary(self):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import io
 import logging
 
@@ -13,6 +11,7 @@ from discord import app_commands
 
 from plugins.discord.bot import PLATFORM, user_key
 from plugins.discord.replies import NO_MENTIONS
+from runtime.packages import capability
 
 log = logging.getLogger("plugins.discord")
 
@@ -64,16 +63,6 @@ def binding_refusal(bot, interaction: discord.Interaction, action: str, in_dms: 
     if not is_admin(bot, interaction, "manage_channels"):
         return f"{action} characters needs the Manage Channels permission (or a configured admin role)."
     return None
-
-
-def capability(module: str, attribute: str):
-    """A function of an optional runtime module, or None when that capability isn't installed."""
-    try:
-        if importlib.util.find_spec(module) is None:
-            return None
-        return getattr(importlib.import_module(module), attribute, None)
-    except ImportError:
-        return None
 
 
 FRACTIONS = {"aligned", "minor", "misaligned", "leakage"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from plugins.http import auth, chat
 from plugins.http.errors import APIError, validation_error
 from plugins.http.metrics import Metrics
 from plugins.http.openai_schema import ChatCompletionRequest, FeedbackRequest
+from runtime.packages import capability
 
 STATIC = Path(__file__).parent / "static"
 
@@ -153,13 +153,8 @@ def create_app(engine, settings, keys: list[str] | None = None):
 
     def audit_files(character) -> list[Path] | None:
         """The newest audit's files of a character; None when audits are not installed."""
-        if importlib.util.find_spec("runtime.audit") is None:
-            return None
-        try:
-            from runtime.audit import latest_report_files
-        except ImportError:
-            return None
-        return [Path(p) for p in latest_report_files(settings, character.id) or []]
+        latest = capability("runtime.audit", "latest_report_files")
+        return None if latest is None else [Path(p) for p in latest(settings, character.id) or []]
 
     @api.get("/v1/characters/{character_id}/audits")
     def audits(character_id: str):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
+
+from runtime.packages import capability
 
 
 @dataclass
@@ -19,12 +19,7 @@ class GateResult:
 
 def audit_gate_available():
     """runtime.audit.gate when the persona-audit capability is installed, else None."""
-    if importlib.util.find_spec("runtime.audit") is None:
-        return None
-    try:
-        return getattr(importlib.import_module("runtime.audit"), "gate", None)
-    except ImportError:
-        return None
+    return capability("runtime.audit", "gate")
 
 
 def loss_gate(metrics: dict, tolerance: float) -> GateResult:
