@@ -45,6 +45,40 @@ def assert_no_pings(fake):
     assert checked > 0
 
 
+def test_bound_channel_gets_webhook_reply_from_smollm2_and_both_turns_are_logged(make_engine, real_base):
+    engine = make_engine(real_base)
+
+    async def scenario(h):
+        await h.command("character", "set", user="mod", name="pixel")
+        return await h.message("Hi Pixel! What is your favourite video game?")
+
+    message = run(engine, {"temperature": 0, "max_new_tokens": 24, "stream_interval": 0}, scenario)
+    fake = fake_of(engine)
+    assert "**Pixel** now talks in <#%d>." % CHANNEL_ID in fake.interaction_answers()[0]
+    # One webhook, created with the card's name and avatar, used for the greeting and the reply.
+    created = [c for c in fake.calls if c.method == "POST" and c.route == "/channels/{id}/webhooks"]
+    assert len(created) == 1 and created[0].json["name"] == "Pixel"
+    assert created[0].json["avatar"].startswith("data:image/png;base64,")
+    sends = fake.webhook_sends()
+    assert len(sends) == 2 and len({c.path for c in sends}) == 1
+    assert all(c.json["username"] == "Pixel" and c.params["wait"] == 1 for c in sends)
+    assert any(c.route == "/channels/{id}/typing" for c in fake.calls)
+
+    greeting, user, reply = rows(engine)
+    assert json.loads(greeting["meta"]) == {"greeting": True} and greeting["role"] == "assistant"
+    assert fake.messages[int(greeting["platform_message_id"])]["content"] == greeting["text"]
+    assert (user["role"], user["text"], user["user_name"], user["user_id"]) == \
+        ("user", "Hi Pixel! What is your favourite video game?", "Alice", "discord:1000000000000000011")
+    assert user["platform_message_id"] == message["id"] and user["channel"] == str(CHANNEL_ID)
+    assert reply["role"] == "assistant" and reply["reply_to"] == user["id"] and reply["character"] == "pixel"
+    assert len(reply["text"].split()) >= 3 and reply["completion_tokens"] <= 24
+    # The message in the channel ends up exactly as logged, after streaming edits of that same message.
+    shown = fake.messages[int(reply["platform_message_id"])]
+    assert shown["content"] == reply["text"] and int(shown["webhook_id"]) in fake.webhooks
+    assert any(c.method == "PATCH" and c.route == "/webhooks/{id}/{token}/messages/{id}" for c in fake.calls)
+    assert_no_pings(fake)
+
+
 def test_history_of_the_channel_and_display_name_reach_the_prompt(make_engine, tiny_base, prompt_spy):
     engine = make_engine(tiny_base)
     engine.store.bind("discord", str(CHANNEL_ID), "pixel")
