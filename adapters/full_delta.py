@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from adapters.errors import IncompatibleAdapter, RegistryError
-from adapters.manifest import MANIFEST, PICKLE_SUFFIXES
+from adapters.manifest import MANIFEST, PICKLE_SUFFIXES, read_manifest
+from adapters.safety import check_fingerprint
 
 DELTA_FILE = "delta.safetensors"
 ENCODINGS = ("auto", "exact", "int8", "bf16", "none")
@@ -166,12 +167,9 @@ def load_full(version, base, dtype: str | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(getattr(version, "folder", version))
-    manifest_path = folder / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    recorded, loaded = manifest.get("base_fingerprint"), getattr(base, "fingerprint", None)
-    if recorded and loaded and recorded != loaded:
-        raise IncompatibleAdapter(f"{folder}: does not fit the loaded base model — base fingerprints differ: "
-                                  f"made for {recorded}, loaded base is {loaded}; load the base it was made from")
+    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else {}
+    check_fingerprint(folder, manifest.get("base_fingerprint"), getattr(base, "fingerprint", None),
+                      "load the base it was made from")
     if not (folder / DELTA_FILE).is_file():  # stored as a plain copy
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
     else:

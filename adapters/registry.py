@@ -22,7 +22,7 @@ from adapters.manifest import (
     FORMAT, KINDS, MANIFEST, PICKLE_SUFFIXES, detect_kind, file_entries, fsync_dir, now, read_manifest,
     sha256_file, verify_files, write_json_durably,
 )
-from adapters.safety import check_compatible, refuse_pickles
+from adapters.safety import check_compatible, check_fingerprint, refuse_pickles
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,6 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._subscribers: list = []
-        self.problems: list[str] = []
         with store._lock:
             migrations.apply(store.db)
         with self._file_lock():
@@ -163,7 +162,7 @@ class Registry:
             if key in known:
                 continue
             if not (folder / MANIFEST).is_file():
-                self.problems.append(f"{folder}: no {MANIFEST}; ignored (not a finished version)")
+                log.warning("%s: no %s; ignored (not a finished version)", folder, MANIFEST)
                 continue
             # Renamed into place but the process died before recording it: the files are complete.
             manifest = read_manifest(folder)
@@ -194,10 +193,6 @@ class Registry:
         )
         return [self._version(r) for r in rows if include_removed or r["state"] != "removed"]
 
-    def characters(self) -> list[str]:
-        """Characters with at least one version."""
-        return sorted({v.character for v in self.versions()})
-
     def get(self, character: str, number: int | None = None) -> Version:
         """A version by number, or the active one (RegistryError if there is none)."""
         if number is None:
@@ -226,11 +221,8 @@ class Registry:
         if not version.manifest:
             raise IntegrityError(f"{version.folder}: {MANIFEST} is missing or unreadable; the version is damaged")
         verify_files(version.folder, version.manifest)
-        fingerprint = getattr(base, "fingerprint", None) or self.base_fingerprint
-        recorded = version.manifest.get("base_fingerprint")
-        if fingerprint and recorded and recorded != fingerprint:
-            raise IncompatibleAdapter(f"{version.ref}: does not fit the loaded base model — base fingerprints differ: "
-                                      f"made for {recorded}, loaded base is {fingerprint}")
+        check_fingerprint(version.ref, version.manifest.get("base_fingerprint"),
+                          getattr(base, "fingerprint", None) or self.base_fingerprint)
         return version
 
     def checked(self, character: str, number: int | None = None) -> Version:
@@ -288,7 +280,7 @@ class Registry:
         return skipped
 
     def add(self, source_folder, character: str, *, kind=None, parent=None, training=None, data_hash=None,
-            metrics=None, state="candidate", activate=False, delta="auto", extra=None) -> Version:
+            metrics=None, activate=False, delta="auto", extra=None) -> Version:
         """Store a folder as the character's next version (atomic: temp folder, fsync, rename, manifest last)."""
         source = Path(source_folder).expanduser()
         if not NAME.match(character or ""):
@@ -299,15 +291,10 @@ class Registry:
         kind = kind or detect_kind(source)
         if kind not in KINDS:
             raise RegistryError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-        if state not in ("candidate", "active", "retired", "rejected"):
-            raise RegistryError(f"initial state {state!r} is not candidate, active, retired or rejected")
         if self.base is not None and kind != "composite":
             check_compatible(source, self.base)
         elif (source / MANIFEST).is_file():
-            recorded = read_manifest(source).get("base_fingerprint")
-            if recorded and self.base_fingerprint and recorded != self.base_fingerprint:
-                raise IncompatibleAdapter(f"{source}: does not fit the loaded base model — base fingerprints differ: "
-                                          f"made for {recorded}, loaded base is {self.base_fingerprint}")
+            check_fingerprint(source, read_manifest(source).get("base_fingerprint"), self.base_fingerprint)
         if parent is not None:
             self.get(character, parent)
         with self._file_lock():
@@ -321,7 +308,8 @@ class Registry:
                 from adapters.full_delta import DELTA_FILE, encode_delta
 
                 already_delta = (source / DELTA_FILE).is_file()  # e.g. a version copied from another registry
-                if kind == "full" and delta != "none" and self.base is not None and not already_delta:
+                encoded = kind == "full" and delta != "none" and self.base is not None and not already_delta
+                if encoded:
                     delta_stats = encode_delta(source, self.base.folder, temporary, delta)
                     for path in temporary.iterdir():
                         with open(path, "rb") as handle:
@@ -333,12 +321,14 @@ class Registry:
                 files = file_entries(temporary)
                 if not any(name.endswith(".safetensors") for name in files):
                     raise RegistryError(f"{source}: no .safetensors weights to store")
+                content_sha256 = _content_hash(files)  # a plain copy: the very files source_hash() would read
                 manifest = {
                     "format": FORMAT, "character": character, "number": number, "kind": kind,
                     "base_fingerprint": self.base_fingerprint, "parent": parent, "created": now(),
                     "training": training, "data_hash": data_hash, "metrics": metrics or {}, "audit": {},
                     "source": str(source), "skipped": sorted(set(skipped)), "files": files,
-                    "content_sha256": _content_hash(files), "source_sha256": source_hash(source),
+                    "content_sha256": content_sha256,
+                    "source_sha256": source_hash(source) if encoded else content_sha256,
                     "delta": delta_stats, **(extra or {}),
                 }
                 write_json_durably(temporary / MANIFEST, manifest)  # last: a version without it never existed
@@ -348,9 +338,9 @@ class Registry:
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)
                 raise
-            self._insert(character, number, manifest, "candidate" if state == "active" else state, parent=parent)
+            self._insert(character, number, manifest, "candidate", parent=parent)
         version = self.get(character, number)
-        if activate or state == "active":
+        if activate:
             version = self.promote(character, number)
         return version
 
@@ -361,8 +351,9 @@ class Registry:
         folder = weights_from_character(character)
         if folder is None:
             raise RegistryError(f"{character.id} ships no weights (extensions.personae.weights is not set)")
-        wanted = source_hash(folder)
-        for version in self.versions(character.id):
+        versions = self.versions(character.id)
+        wanted = source_hash(folder) if versions else None
+        for version in versions:
             if version.manifest.get("source_sha256") == wanted:
                 return self.promote(character.id, version.number) if activate and version.state != "active" \
                     else version
@@ -431,8 +422,6 @@ class Registry:
 
     def _announce(self, character, version, previous) -> None:
         """Tell subscribers (the generator's hot swap) and plugins; a failing listener is logged, not fatal."""
-        if getattr(self, "_seen", None) is not None:
-            self._seen = self._active_numbers()
         for callback in list(self._subscribers):
             try:
                 callback(character, version)
@@ -444,32 +433,6 @@ class Registry:
     def subscribe(self, callback) -> None:
         """callback(character, version_or_None) runs after every promote and rollback."""
         self._subscribers.append(callback)
-        self._seen = self._active_numbers()
-
-    def _active_numbers(self) -> dict:
-        rows = self.store.query("select character, number from adapter_versions where state = 'active'")
-        return {row["character"]: row["number"] for row in rows}
-
-    def sync(self) -> list[str]:
-        """Announce active versions changed by another process (e.g. the CLI); returns those characters.
-
-        A server calls this every few seconds so `personae adapters promote` in another
-        terminal hot-swaps without a restart.
-        """
-        current = self._active_numbers()
-        seen = getattr(self, "_seen", None)
-        self._seen = current
-        if seen is None:
-            return []
-        changed = sorted(c for c in set(seen) | set(current) if seen.get(c) != current.get(c))
-        for character in changed:
-            version = self.get(character, current[character]) if character in current else None
-            for callback in list(self._subscribers):
-                try:
-                    callback(character, version)
-                except Exception:  # noqa: BLE001
-                    log.exception("registry subscriber %r failed", callback)
-        return changed
 
     def reject(self, character: str, number: int, reason: str = "") -> Version:
         """Mark a candidate as rejected (an active version is rolled back instead)."""

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 from adapters.errors import IncompatibleAdapter, PickledWeights, RegistryError
-from adapters.manifest import MANIFEST, PICKLE_SUFFIXES, detect_kind
+from adapters.manifest import MANIFEST, PICKLE_SUFFIXES, detect_kind, read_manifest
 
 PEFT_PREFIX = "base_model.model."
 CONVERT_HINT = (
@@ -96,8 +96,15 @@ def missing_targets(target_modules, modules: set[str]) -> list[str]:
     return [t for t in target_modules if not any(_matches(t, m) for m in modules)]
 
 
-def _fail(folder, part: str, detail: str, hint: str) -> None:
-    raise IncompatibleAdapter(f"{folder}: does not fit the loaded base model — {part} differ: {detail}; {hint}")
+def _fail(folder, part: str, detail: str, hint: str | None) -> None:
+    suffix = f"; {hint}" if hint else ""
+    raise IncompatibleAdapter(f"{folder}: does not fit the loaded base model — {part} differ: {detail}{suffix}")
+
+
+def check_fingerprint(where, recorded: str | None, loaded: str | None, hint: str | None = None) -> None:
+    """IncompatibleAdapter when weights made for one base (recorded) meet another (loaded); unknown passes."""
+    if recorded and loaded and recorded != loaded:
+        _fail(where, "base fingerprints", f"made for {recorded}, loaded base is {loaded}", hint)
 
 
 def _shape_problems(items: list[tuple[str, list, list]]) -> str:
@@ -191,13 +198,10 @@ def check_compatible(folder, base) -> str:
         from runtime.models import fingerprint_folder
 
         fingerprint = fingerprint_folder(_folder_of(base))
-    manifest_path = folder / MANIFEST
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        recorded = manifest.get("base_fingerprint")
-        if recorded and recorded != fingerprint:
-            _fail(folder, "base fingerprints", f"made for {recorded}, loaded base is {fingerprint}",
-                  "load the base model it was trained on, or retrain it on this one")
+    if (folder / MANIFEST).is_file():
+        manifest = read_manifest(folder)
+        check_fingerprint(folder, manifest.get("base_fingerprint"), fingerprint,
+                          "load the base model it was trained on, or retrain it on this one")
         if manifest.get("kind") == "composite":
             return "composite"
     kind = detect_kind(folder)

@@ -61,8 +61,7 @@ def _print_report(report) -> None:
 def run_command(name, version, probe_file, only_file, limit, as_json):
     """Ask NAME the probes, score every reply, store the run and write the HTML report."""
     from runtime.audit import run_audit
-    from runtime.audit.probes import ProbeFileError, load_probe_file, probe_set
-    from runtime.audit.runner import AuditError
+    from runtime.audit.probes import load_probe_file, probe_set
     from runtime.cli.common import engine as make_engine
 
     engine = make_engine()
@@ -70,10 +69,7 @@ def run_command(name, version, probe_file, only_file, limit, as_json):
         character = engine.catalog.get(name)
         extra = []
         if probe_file:
-            try:
-                extra, errors = load_probe_file(probe_file)
-            except ProbeFileError as error:
-                raise UsageProblem(str(error)) from None
+            extra, errors = load_probe_file(probe_file)
             for problem in errors:
                 click.echo(f"warning: {problem} (skipped; the other probes still run)", err=True)
             if only_file and not extra:
@@ -81,10 +77,7 @@ def run_command(name, version, probe_file, only_file, limit, as_json):
         probes = extra if only_file else probe_set(character, limit=limit, extra=extra)
         if only_file and limit:
             probes = probes[:limit]
-        try:
-            report = run_audit(engine, character.id, version, probes=probes, progress=not as_json)
-        except AuditError as error:
-            raise UsageProblem(str(error)) from None
+        report = run_audit(engine, character.id, version, probes=probes, progress=not as_json)
     finally:
         engine.close()
     if as_json:
@@ -96,15 +89,13 @@ def run_command(name, version, probe_file, only_file, limit, as_json):
 
 def _character(card: str):
     """A card file, or the name of an installed character."""
-    from runtime.catalog import Catalog
     from runtime.characters import load_card
-    from runtime.plugins import get_plugin_manager
+    from runtime.cli.characters import _catalog
 
     path = Path(card)
     if path.is_file():
         return load_card(path)
-    config = settings()
-    return Catalog(get_plugin_manager(config.plugins_dir), config.data_dir).get(card)
+    return _catalog().get(card)
 
 
 def _read_replies(path: Path) -> tuple[list, list]:
@@ -202,7 +193,7 @@ def history_command(name):
 @friendly_errors
 def compare(name, methods, limit):
     """Train NAME with each method on the same data, audit each, print the trade-off table."""
-    from runtime.audit.compare import COLUMNS, CapabilityMissing, parse_methods, showdown
+    from runtime.audit.compare import COLUMNS, parse_methods, showdown
     from runtime.audit.probes import probe_set
     from runtime.cli.common import engine as make_engine
 
@@ -213,10 +204,7 @@ def compare(name, methods, limit):
     engine = make_engine()
     try:
         character = engine.catalog.get(name)
-        try:
-            outcome = showdown(engine, character.id, chosen, probes=probe_set(character, limit=limit))
-        except CapabilityMissing as error:
-            raise UsageProblem(str(error)) from None
+        outcome = showdown(engine, character.id, chosen, probes=probe_set(character, limit=limit))
     finally:
         engine.close()
     from rich.console import Console

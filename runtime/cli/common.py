@@ -21,6 +21,9 @@ class UsageProblem(click.ClickException):
 # building the CLI doesn't import those modules (sqlite_utils alone costs ~0.8 s).
 USER_ERRORS = {
     ("adapters.errors", "RegistryError"),  # pickles, mismatched or damaged adapters (and its subclasses)
+    ("runtime.audit.compare", "CapabilityMissing"),
+    ("runtime.audit.probes", "ProbeFileError"),
+    ("runtime.audit.runner", "AuditError"),
     ("runtime.catalog", "UnknownCharacter"),
     ("runtime.characters", "CardError"),
     ("runtime.config", "ConfigError"),

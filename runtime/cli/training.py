@@ -28,16 +28,15 @@ def _print_dropped(dataset) -> None:
 @friendly_errors
 def dataset(name, export_path, split):
     """Curate NAME's training data from the log; show what each rule dropped; optionally export JSONL."""
-    from runtime.catalog import Catalog
+    from runtime.cli.characters import _catalog
     from runtime.config import load_settings
-    from runtime.plugins import get_plugin_manager
     from runtime.store import Store
     from runtime.training import curate
 
     settings = load_settings()
-    pm = get_plugin_manager(settings.plugins_dir)
-    character = Catalog(pm, settings.data_dir).get(name)
-    curated = curate(Store(settings.db_path), character, settings, pm=pm)
+    catalog = _catalog()
+    character = catalog.get(name)
+    curated = curate(Store(settings.db_path), character, settings, pm=catalog.pm)
     _print_dropped(curated)
     if export_path:
         count = curated.export(export_path, split)
@@ -84,9 +83,6 @@ def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_leng
 
 
 def _print_outcome(outcome) -> None:
-    if outcome is None:
-        click.echo("nothing ran")
-        return
     click.echo(outcome.summary())
     metrics = outcome.metrics or {}
     if metrics:
@@ -111,13 +107,12 @@ def schedule():
 @friendly_errors
 def schedule_add(name, cron, method, min_new_turns):
     """Retrain NAME on a cron schedule (persisted; `personae serve` runs it)."""
-    from runtime.catalog import Catalog
+    from runtime.cli.characters import _catalog
     from runtime.config import load_settings
-    from runtime.plugins import get_plugin_manager
     from runtime.scheduler import add_schedule
 
     settings = load_settings()
-    Catalog(get_plugin_manager(settings.plugins_dir), settings.data_dir).get(name)
+    _catalog().get(name)
     added = add_schedule(settings, name, cron, method, min_new_turns)
     click.echo(f"scheduled {name}: {method} at '{cron}' when >= {min_new_turns} new turns; "
                f"next run {added['next_run']:%Y-%m-%d %H:%M %Z}")
@@ -176,7 +171,7 @@ def schedule_run_now(name, method, force):
     engine = build_engine(load_settings())
     outcome = run_now(engine, name, method, force=force)
     _print_outcome(outcome)
-    if outcome is not None and outcome.status == "failed":
+    if outcome.status == "failed":
         raise UsageProblem(outcome.reason)
 
 

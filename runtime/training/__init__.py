@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -85,20 +83,11 @@ def _config(engine, method=None, config=None, **overrides) -> TrainingConfig:
     return TrainingConfig.from_sources(engine.settings.training, method=method, **overrides)
 
 
-def _as_dataset(engine, character, examples, config) -> CuratedDataset:
-    """A CuratedDataset from curation, a given one, or a plain list of chat examples (split by content hash)."""
+def _as_dataset(engine, character, examples: CuratedDataset | None, config) -> CuratedDataset:
+    """The given CuratedDataset, or one curated now."""
     if examples is None:
         return curate(engine.store, character, engine.settings, config=config, pm=engine.pm)
-    if isinstance(examples, CuratedDataset):
-        return examples
-    train, validation = [], []
-    for example in examples:
-        example = {"messages": example["messages"], "meta": dict(example.get("meta") or {})}
-        digest = hashlib.sha256(f"{config.seed}:{json.dumps(example['messages'], sort_keys=True)}".encode()).digest()
-        (validation if digest[0] / 256 < config.validation_share else train).append(example)
-    if not validation and len(train) > 1:
-        validation.append(train.pop())
-    return CuratedDataset(character.id, train, validation, {}, kept_turns=len(examples))
+    return examples
 
 
 def _reference(active) -> dict | None:
@@ -107,7 +96,7 @@ def _reference(active) -> dict | None:
     return {"folder": str(active.folder), "kind": active.kind, "ref": active.label}
 
 
-def _disk_full(error: OSError, where) -> TrainingError:
+def _disk_full(where) -> TrainingError:
     return TrainingError(f"no space left on the device while writing {where}: free some space (a full model needs "
                          "about twice its size while training) and retry; nothing active was changed")
 
@@ -117,7 +106,7 @@ def _register(engine, character_id, folder: Path, config, dataset, metrics, acti
     training = {**config.to_dict(), "run_id": run_id, "last_message_id": dataset.last_message_id,
                 "dropped": dataset.dropped}
     return registry.add(folder, character_id, kind=config.method, parent=active.number if active else None,
-                        training=training, data_hash=dataset.data_hash, metrics=metrics, state="candidate")
+                        training=training, data_hash=dataset.data_hash, metrics=metrics)
 
 
 def train(engine, character_id: str, method: str = "lora", *, config: TrainingConfig | None = None, examples=None,
@@ -145,7 +134,7 @@ def train(engine, character_id: str, method: str = "lora", *, config: TrainingCo
         version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id)
     except OSError as error:
         if error.errno == errno.ENOSPC:
-            raise _disk_full(error, staging) from None
+            raise _disk_full(staging) from None
         raise
     finally:
         if register and not output_dir:
@@ -206,7 +195,7 @@ def retrain(engine, character_id: str, method: str | None = None, *, config: Tra
         except Exception as error:
             reason = str(error) if isinstance(error, (TrainingError, OSError)) else f"{type(error).__name__}: {error}"
             if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-                reason = str(_disk_full(error, runs.training_dir(settings, character.id)))
+                reason = str(_disk_full(runs.training_dir(settings, character.id)))
             runs.update_run(store, run_id, state="failed", reason=reason, phase="done")
             log.error("%s: training failed: %s", character.id, reason)
             return RetrainOutcome(character.id, "failed", reason, dropped=dataset.dropped, run_id=run_id)

@@ -106,9 +106,3 @@ class TrainingConfig:
                     continue
                 values[name] = value
         return cls(**values)
-
-
-def config_help() -> list[tuple[str, object, str]]:
-    """(name, default, help) of every setting, for documentation."""
-    config = TrainingConfig()
-    return [(f.name, getattr(config, f.name), f.metadata.get("help", "")) for f in fields(TrainingConfig)]

@@ -8,7 +8,7 @@ import math
 import re
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime.training.config import TrainingConfig
@@ -56,12 +56,7 @@ class CuratedDataset:
 
     def to_dict(self) -> dict:
         """Everything, for the training worker's request file."""
-        return {
-            "character": self.character, "train": self.train, "validation": self.validation,
-            "dropped": self.dropped, "scrubbed": self.scrubbed, "logged_turns": self.logged_turns,
-            "kept_turns": self.kept_turns, "card_examples": self.card_examples, "new_turns": self.new_turns,
-            "last_message_id": self.last_message_id, "notes": self.notes,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "CuratedDataset":
@@ -176,9 +171,7 @@ def _scrubbed_messages(messages: list[dict], counts: Counter) -> list[dict]:
 
 def curate(store, character, settings=None, *, config: TrainingConfig | None = None, pm=None,
            since_message_id: int | None = None, user_name: str = "User") -> CuratedDataset:
-    """Curate one character's training data from the log (character: a Character, or an id with settings)."""
-    if isinstance(character, str):
-        character = _load_character(character, settings, pm)
+    """Curate one character's (a Character's) training data from the log."""
     config = config or TrainingConfig.from_sources(getattr(settings, "training", None))
     dropped = Counter({rule: 0 for rule in RULES})
     scrubbed: Counter = Counter()
@@ -323,14 +316,3 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
         card_examples=sum(1 for e in train if e["meta"].get("source") == "card"),
         new_turns=sum(1 for i in ids if i > since), last_message_id=max(ids, default=since), notes=notes,
     )
-
-
-def _load_character(character_id: str, settings, pm):
-    """A character by id, through the plugins and imported cards."""
-    from runtime.catalog import Catalog
-    from runtime.plugins import get_plugin_manager
-
-    if settings is None:
-        raise ValueError("curate() needs settings to look a character up by id")
-    pm = pm or get_plugin_manager(settings.plugins_dir)
-    return Catalog(pm, settings.data_dir).get(character_id)

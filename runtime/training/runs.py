@@ -110,7 +110,6 @@ def character_lock(settings, character: str):
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        clean_stale(settings, character)
         yield folder
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)

@@ -85,6 +85,7 @@ def _run_request(path: Path) -> int:
     import errno
 
     from runtime.store import Store
+    from runtime.training import _disk_full
     from runtime.training.config import TrainingConfig, TrainingError
     from runtime.training.curate import CuratedDataset
     from runtime.training.runs import update_run
@@ -113,8 +114,7 @@ def _run_request(path: Path) -> int:
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        result = {"error": f"no space left on the device while writing {staging}: free some space and retry; "
-                           "nothing active was changed"}
+        result = {"error": str(_disk_full(staging))}
     temporary = result_path.with_suffix(".partial")
     temporary.write_text(json.dumps(result, default=str))
     os.replace(temporary, result_path)  # the result appears whole or not at all
