@@ -61,9 +61,9 @@ def _lora_pairs(folder: Path) -> tuple[dict, dict]:
 
 
 def _scaling(config: dict, module: str) -> float:
-    rank = config.get("rank_pattern", {}).get(module.rsplit(".", 1)[-1], config["r"])
-    alpha = config.get("alpha_pattern", {}).get(module.rsplit(".", 1)[-1], config["lora_alpha"])
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    from runtime.lora_batch import lora_scale
+
+    return lora_scale(config, module)
 
 
 def compose_files(parts, out: Path, combination: str = "cat") -> dict:

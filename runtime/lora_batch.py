@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,19 @@ from pathlib import Path
 from runtime.models import PICKLE_SUFFIXES
 
 PREFIX = "base_model.model."
+
+
+def lora_scale(config: dict, module: str) -> float:
+    """The factor PEFT puts on a module's B @ A (alpha / r; rsLoRA: alpha / sqrt(r)), patterns included."""
+    # rank_pattern / alpha_pattern keys match as in peft.utils.other.get_pattern_key (the module or a
+    # dotted suffix of its path), without importing PEFT on the serving path.
+    def pattern(table: dict, default):
+        key = next((k for k in table if re.match(rf"(.*\.)?({k})$", module)), None)
+        return default if key is None else table[key]
+
+    rank = float(pattern(config.get("rank_pattern") or {}, config.get("r", 8)))
+    alpha = float(pattern(config.get("alpha_pattern") or {}, config.get("lora_alpha", 8)))
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 class AdapterLoadError(ValueError):
@@ -67,9 +82,6 @@ def read_peft_adapter(folder, name: str, model, dtype=None) -> LoadedAdapter:
         raise AdapterLoadError(f"{folder}: DoRA adapters are not served by the batched generator; train plain LoRA")
     if config.get("fan_in_fan_out"):
         raise AdapterLoadError(f"{folder}: fan_in_fan_out adapters (GPT-2 Conv1D) are not served")
-    alpha, rank = float(config.get("lora_alpha", 8)), int(config.get("r", 8))
-    rslora = bool(config.get("use_rslora"))
-    alpha_pattern, rank_pattern = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
     tensors = load_file(str(weights_path))
     modules = dict(model.named_modules())
     dtype = dtype or next(model.parameters()).dtype
@@ -101,10 +113,7 @@ def read_peft_adapter(folder, name: str, model, dtype=None) -> LoadedAdapter:
                 f"B {tuple(b.shape)}; base Linear {in_features}->{out_features})"
             )
         r = a.shape[0]
-        short = module.rsplit(".", 1)[-1]
-        r_cfg = int(next((v for k, v in rank_pattern.items() if module.endswith(k) or k == short), rank))
-        a_cfg = float(next((v for k, v in alpha_pattern.items() if module.endswith(k) or k == short), alpha))
-        scale = a_cfg / (r_cfg ** 0.5 if rslora else r_cfg)
+        scale = lora_scale(config, module)
         adapter.pairs[module] = (a.t().contiguous().to(dtype), (b.t() * scale).contiguous().to(dtype))
         adapter.rank = max(adapter.rank, r)
     for module, params in adapter.replaced.items():

@@ -260,3 +260,21 @@ def test_min_new_tokens_holds_off_the_end_of_sequence(generator, tiny_base, refe
     assert ended.result() == "" and ended.finish_reason == "stop" and ended.completion_tokens == 1
     held.result()  # ...unless min_new_tokens suppresses it
     assert held.finish_reason == "length" and held.completion_tokens == 6
+
+
+def test_lora_scale_matches_peft_per_module_patterns(tiny_base):
+    """Rank/alpha patterns by short name and by dotted path scale each module as PEFT does."""
+    from peft import LoraConfig, get_peft_model
+
+    from runtime.lora_batch import lora_scale
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                        rank_pattern={"model.layers.0.self_attn.q_proj": 4, "v_proj": 2},
+                        alpha_pattern={"layers.1.self_attn.q_proj": 3})
+    model = get_peft_model(copy.deepcopy(tiny_base.model), config)
+    checked = 0
+    for name, module in model.base_model.model.named_modules():
+        if isinstance(getattr(module, "scaling", None), dict):  # LoRA layers (attention has a float `scaling`)
+            assert lora_scale(config.to_dict(), name) == pytest.approx(module.scaling["default"]), name
+            checked += 1
+    assert checked == 2 * len(tiny_base.model.model.layers)
