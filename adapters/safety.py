@@ -9,8 +9,8 @@ from pathlib import Path
 
 from adapters.errors import IncompatibleAdapter, PickledWeights, RegistryError
 from adapters.manifest import MANIFEST, PICKLE_SUFFIXES, detect_kind, read_manifest
+from runtime.lora_batch import PREFIX as PEFT_PREFIX  # how PEFT names its tensors
 
-PEFT_PREFIX = "base_model.model."
 CONVERT_HINT = (
     "convert them to safetensors in a trusted environment (load, then "
     "`save_pretrained(folder, safe_serialization=True)`) and add that folder"
