@@ -108,8 +108,7 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._subscribers: list = []
-        with store._lock:
-            migrations.apply(store.db)
+        store.apply_migrations(migrations)
         with self._file_lock():
             self._sweep()
             self._reconcile()

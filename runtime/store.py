@@ -97,6 +97,14 @@ class Store:
         except sqlite3.DatabaseError as error:
             raise StoreError(self._explain(error)) from None
 
+    def apply_migrations(self, plugin_migrations) -> None:
+        """Apply a part's own sqlite_utils Migrations (registry, audits, Discord) under the store's lock."""
+        try:
+            with self._lock:
+                plugin_migrations.apply(self.db)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(self._explain(error)) from None
+
     def _explain(self, error: sqlite3.DatabaseError) -> str:
         """Say what a database error means for the user, without touching the file."""
         text = str(error)

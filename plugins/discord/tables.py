@@ -30,8 +30,7 @@ class DiscordTables:
 
     def __init__(self, store):
         self.store = store
-        with store._lock:
-            migrations.apply(store.db)
+        store.apply_migrations(migrations)
 
     # --- webhooks ---
     def webhook(self, channel_id: int, character: str) -> tuple[int, str] | None:

@@ -45,8 +45,7 @@ class AuditStore:
 
     def __init__(self, store):
         self.store = store
-        with store._lock:
-            migrations.apply(store.db)
+        store.apply_migrations(migrations)
 
     def new_run_id(self) -> str:
         """A sortable, unique run id."""

@@ -39,8 +39,7 @@ class TrainingBusy(RuntimeError):
 
 def ensure_tables(store) -> None:
     """Apply the training migrations (idempotent)."""
-    with store._lock:
-        migrations.apply(store.db)
+    store.apply_migrations(migrations)
 
 
 def start_run(store, character: str, method: str, trigger: str, **fields) -> str:
