@@ -259,17 +259,23 @@ def staggered_rows(setup, label, prompts, weights, lone_ttft, gap, new_tokens):
     hits = gen.prefixes.stats["hits"]
     ttfts, arrival_tps = staggered(gen, prompts, weights, gap, new_tokens)
     hits = gen.prefixes.stats["hits"] - hits
+    static_ours, _ = run_together(gen, prompts, weights, greedy(new_tokens, min_new_tokens=new_tokens))
+    # Again, interleaved: a slow spell on the shared machine must not land on one side only. Tokens/s are
+    # best of 2 on both sides; the TTFT is the worse p95 of the two runs.
+    again, tps = staggered(gen, prompts, weights, gap, new_tokens)
+    ttfts, arrival_tps = max(ttfts, again, key=p95), max(arrival_tps, tps)
+    static_ours = max(static_ours, run_together(gen, prompts, weights, greedy(new_tokens, min_new_tokens=new_tokens))[0])
     static_packed = static_batch_tokens_per_s(gen.serving, tokenizer, prompts, new_tokens)
     static_plain = static_batch_tokens_per_s(setup["base"].model, tokenizer, prompts, new_tokens)
-    static_ours, _ = run_together(gen, prompts, weights, greedy(new_tokens, min_new_tokens=new_tokens))
     strictest = max(static_packed, static_plain, static_ours)
     return [
         {"metric": f"{label}: prompt tokens (median)", "value": statistics.median(len(p) for p in prompts)},
         {"metric": f"{label}: lone chat TTFT, s", "value": round(lone_ttft, 3)},
         {"metric": f"{label}: gap between arrivals, s", "value": round(gap, 3)},
         {"metric": f"{label}: a lone chat's TTFT per gap (prefill load offered)", "value": round(lone_ttft / gap, 2)},
-        {"metric": f"{label}: staggered chats that reused a stored prompt prefix", "value": f"{hits}/{len(prompts)}"},
-        {"metric": f"{label}: 16 staggered chats, p95 TTFT, s", "value": round(p95(ttfts), 3)},
+        {"metric": f"{label}: staggered chats that reused a stored prompt prefix (first run)",
+         "value": f"{hits}/{len(prompts)}"},
+        {"metric": f"{label}: 16 staggered chats, p95 TTFT (worse of 2 runs), s", "value": round(p95(ttfts), 3)},
         {"metric": f"{label}: p95 TTFT / lone TTFT", "value": round(p95(ttfts) / lone_ttft, 2), "target": "<= 2"},
         {"metric": f"{label}: staggered aggregate tokens/s", "value": round(arrival_tps, 1)},
         {"metric": f"{label}: static batch of 16 on the same prepacked weights (generate), tokens/s",
