@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 from adapters.errors import RegistryError
-from adapters.safety import PEFT_PREFIX
+from adapters.full_delta import DELTA_FILE, BaseTensors, _full_tensors, delta_tensors
+from adapters.safety import PEFT_PREFIX, base_shapes
+from runtime.models.peft_files import lora_scale
 
 DEFAULT_PROMPTS = (
     "Who are you, and what do you do?",
@@ -61,8 +63,6 @@ def _lora_pairs(folder: Path) -> tuple[dict, dict]:
 
 
 def _scaling(config: dict, module: str) -> float:
-    from runtime.lora_batch import lora_scale
-
     return lora_scale(config, module)
 
 
@@ -144,8 +144,6 @@ def merge_lora(folder, base, out) -> Path:
 
 def full_tensors_of(folder, base_folder) -> dict:
     """The changed tensors of a stored full version (delta or plain copy)."""
-    from adapters.full_delta import DELTA_FILE, _full_tensors, delta_tensors
-
     folder = Path(folder)
     return delta_tensors(folder, base_folder) if (folder / DELTA_FILE).is_file() else _full_tensors(folder)
 
@@ -186,8 +184,6 @@ def extract_lora(folder, base, rank: int, out, svd_cache: dict | None = None) ->
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from adapters.full_delta import BaseTensors
-    from adapters.safety import base_shapes
 
     if rank < 1:
         raise RegistryError(f"rank must be at least 1, got {rank}")

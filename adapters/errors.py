@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from runtime.errors import PersonaeError
 
-class RegistryError(ValueError):
+
+class RegistryError(PersonaeError, ValueError):
     """A registry operation that cannot be done; nothing stored was changed."""
 
 

@@ -14,8 +14,9 @@ import shutil
 from pathlib import Path
 
 from adapters.errors import IncompatibleAdapter, RegistryError
-from adapters.manifest import MANIFEST, PICKLE_SUFFIXES, read_manifest
+from adapters.manifest import MANIFEST, read_manifest
 from adapters.safety import check_fingerprint
+from runtime.models.formats import PICKLE_SUFFIXES
 
 DELTA_FILE = "delta.safetensors"
 ENCODINGS = ("auto", "exact", "int8", "bf16", "none")

@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from adapters.errors import IntegrityError, RegistryError
-from runtime.models import PICKLE_SUFFIXES  # noqa: F401 - one list for the runtime and the registry
 
 MANIFEST = "manifest.json"
 FORMAT = "personae-adapter/1"

@@ -17,18 +17,33 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from adapters.character import weights_from_character
+from adapters.convert import compose_files
 from adapters.errors import IncompatibleAdapter, IntegrityError, PickledWeights, RegistryError  # noqa: F401
+from adapters.full_delta import DELTA_FILE, encode_delta
 from adapters.manifest import (
-    FORMAT, KINDS, MANIFEST, PICKLE_SUFFIXES, detect_kind, file_entries, fsync_dir, now, read_manifest,
-    sha256_file, verify_files, write_json_durably,
+    FORMAT,
+    KINDS,
+    MANIFEST,
+    detect_kind,
+    file_entries,
+    fsync_dir,
+    now,
+    read_manifest,
+    sha256_file,
+    verify_files,
+    write_json_durably,
 )
 from adapters.safety import check_compatible, check_fingerprint, refuse_pickles
+from runtime.models.formats import PICKLE_SUFFIXES
+from runtime.refs import WeightsRef
 
 log = logging.getLogger(__name__)
 
 STATES = ("candidate", "active", "retired", "rejected", "failed", "removed")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # Test hook: seconds to sleep after copying each file of an `add` (to kill a process mid-copy).
+MANIFEST_CACHE = 256  # manifests kept in memory, keyed by folder and the row's last update
 PAUSE_VARIABLE = "PERSONAE_REGISTRY_TEST_PAUSE"
 
 migrations = Migrations("personae.adapters")
@@ -68,7 +83,7 @@ class Version:
     @property
     def ref(self) -> str:
         """character@number"""
-        return f"{self.character}@{self.number}"
+        return str(WeightsRef(self.character, self.number))
 
     @property
     def label(self) -> str:
@@ -79,14 +94,6 @@ class Version:
     def bytes(self) -> int:
         """Bytes on disk of the version's files."""
         return sum(entry["bytes"] for entry in self.manifest.get("files", {}).values())
-
-
-def parse_ref(text: str) -> tuple[str, int | None]:
-    """'pixel@3' -> ('pixel', 3); 'pixel' -> ('pixel', None)."""
-    name, _, number = text.partition("@")
-    if number and not number.isdigit():
-        raise RegistryError(f"{text!r}: a version is NAME or NAME@NUMBER (e.g. pixel@3)")
-    return name, int(number) if number else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -108,6 +115,7 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._subscribers: list = []
+        self._manifests: dict = {}
         store.apply_migrations(migrations)
         with self._file_lock():
             self._sweep()
@@ -172,12 +180,25 @@ class Registry:
 
     # --- reading -------------------------------------------------------------------------
 
+    def _manifest(self, folder: Path, row: dict) -> dict:
+        """A version's manifest, read from disk once per change of its row (not on every turn)."""
+        if row["state"] == "removed":
+            return {}
+        key = (str(folder), row.get("updated") or row.get("created"))
+        cached = self._manifests.get(key)
+        if cached is None:
+            try:
+                cached = read_manifest(folder)
+            except RegistryError:
+                return {}  # a damaged manifest is reported by verify(), and read again next time
+            if len(self._manifests) >= MANIFEST_CACHE:
+                self._manifests.pop(next(iter(self._manifests)))
+            self._manifests[key] = cached
+        return dict(cached)
+
     def _version(self, row: dict) -> Version:
         folder = self.root / row["folder"]
-        try:
-            manifest = read_manifest(folder) if row["state"] != "removed" else {}
-        except RegistryError:
-            manifest = {}
+        manifest = self._manifest(folder, row)
         return Version(
             character=row["character"], number=row["number"], kind=row["kind"], state=row["state"],
             folder=folder, manifest=manifest, created=row["created"], reason=row["reason"] or "",
@@ -207,6 +228,13 @@ class Registry:
             have = ", ".join(str(v.number) for v in self.versions(character)) or "none"
             raise RegistryError(f"{character}@{number}: no such version ({character} has: {have})")
         return self._version(rows[0])
+
+    def resolve(self, ref: WeightsRef | str) -> Version:
+        """The stored version a reference names ('pixel@3'; 'pixel' = the active one)."""
+        ref = WeightsRef.parse(ref) if isinstance(ref, str) else ref
+        if ref.is_base:
+            raise RegistryError(f"{ref}: the bare base model is not a stored version")
+        return self.get(ref.character, ref.version)
 
     def active(self, character: str) -> Version | None:
         """The version a character answers with now, or None (the bare base)."""
@@ -304,7 +332,6 @@ class Registry:
             temporary.mkdir()
             try:
                 delta_stats = None
-                from adapters.full_delta import DELTA_FILE, encode_delta
 
                 already_delta = (source / DELTA_FILE).is_file()  # e.g. a version copied from another registry
                 encoded = kind == "full" and delta != "none" and self.base is not None and not already_delta
@@ -345,8 +372,6 @@ class Registry:
 
     def add_from_character(self, character, activate: bool = False) -> Version:
         """Register the weights a character plugin ships (once: the same files are not stored twice)."""
-        from adapters.character import weights_from_character
-
         folder = weights_from_character(character)
         if folder is None:
             raise RegistryError(f"{character.id} ships no weights (extensions.personae.weights is not set)")
@@ -360,12 +385,9 @@ class Registry:
 
     def add_composite(self, character: str, parts, combination: str = "cat", activate: bool = False) -> Version:
         """A weighted composition of LoRA versions ([(ref, weight)]) stored as one PEFT LoRA + its recipe."""
-        from adapters.convert import compose_files
-
         resolved = []
         for ref, weight in parts:
-            name, number = parse_ref(ref)
-            version = self.verify(self.get(name, number))
+            version = self.verify(self.resolve(ref))
             if version.kind not in ("lora", "composite"):
                 raise RegistryError(f"{version.ref} is a {version.kind} version; only LoRA versions can be composed")
             resolved.append((version, float(weight)))
@@ -427,7 +449,7 @@ class Registry:
             except Exception:  # noqa: BLE001 - one listener must not undo a promotion
                 log.exception("registry subscriber %r failed", callback)
         if self.pm is not None:
-            self.pm.hook.version_promoted(character=character, version=version, previous=previous)
+            self.pm.hook.version_promoted(character_id=character, version=version, previous=previous)
 
     def subscribe(self, callback) -> None:
         """callback(character, version_or_None) runs after every promote and rollback."""
@@ -466,20 +488,19 @@ class Registry:
         """Record audit scores in the database and the manifest (rewritten atomically)."""
         version = self.get(character, number)
         audit = {**version.audit, **scores, "at": now()}
+        if version.manifest:  # the file first: a reader that sees the row's new `updated` reads the new manifest
+            write_json_durably(version.folder / MANIFEST, {**version.manifest, "audit": audit})
         self.store.write(lambda: self.store.db.execute(
             "update adapter_versions set audit = ?, updated = ? where character = ? and number = ?",
             [json.dumps(audit), now(), character, number],
         ))
-        if version.manifest:
-            write_json_durably(version.folder / MANIFEST, {**version.manifest, "audit": audit})
         return self.get(character, number)
 
     def parts(self, version: Version) -> list[tuple[Version, float]]:
         """The (version, weight) parts of a composite version."""
         result = []
         for part in version.manifest.get("parts", []):
-            name, number = parse_ref(part["ref"])
-            result.append((self.get(name, number), float(part["weight"])))
+            result.append((self.resolve(part["ref"]), float(part["weight"])))
         return result
 
 

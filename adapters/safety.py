@@ -8,8 +8,10 @@ import struct
 from pathlib import Path
 
 from adapters.errors import IncompatibleAdapter, PickledWeights, RegistryError
-from adapters.manifest import MANIFEST, PICKLE_SUFFIXES, detect_kind, read_manifest
-from runtime.lora_batch import PREFIX as PEFT_PREFIX  # how PEFT names its tensors
+from adapters.manifest import MANIFEST, detect_kind, read_manifest
+from runtime.models.base import fingerprint_folder
+from runtime.models.formats import PICKLE_SUFFIXES
+from runtime.models.peft_files import PREFIX as PEFT_PREFIX  # how PEFT names its tensors
 
 CONVERT_HINT = (
     "convert them to safetensors in a trusted environment (load, then "
@@ -195,8 +197,6 @@ def check_compatible(folder, base) -> str:
     refuse_pickles(folder)
     fingerprint = getattr(base, "fingerprint", None)
     if fingerprint is None:
-        from runtime.models import fingerprint_folder
-
         fingerprint = fingerprint_folder(_folder_of(base))
     if (folder / MANIFEST).is_file():
         manifest = read_manifest(folder)

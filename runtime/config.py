@@ -8,8 +8,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import PersonaeError
 
-class ConfigError(ValueError):
+
+class ConfigError(PersonaeError, ValueError):
     """A settings file or variable that cannot be used; the message says which and why."""
 
 
@@ -45,6 +47,11 @@ class Settings:
         metadata={"help": "Weights precision on CPU: auto, float32, bfloat16 or int8 (dynamic quantisation)."},
     )
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1, mps."})
+    backend: str = field(
+        default="local",
+        metadata={"help": "Who generates: 'local' (this process's batching generator) or a backend a plugin "
+                          "registers (register_backends)."},
+    )
     threads: int = field(default=0, metadata={"help": "torch threads for serving; 0 = torch's default."})
     plugins_dir: str = field(
         default="", metadata={"help": "Folder of extra plugin .py files loaded at start-up."}
@@ -82,10 +89,12 @@ class Settings:
     )
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting; past that callers get 'busy'."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling; 0 = random each run."})
-    discord: dict = field(default_factory=dict, metadata={"help": "[discord] table: see the README."})
-    http: dict = field(default_factory=dict, metadata={"help": "[http] table: see the README."})
     training: dict = field(default_factory=dict, metadata={"help": "[training] table: see the README."})
     audit: dict = field(default_factory=dict, metadata={"help": "[audit] table: see the README."})
+    plugins: dict = field(
+        default_factory=dict,
+        metadata={"help": "[plugins.NAME] tables: each plugin's own settings (built-ins: discord, http, vllm)."},
+    )
 
     sources: dict = field(default_factory=dict, repr=False, metadata={"internal": True})
 
@@ -98,6 +107,13 @@ class Settings:
     def db_path(self) -> Path:
         """Where the SQLite log lives."""
         return self.data_path / "personae.db"
+
+    def plugin_settings(self, name: str) -> dict:
+        """The [plugins.NAME] table of one plugin (empty when it has none)."""
+        table = self.plugins.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[plugins.{name}] must be a table, not {type(table).__name__}")
+        return table
 
     def public_items(self):
         """(name, value, help, source) for every user-facing setting."""
@@ -138,6 +154,25 @@ def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
         raise ConfigError(f"{origin}: setting '{name}' = {value!r} is not a valid {kind.__name__} ({error})") from None
 
 
+# The built-in platforms' tables may also be written at the top level ([discord], [http]), as
+# earlier versions documented; they mean [plugins.discord] and [plugins.http].
+SHORT_PLUGIN_TABLES = ("discord", "http")
+
+
+def _short_plugin_tables(table: dict, path) -> dict:
+    """Move top-level [discord] / [http] tables under [plugins]."""
+    table = dict(table)
+    plugins = dict(table.get("plugins") or {})
+    for name in SHORT_PLUGIN_TABLES:
+        if name in table:
+            if name in plugins:
+                raise ConfigError(f"{path}: both [{name}] and [plugins.{name}] are set; keep one")
+            plugins[name] = table.pop(name)
+    if plugins:
+        table["plugins"] = plugins
+    return table
+
+
 def load_settings(overrides: dict | None = None) -> Settings:
     """Resolve settings: defaults < personae.toml < PERSONAE_* environment < explicit overrides."""
     settings = Settings()
@@ -148,6 +183,7 @@ def load_settings(overrides: dict | None = None) -> Settings:
             table = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML ({error}); fix the file or set PERSONAE_CONFIG") from None
+        table = _short_plugin_tables(table, path)
         for name, value in table.items():
             if name not in types:
                 known = ", ".join(sorted(types))
@@ -159,7 +195,7 @@ def load_settings(overrides: dict | None = None) -> Settings:
         if variable in os.environ and kind is not dict:
             setattr(settings, name, _coerce(name, os.environ[variable], kind, variable))
             settings.sources[name] = f"${variable}"
-    for name, value in (overrides or {}).items():
+    for name, value in _short_plugin_tables(overrides or {}, "command line").items():
         if value is None:
             continue
         setattr(settings, name, _coerce(name, value, types[name], "command line"))

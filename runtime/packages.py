@@ -1,8 +1,7 @@
-"""Optional parts: files installed packages carry (found without importing them) and optional runtime modules."""
+"""Files installed packages carry, found without importing them (the packaged GGUF, the embedding model)."""
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from pathlib import Path
 
@@ -13,13 +12,3 @@ def package_folder(package: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
-
-
-def capability(module: str, attribute: str):
-    """An attribute of an optional runtime module, or None when that capability isn't installed."""
-    try:
-        if importlib.util.find_spec(module) is None:
-            return None
-        return getattr(importlib.import_module(module), attribute, None)
-    except ImportError:
-        return None

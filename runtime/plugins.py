@@ -11,6 +11,7 @@ from pathlib import Path
 import pluggy
 
 from runtime import hookspecs
+from runtime.config import load_settings
 
 # Built-in plugins are ordinary modules using the public hookimpl, registered last.
 BUILTIN_PLUGINS = (
@@ -19,6 +20,7 @@ BUILTIN_PLUGINS = (
     "plugins.discord",
     "plugins.http",
     "plugins.audit",
+    "plugins.local",
 )
 
 _manager: pluggy.PluginManager | None = None
@@ -82,8 +84,6 @@ def get_plugin_manager(plugins_dir: str | None = None, reload: bool = False) -> 
     if _manager is not None and not reload:
         return _manager
     if plugins_dir is None:
-        from runtime.config import load_settings
-
         plugins_dir = load_settings().plugins_dir
     load_errors.clear()
     pm = pluggy.PluginManager("personae")

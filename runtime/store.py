@@ -11,8 +11,10 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from runtime.errors import PersonaeError
 
-class StoreError(RuntimeError):
+
+class StoreError(PersonaeError, RuntimeError):
     """The database cannot be used; the message says what is wrong and what to do."""
 
 

@@ -32,7 +32,7 @@ def isolated_environment(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def smollm2_folder() -> Path:
     """The real SmolLM2-135M-Instruct, converted from the packaged GGUF once and cached."""
-    from runtime.models import DEFAULT_BASE, resolve_model_folder
+    from runtime.models.base import DEFAULT_BASE, resolve_model_folder
 
     return resolve_model_folder(DEFAULT_BASE, MODEL_CACHE)
 
@@ -59,7 +59,7 @@ def tiny_model_folder(tmp_path_factory, smollm2_folder) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tiny_model_folder):
     """The tiny model, loaded once per test session."""
-    from runtime.models import load_base_model
+    from runtime.models.base import load_base_model
 
     return load_base_model(str(tiny_model_folder), MODEL_CACHE)
 
@@ -67,7 +67,7 @@ def tiny_base(tiny_model_folder):
 @pytest.fixture(scope="session")
 def real_base(smollm2_folder):
     """The real SmolLM2 model, loaded once per test session."""
-    from runtime.models import DEFAULT_BASE, load_base_model
+    from runtime.models.base import DEFAULT_BASE, load_base_model
 
     return load_base_model(DEFAULT_BASE, MODEL_CACHE)
 
@@ -75,23 +75,16 @@ def real_base(smollm2_folder):
 @pytest.fixture
 def make_engine(isolated_environment):
     """Build engines over a fresh data dir; `base` is a loaded BaseModel (tiny_base or real_base)."""
-    from runtime.catalog import Catalog
+    from runtime.chat.build import build_engine
     from runtime.config import load_settings
-    from runtime.engine import Engine
     from runtime.plugins import get_plugin_manager
-    from runtime.store import Store
 
     engines = []
 
-    def build(base, registry=False, **overrides):
+    def build(base, generator=None, **overrides):
         settings = load_settings({"base_model": str(base.folder), **overrides})
-        pm = get_plugin_manager(settings.plugins_dir, reload=True)
-        store = Store(settings.db_path)
-        engine = Engine(settings, pm, store, Catalog(pm, settings.data_dir), base=base)
-        if registry:  # character weights from a real adapter registry in the data dir (hot swap)
-            from runtime.weights import attach_registry
-
-            attach_registry(engine)
+        engine = build_engine(settings, pm=get_plugin_manager(settings.plugins_dir, reload=True), base=base,
+                              generator=generator)
         engines.append(engine)
         return engine
 
@@ -103,12 +96,12 @@ def make_engine(isolated_environment):
 @pytest.fixture
 def generator(tiny_base):
     """Build batching generators on the tiny model; all closed after the test."""
-    from runtime.generation import Generator
+    from runtime.generation.batching import BatchingGenerator
 
     made = []
 
     def build(**options):
-        gen = Generator(tiny_base.model, tiny_base.tokenizer, **options)
+        gen = BatchingGenerator(tiny_base.model, tiny_base.tokenizer, **options)
         made.append(gen)
         return gen
 

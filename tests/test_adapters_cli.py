@@ -6,8 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from helpers_adapters import train_tiny_full, train_tiny_lora
+
 from runtime.cli import cli
 
 

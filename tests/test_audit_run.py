@@ -128,8 +128,8 @@ def test_audit_score_cli_scores_good_lines_and_reports_bad_ones(tmp_path):
     assert "not valid JSON" in lines[1]["error"] and lines[3]["error"] == "missing 'reply'"
     assert "line 2" in result.stderr
     card = tmp_path / "card.json"
-    from runtime.catalog import Catalog
     from runtime.characters import save_card
+    from runtime.characters.catalog import Catalog
     from runtime.plugins import get_plugin_manager
 
     save_card(Catalog(get_plugin_manager("", reload=True), tmp_path).get("professor-quill"), card)
@@ -177,11 +177,12 @@ def test_end_to_end_audit_on_real_smollm2(make_engine, real_base):
 
 
 def test_showdown_trains_and_audits_each_method(make_engine, tiny_base):
-    from runtime.audit.compare import showdown
-    from runtime.training.config import TrainingConfig
     from training_helpers import log_many
 
-    engine = make_engine(tiny_base, registry=True, audit=FAST)
+    from runtime.training.config import TrainingConfig
+    from runtime.training.showdown import showdown
+
+    engine = make_engine(tiny_base, audit=FAST)
     log_many(engine.store, 16)
     fast = TrainingConfig(max_steps=2, batch_size=4, max_length=96, lr=1e-3, warmup=0)
     outcome = showdown(engine, "pixel", ["prompt", "lora"], probes=PROBES[:1], progress=False, train_config=fast)

@@ -18,7 +18,7 @@ LABELS = Path(__file__).parent / "fixtures" / "audit_labels"
 
 @pytest.fixture(scope="module")
 def catalog():
-    from runtime.catalog import Catalog
+    from runtime.characters.catalog import Catalog
     from runtime.plugins import get_plugin_manager
 
     return Catalog(get_plugin_manager("", reload=True), "/nonexistent-personae-data")

@@ -18,8 +18,19 @@ def test_layers_and_sources(tmp_path, monkeypatch):
     assert settings.temperature == 0.3 and settings.sources["temperature"].endswith("personae.toml")
     assert settings.max_new_tokens == 77 and settings.sources["max_new_tokens"] == "$PERSONAE_MAX_NEW_TOKENS"
     assert settings.top_p == 0.5 and settings.sources["top_p"] == "command line"
-    assert settings.discord == {"reply_mode": "all"}
+    assert settings.plugin_settings("discord") == {"reply_mode": "all"}  # [discord] is short for [plugins.discord]
     assert settings.sources.get("seed", "default") == "default"
+
+
+def test_third_party_plugins_read_their_own_tables(tmp_path):
+    (tmp_path / "personae.toml").write_text('[plugins.weather]\ncity = "Oslo"\n[plugins.http]\nlisten = "127.0.0.1:9"\n')
+    settings = load_settings()
+    assert settings.plugin_settings("weather") == {"city": "Oslo"}
+    assert settings.plugin_settings("http") == {"listen": "127.0.0.1:9"}
+    assert settings.plugin_settings("nobody") == {}
+    (tmp_path / "personae.toml").write_text('[http]\nlisten = "a"\n[plugins.http]\nlisten = "b"\n')
+    with pytest.raises(ConfigError, match=r"both \[http\] and \[plugins.http\]"):
+        load_settings()
 
 
 def test_bad_values_name_the_setting(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from training_helpers import log_many, log_turn
 
 from runtime.cli import cli
 from runtime.config import load_settings
@@ -14,13 +15,12 @@ from runtime.store import Store
 from runtime.training import curate
 from runtime.training.config import TrainingConfig
 from runtime.training.scrub import scrub
-from training_helpers import log_many, log_turn
 
 
 @pytest.fixture
 def world():
     """Settings, a real store in the test's data dir, and the built-in Pixel character."""
-    from runtime.catalog import Catalog
+    from runtime.characters.catalog import Catalog
     from runtime.plugins import get_plugin_manager
 
     settings = load_settings()

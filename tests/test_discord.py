@@ -12,8 +12,16 @@ import pytest
 
 from runtime.hookspecs import hookimpl
 from tests.discord_harness import (
-    ADMIN_CHANNEL_ID, BOT_ID, BOT_PERMS, CHANNEL_ID, DM_CHANNEL_ID, GUILD_ID, LOCKED_CHANNEL_ID, THREAD_ID,
-    FakeDiscord, running_bot,
+    ADMIN_CHANNEL_ID,
+    BOT_ID,
+    BOT_PERMS,
+    CHANNEL_ID,
+    DM_CHANNEL_ID,
+    GUILD_ID,
+    LOCKED_CHANNEL_ID,
+    THREAD_ID,
+    FakeDiscord,
+    running_bot,
 )
 
 FAST = {"temperature": 0, "max_new_tokens": 3, "streaming": False, "greet": False}
@@ -194,15 +202,15 @@ def test_reactions_become_feedback_on_the_logged_reply(make_engine, tiny_base):
 
 
 def test_busy_generator_answers_with_a_retry_time(make_engine, tiny_base):
-    from runtime.generation import Generator, GeneratorBusy, Request, SamplingSettings
+    from runtime.generation.batching import BatchingGenerator as Generator
+    from runtime.generation.types import GeneratorBusy, Request, SamplingSettings
 
     generator = Generator(tiny_base.model, tiny_base.tokenizer, max_queue=1)
     generator.close()  # a stopped worker never takes requests off its queue: one request fills it
     with contextlib.suppress(GeneratorBusy):
         for _ in range(2):
             generator.submit(Request([1], SamplingSettings()))
-    engine = make_engine(tiny_base)
-    engine._generator = generator
+    engine = make_engine(tiny_base, generator=generator)
     engine.store.bind("discord", str(CHANNEL_ID), "pixel")
     message = run(engine, FAST, lambda h: h.message("Are you there, Pixel?"))
     fake = fake_of(engine)
@@ -237,21 +245,22 @@ def test_user_and_channel_rate_limits_answer_politely_once(make_engine, tiny_bas
         ["Pixel one", "Pixel two", "Pixel, hi from Bob"]
 
 
-def test_admin_commands_need_permission_and_report_missing_capabilities(make_engine, tiny_base, monkeypatch):
+def test_admin_commands_need_permission_and_report_failures(make_engine, tiny_base, monkeypatch):
     import plugins.discord.commands as commands
+    from runtime.audit.runner import AuditError
 
     engine = make_engine(tiny_base)
     calls = []
 
-    def fake_capability(module, attribute):
-        if module == "runtime.scheduler":
-            def add_schedule(settings, character, cron):
-                calls.append((character, cron, threading.current_thread() is threading.main_thread()))
-                return f"{character} retrains at '{cron}'"
-            return add_schedule
-        return None  # retraining and audits: not installed
+    def schedule_character(engine, character, cron):
+        calls.append((character.id, cron, threading.current_thread() is threading.main_thread()))
+        return f"{character.id} retrains at '{cron}'"
 
-    monkeypatch.setattr(commands, "capability", fake_capability)
+    def audit_character(engine, character):
+        raise AuditError(f"{character.id}: version 9 cannot be audited")
+
+    monkeypatch.setattr(commands, "schedule_character", schedule_character)
+    monkeypatch.setattr(commands, "audit_character", audit_character)
 
     async def scenario(h):
         await h.command("personae", "retrain", user="alice", name="pixel")
@@ -265,8 +274,7 @@ def test_admin_commands_need_permission_and_report_missing_capabilities(make_eng
     assert answers[0] == "Retraining needs the Manage Server permission (or a configured admin role or user)."
     assert answers[1].startswith("Binding characters needs the Manage Channels permission")
     assert engine.store.bound_characters("discord", str(CHANNEL_ID)) == []
-    assert answers[2] == ("The audit is not available: the capability is not installed in this Personae "
-                          "(runtime.audit.run_audit is missing).")
+    assert answers[2] == "The audit of Pixel failed: pixel: version 9 cannot be audited"
     assert answers[3] == "Scheduling of Pixel: pixel retrains at '0 4 * * 1'"
     assert calls == [("pixel", "0 4 * * 1", False)]  # ran in a worker thread
     assert answers[4].startswith("No character is called 'nobody'. Known characters: ")
@@ -559,7 +567,7 @@ def test_platform_runs_until_stopped_and_keeps_the_token_out_of_logs(make_engine
     from tests.discord_harness import TOKEN, Harness, captured_http
 
     engine = make_engine(tiny_base)
-    engine.settings.discord = {"temperature": 0, "max_new_tokens": 3}
+    engine.settings.plugins = {"discord": {"temperature": 0, "max_new_tokens": 3}}
     monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
     fake, ready = FakeDiscord(), threading.Event()
 

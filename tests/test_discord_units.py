@@ -166,9 +166,8 @@ def test_platform_is_wanted_only_with_a_token_and_stop_is_safe(monkeypatch):
     assert registered == [plugin.platform] and registered[0].name == "discord"
 
 
-def test_capability_results_are_summarised_for_discord():
+def test_admin_job_results_are_summarised_for_discord():
     from plugins.discord.commands import summary
-    from runtime.packages import capability
 
     class Outcome:
         def summary(self):
@@ -182,6 +181,3 @@ def test_capability_results_are_summarised_for_discord():
     assert summary(Report()) == "run_id r1, aligned 87%, leakage 5%, replies 30"
     assert summary({"character": "pixel", "cron": "0 4 * * 1"}) == "character pixel, cron 0 4 * * 1"
     assert summary(None) == "done."
-    assert capability("runtime.nothing_here", "run") is None
-    assert capability("json", "no_such_function") is None
-    assert capability("json", "dumps") is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.engine import Turn
+from runtime.chat.engine import Turn
 from runtime.hookspecs import hookimpl
 
 
@@ -13,7 +13,7 @@ def turn(text, **extra):
 
 def test_turn_is_streamed_and_both_messages_logged(make_engine, tiny_base):
     engine = make_engine(tiny_base)
-    reply = engine.reply(turn("Hello there", character="pixel"))
+    reply = engine.reply(turn("Hello there", character=engine.catalog.get("pixel")))
     pieces = list(reply)
     assert "".join(pieces).strip() != "" or reply.stream.completion_tokens > 0
     rows = engine.store.recent(10)
@@ -45,7 +45,7 @@ def test_hooks_change_prompt_and_reply(make_engine, tiny_base):
     plugin = Plugin()
     engine.pm.register(plugin)
     try:
-        text = engine.reply(turn("Hi", character="pixel")).result()
+        text = engine.reply(turn("Hi", character=engine.catalog.get("pixel"))).result()
     finally:
         engine.pm.unregister(plugin)
     assert seen["messages"][-1]["content"] == "Be brief."
@@ -56,9 +56,9 @@ def test_hooks_change_prompt_and_reply(make_engine, tiny_base):
 
 def test_regenerate_keeps_both_replies_and_history_uses_the_new_one(make_engine, tiny_base):
     engine = make_engine(tiny_base)
-    first = engine.reply(turn("Tell me a story", character="pixel"))
+    first = engine.reply(turn("Tell me a story", character=engine.catalog.get("pixel")))
     first.result()
-    swipe = engine.regenerate(turn("", character="pixel"))
+    swipe = engine.regenerate(turn("", character=engine.catalog.get("pixel")))
     swipe.result()
     rows = engine.store.recent(10)
     assert len([r for r in rows if r["role"] == "assistant"]) == 2
@@ -76,7 +76,7 @@ def test_greeting_logged_once_per_conversation(make_engine, tiny_base):
 
 def test_cancelled_reply_is_not_logged(make_engine, tiny_base):
     engine = make_engine(tiny_base)
-    reply = engine.reply(Turn(platform="test", channel="c2", user_id="u1", text="Hi", character="pixel",
+    reply = engine.reply(Turn(platform="test", channel="c2", user_id="u1", text="Hi", character=engine.catalog.get("pixel"),
                               sampling={"temperature": 0, "max_new_tokens": 200}))
     reply.cancel()
     list(reply)
@@ -87,7 +87,7 @@ def test_cancelled_reply_is_not_logged(make_engine, tiny_base):
 def test_busy_generator_leaves_no_unanswered_message(make_engine, tiny_base):
     import pytest
 
-    from runtime.generation import GeneratorBusy
+    from runtime.generation.types import GeneratorBusy
 
     engine = make_engine(tiny_base)
     generator = engine.generator
@@ -97,6 +97,6 @@ def test_busy_generator_leaves_no_unanswered_message(make_engine, tiny_base):
 
     generator.submit = busy
     with pytest.raises(GeneratorBusy) as raised:
-        engine.reply(turn("Are you there?", character="pixel"))
+        engine.reply(turn("Are you there?", character=engine.catalog.get("pixel")))
     assert raised.value.retry_after == 3 and "retry" in str(raised.value)
     assert engine.store.recent(10) == []

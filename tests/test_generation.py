@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from helpers_adapters import train_tiny_lora
-from runtime.generation import BASE_ADAPTER, Generator, GeneratorBusy, Request, SamplingSettings
+
+from runtime.generation.batching import BatchingGenerator as Generator
+from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, Request, SamplingSettings
 
 GREEDY = dict(temperature=0, repetition_penalty=1.1)
 PROMPTS = ["Hello there", "What is the sea like tonight, captain?", "Tell me a story about a long voyage"]
@@ -209,7 +210,7 @@ def test_full_model_lru_is_bounded(generator, tiny_base, references):
 
 
 def test_unknown_and_pickled_adapters_fail_clearly(generator, references, tmp_path):
-    from runtime.lora_batch import AdapterLoadError
+    from runtime.models.peft_files import AdapterLoadError
 
     prompts, _ = references
     gen = generator()
@@ -266,7 +267,7 @@ def test_lora_scale_matches_peft_per_module_patterns(tiny_base):
     """Rank/alpha patterns by short name and by dotted path scale each module as PEFT does."""
     from peft import LoraConfig, get_peft_model
 
-    from runtime.lora_batch import lora_scale
+    from runtime.models.peft_files import lora_scale
 
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
                         rank_pattern={"model.layers.0.self_attn.q_proj": 4, "v_proj": 2},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.detok import Detokenizer, StopText
+from runtime.generation.detok import Detokenizer, StopText
 
 
 def test_pieces_add_up_to_the_full_decode_with_multibyte_characters(tiny_base):

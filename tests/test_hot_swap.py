@@ -6,12 +6,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from helpers_adapters import train_tiny_lora
-from runtime.engine import Turn
+
+from runtime.chat.engine import Turn
 
 
 def chat(engine, channel, max_new_tokens=30):
     return engine.reply(Turn(platform="test", channel=channel, user_id=channel, user_name="Ann", text="Ahoy there!",
-                             character="pixel", sampling={"temperature": 0, "max_new_tokens": max_new_tokens}))
+                             character=engine.catalog.get("pixel"), sampling={"temperature": 0, "max_new_tokens": max_new_tokens}))
 
 
 def reference(base, folder, input_ids, max_new_tokens):
@@ -29,7 +30,7 @@ def reference(base, folder, input_ids, max_new_tokens):
 
 
 def test_promote_and_rollback_while_chats_run(make_engine, tiny_base, tmp_path):
-    engine = make_engine(tiny_base, registry=True)
+    engine = make_engine(tiny_base)
     registry = engine.weights.registry
     old = train_tiny_lora(tiny_base, tmp_path / "old", steps=2, seed=1, target_modules=("q_proj", "v_proj", "o_proj"))
     new = train_tiny_lora(tiny_base, tmp_path / "new", steps=2, seed=2, target_modules=("q_proj", "v_proj", "o_proj"))

@@ -7,7 +7,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from http_server import LiveServer
 
 
@@ -167,7 +166,7 @@ def test_malformed_bodies_are_400s_naming_the_problem(server, engine, body, para
 
 
 def test_a_busy_generator_is_a_429_with_retry_after(server, engine, monkeypatch):
-    from runtime.generation import GeneratorBusy
+    from runtime.generation.types import GeneratorBusy
 
     def busy(request):
         raise GeneratorBusy(7)
@@ -249,10 +248,8 @@ def test_a_client_leaving_mid_stream_cancels_its_reply(make_engine, tiny_base):
         live.close()
 
 
-def test_characters_avatars_and_audits_for_the_page(server, engine, monkeypatch, tmp_path):
-    import sys
-    import types
-    from importlib.machinery import ModuleSpec
+def test_characters_avatars_and_audits_for_the_page(server, engine):
+    from runtime.audit.report import audit_folder
 
     listed = httpx.get(server.url + "/v1/characters", params={"user_name": "Ann"}).json()["data"]
     pixel = next(c for c in listed if c["id"] == "pixel")
@@ -261,17 +258,15 @@ def test_characters_avatars_and_audits_for_the_page(server, engine, monkeypatch,
     assert avatar.headers["content-type"] == "image/png" and avatar.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert httpx.get(server.url + "/v1/characters/nobody/avatar.png").status_code == 404
 
-    run = tmp_path / "audits" / "pixel" / "run-1"
-    run.mkdir(parents=True)
-    (run / "alignment.png").write_bytes(avatar.content)
-    (run / "report.html").write_text("<h1>report</h1>")
-    fake = types.ModuleType("runtime.audit")
-    fake.__spec__ = ModuleSpec("runtime.audit", None)
-    fake.latest_report_files = lambda settings, character: sorted(run.iterdir()) if character == "pixel" else []
-    monkeypatch.setitem(sys.modules, "runtime.audit", fake)
+    for name in ("run-1", "run-2"):  # where `personae audit` writes its report; the newest is shown
+        run = audit_folder(engine.settings, "pixel", name)
+        run.mkdir(parents=True)
+        (run / "alignment.png").write_bytes(avatar.content)
+        (run / "report.html").write_text(f"<h1>{name}</h1>")
     audits = httpx.get(server.url + "/v1/characters/pixel/audits").json()
     assert [(f["name"], f["kind"]) for f in audits["files"]] == [("alignment.png", "image"), ("report.html", "page")]
     assert httpx.get(server.url + audits["files"][0]["url"]).content == avatar.content
+    assert httpx.get(server.url + audits["files"][1]["url"]).text == "<h1>run-2</h1>"
     assert httpx.get(server.url + "/v1/characters/pixel/audits/..%2Fsecret").status_code == 404
     empty = httpx.get(server.url + "/v1/characters/professor-quill/audits").json()
     assert empty["files"] == [] and "no audits" in empty["message"]
@@ -305,13 +300,10 @@ def test_one_completion_on_the_real_model(make_engine, real_base):
 
 def test_registry_versions_are_models(make_engine, tiny_base, tmp_path):
     """With the adapter registry, /v1/models lists NAME@N and `model` pins the weights that answer."""
-    pytest.importorskip("adapters.registry")
-    weights = pytest.importorskip("runtime.weights")
     from helpers_adapters import train_tiny_lora
 
     engine = make_engine(tiny_base, temperature=0, max_new_tokens=4)
-    assert weights.attach_registry(engine)
-    registry = engine.weights.registry
+    registry = engine.registry
     registry.add(train_tiny_lora(tiny_base, tmp_path / "lora1", steps=1), "pixel", kind="lora", activate=True)
     registry.add(train_tiny_lora(tiny_base, tmp_path / "lora2", steps=1, seed=1), "pixel", kind="lora")
     live = LiveServer(engine)
@@ -327,5 +319,9 @@ def test_registry_versions_are_models(make_engine, tiny_base, tmp_path):
         assert logged["weights_version"] == "lora:pixel@2"
         with pytest.raises(openai.NotFoundError, match="pixel@9"):
             client.chat.completions.create(model="pixel@9", messages=[{"role": "user", "content": "Hi"}])
+        with pytest.raises(openai.NotFoundError, match="a version is a number or 'base'"):
+            client.chat.completions.create(model="pixel@v2", messages=[{"role": "user", "content": "Hi"}])
+        bare = client.chat.completions.create(model="pixel@base", messages=[{"role": "user", "content": "Hi"}])
+        assert bare.system_fingerprint == "base"
     finally:
         live.close()

@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import httpx
-
 from http_server import LiveServer
 
 CLIENTS = 50

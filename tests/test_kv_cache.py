@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from runtime.kv_cache import CHUNK, new_cache
+from runtime.generation.kv_cache import CHUNK, new_cache
 
 
 def decode(model, cache, prompt, steps):

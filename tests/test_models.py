@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from runtime.models import (DEFAULT_BASE, ModelError, check_safe_weights, choose_dtype, fingerprint_folder,
-                            packaged_gguf, resolve_model_folder)
+from runtime.models.base import (
+    DEFAULT_BASE,
+    ModelError,
+    check_safe_weights,
+    choose_dtype,
+    fingerprint_folder,
+    packaged_gguf,
+    resolve_model_folder,
+)
 
 
 def test_packaged_gguf_is_found_without_importing_the_package():
@@ -75,7 +82,7 @@ def test_int8_keeps_the_output_projection_and_down_projections_in_float(tiny_bas
 
     import torch
 
-    from runtime.precision import convert
+    from runtime.models.precision import convert
 
     model = convert(copy.deepcopy(tiny_base.model), "int8")
     layer = model.model.layers[0]
@@ -91,7 +98,7 @@ def test_int8_keeps_the_output_projection_and_down_projections_in_float(tiny_bas
 def test_dtype_int8_loads_the_measured_int8_variant(tiny_model_folder):
     import torch
 
-    from runtime.models import load_base_model
+    from runtime.models.base import load_base_model
 
     model = load_base_model(str(tiny_model_folder), tiny_model_folder.parent, dtype="int8").model
     layer = model.model.layers[0]

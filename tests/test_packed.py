@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from runtime.packed import packed_bytes, packing_supported, serving_copy
+from runtime.generation.packed import packed_bytes, packing_supported, serving_copy
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def test_plugins_dir_plugin_is_loaded_and_its_hook_called(tmp_path):
     (folder / "broken.py").write_text("raise RuntimeError('boom')\n")
     pm = plugins.get_plugin_manager(str(folder), reload=True)
     try:
-        from runtime.engine import ReplyDraft
+        from runtime.chat.engine import ReplyDraft
 
         draft = ReplyDraft("quiet words")
         pm.hook.filter_reply(character=None, reply=draft, turn=None)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers_adapters import train_tiny_lora
-from runtime.generation import BASE_ADAPTER, Generator, Request, SamplingSettings
-from runtime.prefix_cache import PrefixCache
+
+from runtime.generation.batching import BatchingGenerator as Generator
+from runtime.generation.prefix_cache import PrefixCache
+from runtime.generation.types import BASE_ADAPTER, Request, SamplingSettings
 
 GREEDY = dict(temperature=0, repetition_penalty=1.1, max_new_tokens=8)
 CARD = ("You are Captain Mara Voss of the airship Kestrel. You speak in short, salty sentences, love storms, "
@@ -76,10 +77,10 @@ def test_a_shared_card_is_prefilled_once_and_replies_do_not_change(generator, ti
 
 @pytest.mark.real_model
 def test_real_smollm2_character_prompt_reuses_the_card(real_base):
-    from runtime.catalog import Catalog
+    from runtime.characters.catalog import Catalog
+    from runtime.characters.prompt import build_messages
     from runtime.config import load_settings
     from runtime.plugins import get_plugin_manager
-    from runtime.prompt import build_messages
 
     settings = load_settings()
     character = Catalog(get_plugin_manager(settings.plugins_dir), settings.data_dir).get("pixel")

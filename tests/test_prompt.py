@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.characters import parse_card
-from runtime.prompt import build_messages, count_tokens
+from runtime.characters.prompt import build_messages, count_tokens
 
 CARD = {
     "spec": "chara_card_v2",

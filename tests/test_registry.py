@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_adapters import train_tiny_full, train_tiny_lora
 
 from adapters.errors import IncompatibleAdapter, IntegrityError, PickledWeights, RegistryError
 from adapters.registry import Registry
 from adapters.safety import check_compatible
-from helpers_adapters import train_tiny_full, train_tiny_lora
 from runtime.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +51,9 @@ def test_add_stores_peft_format_with_manifest_and_verifies(registry, trained, ti
     assert len(manifest["files"]["adapter_model.safetensors"]["sha256"]) == 64
     registry.verify(version)
     # The folder is PEFT's own format: PEFT loads it unchanged.
-    from peft import PeftModel
     import copy
+
+    from peft import PeftModel
 
     model = PeftModel.from_pretrained(copy.deepcopy(tiny_base.model), str(version.folder))
     assert "default" in model.peft_config
@@ -66,8 +67,8 @@ def test_promote_rollback_remove_and_subscribers(registry, trained):
     class PM:
         class hook:
             @staticmethod
-            def version_promoted(character, version, previous):
-                hooked.append((character, version and version.number, previous and previous.number))
+            def version_promoted(character_id, version, previous):
+                hooked.append((character_id, version and version.number, previous and previous.number))
 
     registry.pm = PM()
     registry.subscribe(lambda character, version: seen.append((character, version and version.number)))
@@ -308,3 +309,20 @@ def test_real_smollm2_adapter_add_verify_load(tmp_path, real_base):
         with model.disable_adapter():
             plain = model(ids).logits
     assert not torch.allclose(adapted, plain)  # the trained adapter changes the output
+
+
+def test_manifests_are_read_once_per_change_not_per_turn(registry, trained, monkeypatch):
+    import adapters.registry as module
+
+    registry.add(trained["lora"], "pixel", activate=True)
+    reads = []
+    real = module.read_manifest
+    monkeypatch.setattr(module, "read_manifest", lambda folder: reads.append(folder) or real(folder))
+    for _ in range(5):
+        assert registry.active("pixel").manifest["kind"] == "lora"
+    assert len(reads) <= 1  # a turn asks for the active version; the manifest stays in memory
+    before = len(reads)
+    registry.set_audit("pixel", 1, {"aligned": 0.9})
+    for _ in range(3):
+        assert registry.active("pixel").manifest["audit"]["aligned"] == 0.9  # a change is seen at once
+    assert len(reads) == before + 1

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
+from helpers_adapters import train_tiny_full, train_tiny_lora
 
 from adapters.convert import _lora_pairs, _scaling, compare_models, compose, extract_lora, load_composite, merge_lora
 from adapters.errors import IncompatibleAdapter, RegistryError
 from adapters.full_delta import delta_info, load_full
 from adapters.registry import Registry
-from helpers_adapters import train_tiny_full, train_tiny_lora
 from runtime.store import Store
 
 

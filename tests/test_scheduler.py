@@ -9,16 +9,23 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from training_helpers import log_many
 
+from runtime.chat.build import build_engine
 from runtime.cli import cli
 from runtime.config import load_settings
-from runtime.engine import build_engine
 from runtime.hookspecs import hookimpl
-from runtime.scheduler import (JOB_PREFIX, ScheduleError, add_schedule, list_schedules, remove_schedule, run_now,
-                               start_scheduler)
+from runtime.jobs import (
+    JOB_PREFIX,
+    ScheduleError,
+    add_schedule,
+    list_schedules,
+    remove_schedule,
+    run_now,
+    start_scheduler,
+)
 from runtime.training import registry_for
 from runtime.training.runs import character_lock, runs
-from training_helpers import log_many
 
 
 def test_schedules_survive_a_scheduler_restart():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite_utils
 import pytest
+import sqlite_utils
 
 from runtime.store import Store, StoreError, migrations
 

@@ -7,20 +7,20 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from training_helpers import log_many
 
+from runtime.chat.engine import Turn
 from runtime.cli import cli
-from runtime.engine import Turn
 from runtime.training import TrainingBusy, registry_for, retrain, train
 from runtime.training.config import TrainingConfig, TrainingError
 from runtime.training.runs import character_lock, runs
-from training_helpers import log_many
 
 FAST = dict(max_steps=2, batch_size=4, max_length=96, lr=1e-3, warmup=0, threads=1)
 
 
 @pytest.fixture
 def engine(make_engine, tiny_base):
-    engine = make_engine(tiny_base, registry=True)  # the serving side's registry and hot swap
+    engine = make_engine(tiny_base)  # the serving side's registry and hot swap
     log_many(engine.store, 16)
     return engine
 
@@ -49,7 +49,7 @@ def test_each_method_registers_a_candidate_with_metrics_and_a_loss_plot(engine, 
     assert result.loss_plot.is_file() and result.loss_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert registry_for(engine).active("pixel") is None  # a candidate never replaces anything by itself
     # The serving side can load what was trained: a reply pinned to the candidate.
-    reply = engine.reply(Turn(platform="test", channel="c9", user_id="t", text="Hi!", character="pixel",
+    reply = engine.reply(Turn(platform="test", channel="c9", user_id="t", text="Hi!", character=engine.catalog.get("pixel"),
                               version=str(version.number), sampling={"temperature": 0, "max_new_tokens": 3}))
     reply.result()
     assert reply.message["weights_version"] == version.label
@@ -84,8 +84,9 @@ def test_too_few_examples_is_a_clear_error_and_nothing_is_registered(make_engine
 
 
 def test_full_disk_fails_clearly_and_leaves_the_active_version(engine, monkeypatch, tiny_base, tmp_path):
-    from adapters.registry import Registry
     from helpers_adapters import train_tiny_lora
+
+    from adapters.registry import Registry
 
     registry = registry_for(engine)
     active = registry.add(train_tiny_lora(tiny_base, tmp_path / "active", steps=1), "pixel", activate=True)
@@ -119,7 +120,7 @@ def test_bad_configuration_is_refused():
 
 def test_the_audit_gate_decides_when_installed(make_engine, tiny_base):
     pytest.importorskip("runtime.audit")
-    engine = make_engine(tiny_base, registry=True,
+    engine = make_engine(tiny_base,
                          audit={"max_new_tokens": 4, "base_max_new_tokens": 4, "gate_probes": 1})
     log_many(engine.store, 12)
     outcome = retrain(engine, "pixel", config=TrainingConfig(**FAST), progress=False)  # gate="auto"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from runtime.engine import Turn
-from runtime.scheduler import add_schedule, list_schedules, run_now, start_scheduler
+from training_helpers import log_many
+
+from runtime.chat.engine import Turn
+from runtime.jobs import add_schedule, list_schedules, run_now, start_scheduler
 from runtime.training import registry_for
 from runtime.training.runs import runs
-from training_helpers import log_many
 
 TRAINING = {"max_steps": 3, "max_length": 96, "batch_size": 2, "lr": 5e-4, "warmup": 0, "gate": "loss",
             "subprocess_threads": 1, "nice": 0}  # nice 0: the shared test machine would starve a niced run
@@ -14,11 +15,11 @@ TRAINING = {"max_steps": 3, "max_length": 96, "batch_size": 2, "lr": 5e-4, "warm
 
 def ask(engine, text):
     return engine.reply(Turn(platform="test", channel="e2e", user_id="tester", user_name="Ann", text=text,
-                             character="pixel", sampling={"temperature": 0, "max_new_tokens": 6}))
+                             character=engine.catalog.get("pixel"), sampling={"temperature": 0, "max_new_tokens": 6}))
 
 
 def test_scheduled_retrain_trains_gates_promotes_and_the_running_engine_swaps(make_engine, real_base):
-    engine = make_engine(real_base, registry=True, training=TRAINING)
+    engine = make_engine(real_base, training=TRAINING)
     before = ask(engine, "Hello Pixel!")
     before.result()
     assert before.message["weights_version"] == "base"

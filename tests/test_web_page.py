@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from http_server import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers_adapters import train_tiny_full, train_tiny_lora
-from runtime.engine import Turn
-from runtime.generation import BASE_ADAPTER
+
+from runtime.chat.engine import Turn
+from runtime.generation.types import BASE_ADAPTER
+from runtime.refs import WeightsRef
 
 
-def turn(character, channel="c1", version=None):
-    return Turn(platform="test", channel=channel, user_id="u1", text="Hello", character=character, version=version,
+def turn(engine, character, channel="c1", version=None):
+    return Turn(platform="test", channel=channel, user_id="u1", text="Hello", character=engine.catalog.get(character),
+                version=version,
                 sampling={"temperature": 0, "max_new_tokens": 6})
 
 
@@ -21,14 +23,14 @@ def loras(tiny_base, tmp_path_factory):
 
 
 def test_no_version_means_base_and_pinned_versions_are_served(make_engine, tiny_base, loras):
-    engine = make_engine(tiny_base, registry=True)
-    weights = engine.weights.acquire("pixel")
-    assert (weights.version, weights.adapter) == ("base", BASE_ADAPTER)
+    engine = make_engine(tiny_base)
+    with engine.weights.acquire(WeightsRef.parse("pixel")) as weights:
+        assert (weights.version, weights.adapter) == ("base", BASE_ADAPTER)
     registry = engine.weights.registry
     registry.add(loras[0], "pixel", activate=True)
     registry.add(loras[1], "pixel", activate=True)
-    pinned = engine.reply(turn("pixel", version="1"))
-    active = engine.reply(turn("pixel", channel="c2"))
+    pinned = engine.reply(turn(engine, "pixel", version=1))
+    active = engine.reply(turn(engine, "pixel", channel="c2"))
     pinned.result(), active.result()
     assert pinned.message["weights_version"] == "lora:pixel@1"
     assert active.message["weights_version"] == "lora:pixel@2"
@@ -38,10 +40,10 @@ def test_no_version_means_base_and_pinned_versions_are_served(make_engine, tiny_
 def test_full_fine_tune_is_served_as_its_own_model(make_engine, tiny_base, tmp_path):
     import torch
 
-    engine = make_engine(tiny_base, registry=True)
+    engine = make_engine(tiny_base)
     folder = train_tiny_full(tiny_base, tmp_path / "full", steps=2, lr=5e-3)
     engine.weights.registry.add(folder, "professor-quill", activate=True)
-    reply = engine.reply(turn("professor-quill"))
+    reply = engine.reply(turn(engine, "professor-quill"))
     reply.result()
     assert reply.message["weights_version"] == "full:professor-quill@1"
     from transformers import AutoModelForCausalLM
@@ -55,14 +57,14 @@ def test_full_fine_tune_is_served_as_its_own_model(make_engine, tiny_base, tmp_p
 
 
 def test_tampered_active_version_is_marked_failed_and_the_previous_one_answers(make_engine, tiny_base, loras):
-    first = make_engine(tiny_base, registry=True)
+    first = make_engine(tiny_base)
     registry = first.weights.registry
     registry.add(loras[0], "pixel", activate=True)
     broken = registry.add(loras[1], "pixel", activate=True)
     with open(broken.folder / "adapter_model.safetensors", "ab") as handle:
         handle.write(b"tampered")
-    second = make_engine(tiny_base, registry=True)  # e.g. a restarted server: nothing loaded yet
-    reply = second.reply(turn("pixel"))
+    second = make_engine(tiny_base)  # e.g. a restarted server: nothing loaded yet
+    reply = second.reply(turn(second, "pixel"))
     reply.result()
     assert reply.message["weights_version"] == "lora:pixel@1"
     assert second.weights.registry.get("pixel", 2).state == "failed"
@@ -87,21 +89,21 @@ def test_weights_a_character_package_ships_are_served_without_a_command(make_eng
             register(ahab)
             register(broken)
 
-    engine = make_engine(tiny_base, registry=True)
+    engine = make_engine(tiny_base)
     plugin = Plugin()
     engine.pm.register(plugin, name="ahab-package")
     try:
         engine.catalog.reload()
-        first = engine.reply(turn("ahab"))
+        first = engine.reply(turn(engine, "ahab"))
         first.result()
         assert first.message["weights_version"] == "lora:ahab@1"
         registry = engine.weights.registry
         assert [v.state for v in registry.versions("ahab")] == ["active"]
         assert registry.versions("ahab")[0].manifest["training"] == {"source": "character package"}
-        again = engine.reply(turn("ahab", channel="c2"))
+        again = engine.reply(turn(engine, "ahab", channel="c2"))
         again.result()
         assert again.message["weights_version"] == "lora:ahab@1" and len(registry.versions("ahab")) == 1
-        fallback = engine.reply(turn("ishmael"))  # a package whose weights folder is missing answers on the base
+        fallback = engine.reply(turn(engine, "ishmael"))  # a package whose weights folder is missing answers on the base
         fallback.result()
         assert fallback.message["weights_version"] == "base" and registry.versions("ishmael") == []
     finally:

@@ -33,10 +33,10 @@ class ConsoleChat:
         self.out = out or sys.stdout
 
     def turn(self, text: str, **extra):
-        from runtime.engine import Turn
+        from runtime.chat.engine import Turn
 
         return Turn(platform="console", channel=self.channel, user_id=f"console:{self.user_name}", text=text,
-                    user_name=self.user_name, character=self.character.id, sampling=self.sampling, **extra)
+                    user_name=self.user_name, character=self.character, sampling=self.sampling, **extra)
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
@@ -102,8 +102,9 @@ def chat(name, user_name, channel, new, temperature, max_tokens):
     """Chat with a character in the terminal (reads one line per turn from a pipe, too)."""
     from rich.console import Console
 
-    from runtime.catalog import UnknownCharacter
-    from runtime.cli.common import UsageProblem, engine as make_engine
+    from runtime.characters.catalog import UnknownCharacter
+    from runtime.cli.common import UsageProblem
+    from runtime.cli.common import engine as make_engine
 
     try:
         engine = make_engine()

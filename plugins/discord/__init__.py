@@ -29,7 +29,7 @@ class DiscordPlatform:
         """Problems with the [discord] table and the token, found without connecting."""
         from plugins.discord.config import check, token_from_environment
 
-        return check(settings.discord, token_from_environment())
+        return check(settings.plugin_settings("discord"), token_from_environment())
 
     def run(self, engine, settings, options) -> None:
         """Connect and serve until stop() (blocking; `personae serve` calls it in a thread)."""
@@ -39,7 +39,7 @@ class DiscordPlatform:
         from plugins.discord.config import parse_config, token_from_environment
 
         token = token_from_environment()
-        config, problems = parse_config(settings.discord)
+        config, problems = parse_config(settings.plugin_settings("discord"))
         if problems:
             raise ValueError("; ".join(problems))
         root = logging.getLogger()

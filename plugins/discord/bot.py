@@ -10,14 +10,18 @@ import re
 
 import discord
 
+from plugins.discord.commands import PersonaeTree, install, sync
+from plugins.discord.identity import PLATFORM, user_key
 from plugins.discord.ratelimit import RateLimiter
 from plugins.discord.replies import NO_MENTIONS, Post, Speaker
 from plugins.discord.tables import DiscordTables
-from runtime.streaming import StreamedReply
+from runtime.characters.catalog import UnknownCharacter
+from runtime.chat.engine import Turn
+from runtime.chat.streaming import StreamedReply
+from runtime.generation.types import GeneratorBusy
 
 log = logging.getLogger("plugins.discord")
 
-PLATFORM = "discord"
 FEEDBACK = {"👍": 1, "👎": -1}
 # Words too common in character names to count as addressing one ("Captain", "Professor").
 TITLES = {"the", "captain", "professor", "doctor", "dr", "mr", "mrs", "ms", "miss", "sir", "lady", "lord", "king",
@@ -52,11 +56,6 @@ def invite_url(application_id: int) -> str:
     """The link that adds the bot to a server with its slash commands and permissions."""
     return discord.utils.oauth_url(application_id, permissions=required_permissions(),
                                    scopes=("bot", "applications.commands"))
-
-
-def user_key(user) -> str:
-    """The store's id for a Discord user."""
-    return f"{PLATFORM}:{user.id if hasattr(user, 'id') else user}"
 
 
 def name_patterns(character) -> list[str]:
@@ -95,8 +94,6 @@ class PersonaeBot(discord.Client):
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: enable it in the developer portal
         super().__init__(intents=intents, allowed_mentions=NO_MENTIONS, **options)
-        from plugins.discord.commands import PersonaeTree, install
-
         self.engine, self.config = engine, config
         self.tables = DiscordTables(engine.store)
         self.speaker = Speaker(self, self.tables, config)
@@ -108,8 +105,6 @@ class PersonaeBot(discord.Client):
         install(self)
 
     async def setup_hook(self) -> None:
-        from plugins.discord.commands import sync
-
         self.loop.create_task(self._warm_up(), name="personae-warm-up")
         if self.config.sync_commands:
             await sync(self)
@@ -249,10 +244,8 @@ class PersonaeBot(discord.Client):
 
     def turn(self, channel, user, text: str, character, platform_message_id=None):
         """An engine Turn for a Discord channel and user ({{user}} is their display name)."""
-        from runtime.engine import Turn
-
         return Turn(platform=PLATFORM, channel=str(channel.id), user_id=user_key(user), text=text,
-                    user_name=getattr(user, "display_name", None) or str(user), character=character.id,
+                    user_name=getattr(user, "display_name", None) or str(user), character=character,
                     platform_message_id=platform_message_id, sampling=self.config.sampling)
 
     async def answer(self, message: discord.Message, character, text: str) -> None:
@@ -262,9 +255,6 @@ class PersonaeBot(discord.Client):
 
     async def speak(self, channel, character, start, tell) -> dict | None:
         """Generate a reply in a worker thread, show it (streamed or when done); map its ids; never silent."""
-        from runtime.catalog import UnknownCharacter
-        from runtime.generation import GeneratorBusy
-
         stream = None
         try:
             voice = await self.speaker.voice(channel, character)

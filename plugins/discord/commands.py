@@ -9,9 +9,12 @@ import logging
 import discord
 from discord import app_commands
 
-from plugins.discord.bot import PLATFORM, user_key
+from plugins.discord.identity import PLATFORM, user_key
 from plugins.discord.replies import NO_MENTIONS
-from runtime.packages import capability
+from runtime.audit import run_audit
+from runtime.audit.report import latest_report_files
+from runtime.jobs import add_schedule
+from runtime.training import retrain  # torch and friends load only when an admin asks
 
 log = logging.getLogger("plugins.discord")
 
@@ -69,7 +72,7 @@ FRACTIONS = {"aligned", "minor", "misaligned", "leakage"}
 
 
 def summary(result, limit: int = 1800) -> str:
-    """A short text for whatever a capability returned (its summary() if it has one)."""
+    """A short text for whatever an admin job returned (its summary() if it has one)."""
     if result is None:
         return "done."
     value = getattr(result, "summary", None)
@@ -84,16 +87,31 @@ def summary(result, limit: int = 1800) -> str:
 
 
 def report_files(settings, character_id: str) -> list:
-    """The newest audit's plots as Discord attachments (when the audit capability provides them)."""
-    latest = capability("runtime.audit", "latest_report_files")
-    if latest is None:
-        return []
+    """The newest audit's plots as Discord attachments."""
     try:
-        paths = [p for p in latest(settings, character_id) if str(p).endswith(".png")]
+        paths = [p for p in latest_report_files(settings, character_id) if str(p).endswith(".png")]
     except Exception as error:  # plots are a bonus: the numbers were already answered
         log.warning("audit plots of %s: %s", character_id, error)
         return []
     return [discord.File(str(p), filename=p.name) for p in paths[:4] if p.stat().st_size < 8_000_000]
+
+
+# --- admin jobs: minutes of work, run in a worker thread by the commands below ---------------------
+
+
+def retrain_character(engine, character):
+    """Retrain now: curate, train, gate, promote or reject."""
+    return retrain(engine, character.id)
+
+
+def audit_character(engine, character):
+    """A persona audit of the active version."""
+    return run_audit(engine, character.id, progress=False)
+
+
+def schedule_character(engine, character, cron: str):
+    """Retrain on a cron schedule (run by `personae serve`)."""
+    return add_schedule(engine.settings, character.id, cron)
 
 
 async def sync(bot) -> None:
@@ -243,21 +261,17 @@ def install(bot) -> None:
         engine.store.set_opt_out(user_key(interaction.user), False)
         await respond(interaction, "Thanks — your conversations may now help train the characters.")
 
-    async def admin_job(interaction, name, module, attribute, what, call, attach=None):
+    async def admin_job(interaction, name, what, call, attach=None):
         if not is_admin(bot, interaction, "manage_guild"):
             return await respond(interaction, f"{what} needs the Manage Server permission (or a configured "
                                               "admin role or user).")
         found = find(name)
         if found is None:
             return await respond(interaction, unknown.format(name, ", ".join(catalog.names())))
-        function = capability(module, attribute)
-        if function is None:
-            return await respond(interaction, f"{what} is not available: the capability is not installed "
-                                              f"in this Personae ({module}.{attribute} is missing).")
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             # Training and audits take minutes: a worker thread keeps the bot answering meanwhile.
-            result = await asyncio.to_thread(call, function, found)
+            result = await asyncio.to_thread(call, found)
         except Exception as error:
             log.exception("%s of %s failed", what, found.id)
             return await respond(interaction, f"{what} of {found.name} failed: {error}")
@@ -267,22 +281,19 @@ def install(bot) -> None:
     @personae.command(name="retrain", description="Admin: retrain a character from its conversations now")
     @app_commands.autocomplete(name=complete_names)
     async def retrain(interaction: discord.Interaction, name: str):
-        await admin_job(interaction, name, "runtime.training", "retrain", "Retraining",
-                        lambda function, found: function(engine, found.id))
+        await admin_job(interaction, name, "Retraining", lambda found: retrain_character(engine, found))
 
     @personae.command(name="audit", description="Admin: run a persona audit of a character")
     @app_commands.autocomplete(name=complete_names)
     async def audit(interaction: discord.Interaction, name: str):
-        await admin_job(interaction, name, "runtime.audit", "run_audit", "The audit",
-                        lambda function, found: function(engine, found.id, progress=False),
+        await admin_job(interaction, name, "The audit", lambda found: audit_character(engine, found),
                         attach=lambda found: report_files(engine.settings, found.id))
 
     @personae.command(name="schedule", description="Admin: retrain a character on a cron schedule")
     @app_commands.describe(cron="Cron expression, e.g. '0 4 * * 1' (Mondays 04:00)")
     @app_commands.autocomplete(name=complete_names)
     async def schedule(interaction: discord.Interaction, name: str, cron: str):
-        await admin_job(interaction, name, "runtime.scheduler", "add_schedule", "Scheduling",
-                        lambda function, found: function(engine.settings, found.id, cron))
+        await admin_job(interaction, name, "Scheduling", lambda found: schedule_character(engine, found, cron))
 
     bot.tree.add_command(character)
     bot.tree.add_command(regenerate)

@@ -20,7 +20,7 @@ class HttpPlatform:
     @staticmethod
     def listen(settings, options) -> str | None:
         """The HOST:PORT asked for, if any."""
-        return (options or {}).get("http") or (settings.http or {}).get("listen")
+        return (options or {}).get("http") or settings.plugin_settings("http").get("listen")
 
     def wanted(self, settings, options) -> bool:
         return bool(self.listen(settings, options))
@@ -55,7 +55,7 @@ class HttpPlatform:
             engine.generator  # load the model before the first request, not during it
             app = create_app(engine, settings)
             config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=5,
-                                    log_level=(settings.http or {}).get("log_level", "info"))
+                                    log_level=settings.plugin_settings("http").get("log_level", "info"))
             self.server = uvicorn.Server(config)
             threading.Thread(target=self._watch_start, daemon=True).start()
             self.server.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -17,9 +18,13 @@ from plugins.http import auth, chat
 from plugins.http.errors import APIError, validation_error
 from plugins.http.metrics import Metrics
 from plugins.http.openai_schema import ChatCompletionRequest, FeedbackRequest
-from runtime.packages import capability
+from runtime.audit.report import latest_report_files
+from runtime.characters import placeholder_avatar
+from runtime.errors import PersonaeError
 
 STATIC = Path(__file__).parent / "static"
+
+log = logging.getLogger("personae.http")
 
 
 class ReplyStreamingResponse(StreamingResponse):
@@ -40,7 +45,7 @@ def create_app(engine, settings, keys: list[str] | None = None):
     metrics = app.state.metrics = Metrics(engine)
     created = int(time.time())
 
-    cors = (settings.http or {}).get("cors_origins")
+    cors = settings.plugin_settings("http").get("cors_origins")
     if cors:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -62,10 +67,15 @@ def create_app(engine, settings, keys: list[str] | None = None):
         return await api_error(request, APIError(error.status_code, str(error.detail), code=code,
                                                  headers=dict(error.headers or {})))
 
+    @app.exception_handler(PersonaeError)
+    async def user_error(request, error: PersonaeError):
+        return await api_error(request, APIError.of(error))
+
     @app.exception_handler(Exception)
     async def unexpected(request, error: Exception):
-        # Still logged by uvicorn; the client gets the error in the shape it can parse.
-        return await api_error(request, APIError(500, f"internal error: {type(error).__name__}: {error}",
+        # A bug: logged here with its traceback; the client learns only that it happened.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return await api_error(request, APIError(500, "internal error; the server's log has the details",
                                                  type="server_error"))
 
     def check_key(request: Request) -> None:
@@ -144,24 +154,19 @@ def create_app(engine, settings, keys: list[str] | None = None):
 
     @api.get("/v1/characters/{character_id}/avatar.png")
     def avatar(character_id: str):
-        from runtime.characters import placeholder_avatar
-
         character = character_or_404(character_id)
         if character.id not in avatars:
             avatars[character.id] = character.avatar_png or placeholder_avatar(character.name)
         return Response(avatars[character.id], media_type="image/png", headers={"Cache-Control": "max-age=300"})
 
-    def audit_files(character) -> list[Path] | None:
-        """The newest audit's files of a character; None when audits are not installed."""
-        latest = capability("runtime.audit", "latest_report_files")
-        return None if latest is None else [Path(p) for p in latest(settings, character.id) or []]
+    def audit_files(character) -> list[Path]:
+        """The newest audit's files of a character."""
+        return [Path(p) for p in latest_report_files(settings, character.id) or []]
 
     @api.get("/v1/characters/{character_id}/audits")
     def audits(character_id: str):
         character = character_or_404(character_id)
         files = audit_files(character)
-        if files is None:
-            return {"available": False, "files": [], "message": "audits are not installed in this runtime"}
         listed = [{"name": p.name, "kind": "image" if p.suffix.lower() == ".png" else "page",
                    "url": f"/v1/characters/{character.id}/audits/{p.name}"} for p in files if p.is_file()]
         return {"available": True, "files": listed, "run": files[0].parent.name if files else None,
@@ -171,7 +176,7 @@ def create_app(engine, settings, keys: list[str] | None = None):
     def audit_file(character_id: str, name: str):
         character = character_or_404(character_id)
         # Only files of the newest report, by name: no path from the request reaches the disk.
-        match = next((p for p in audit_files(character) or [] if p.name == name and p.is_file()), None)
+        match = next((p for p in audit_files(character) if p.name == name and p.is_file()), None)
         if match is None:
             raise APIError(404, f"no audit file {name!r} for {character.id}", code="not_found")
         return FileResponse(match)
@@ -187,7 +192,7 @@ def create_app(engine, settings, keys: list[str] | None = None):
 
     @app.get("/healthz")
     def healthz():
-        generator = getattr(engine, "_generator", None)
+        generator = engine.generator_started
         return {"status": "ok", "characters": len(engine.catalog.names()), "model_loaded": generator is not None,
                 "queue_depth": getattr(generator, "queue_depth", 0), "auth": bool(keys)}
 

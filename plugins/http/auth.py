@@ -6,11 +6,13 @@ import hmac
 import ipaddress
 import os
 
+from runtime.errors import PersonaeError
+
 KEYS_VARIABLE = "PERSONAE_API_KEYS"
 DEFAULT_LISTEN = "127.0.0.1:8000"
 
 
-class ListenError(ValueError):
+class ListenError(PersonaeError, ValueError):
     """A --http HOST:PORT that cannot be used; the message says why and what to do."""
 
 

@@ -8,7 +8,10 @@ import time
 from urllib.parse import unquote
 
 from plugins.http.errors import APIError
-from runtime.streaming import StreamedReply
+from runtime.chat.engine import Turn
+from runtime.chat.streaming import StreamedReply
+from runtime.errors import Busy, NotFound, PersonaeError
+from runtime.refs import WeightsRef
 
 PLATFORM = "http"
 CONVERSATION_HEADER = "x-personae-conversation"
@@ -18,46 +21,25 @@ USER_NAME_HEADER = "x-personae-user-name"
 # --- model names -----------------------------------------------------------------------------
 
 
-def registry_of(engine):
-    """The adapter registry behind the engine's weights manager, if there is one."""
-    return getattr(engine.weights, "registry", None) if engine.weights is not None else None
-
-
 def resolve_model(engine, model: str):
-    """'pixel' or 'pixel@3' -> (character, version or None); unknown ones are a 404."""
-    from runtime.catalog import UnknownCharacter
-
-    name, _, version = model.partition("@")
+    """'pixel', 'pixel@3' or 'pixel@base' -> (character, version or None); unknown ones are a 404."""
     try:
-        character = engine.catalog.get(name)
-    except UnknownCharacter as error:
+        ref = WeightsRef.parse(model)
+        character = engine.catalog.get(ref.character)
+        if isinstance(ref.version, int):
+            if engine.registry is None:
+                raise NotFound(f"no adapter registry is installed, so {character.id} has only its base weights "
+                               f"(use model {character.id!r})")
+            engine.registry.get(character.id, ref.version)
+    except PersonaeError as error:
         raise APIError(404, f"The model {model!r} does not exist: {error}", param="model",
                        code="model_not_found") from None
-    if not version:
-        return character, None
-    number = version.strip().lstrip("vV")
-    if not number.isdigit():
-        raise APIError(404, f"The model {model!r} does not exist: a version is a number, as in "
-                       f"{character.id}@3", param="model", code="model_not_found")
-    if engine.weights is None:
-        raise APIError(404, f"The model {model!r} does not exist: no adapter registry is installed, so "
-                       f"{character.id} has only its base weights (use model {character.id!r})",
-                       param="model", code="model_not_found")
-    registry = registry_of(engine)
-    if registry is not None:
-        try:
-            found = registry.get(character.id, int(number))
-        except Exception as error:  # RegistryError and friends: say what the registry said
-            raise APIError(404, f"The model {model!r} does not exist: {error}", param="model",
-                           code="model_not_found") from None
-        if found is None:
-            raise APIError(404, f"The model {model!r} does not exist", param="model", code="model_not_found")
-    return character, number
+    return character, ref.version
 
 
 def active_version(engine, character_id: str) -> str:
     """The active weights of a character as 'pixel@3', or 'base'."""
-    registry = registry_of(engine)
+    registry = engine.registry
     if registry is None:
         return "base"
     try:
@@ -70,7 +52,7 @@ def active_version(engine, character_id: str) -> str:
 def model_list(engine, created: int) -> list[dict]:
     """Every character, then every usable version of it as NAME@N."""
     models = []
-    registry = registry_of(engine)
+    registry = engine.registry
     for cid in engine.catalog.names():
         character = engine.catalog.characters[cid]
         models.append({"id": cid, "object": "model", "created": created, "owned_by": "personae",
@@ -94,8 +76,6 @@ def model_list(engine, created: int) -> list[dict]:
 
 def make_turn(engine, body, headers, character, version, regenerate: bool = False):
     """The engine Turn of a request: who, which conversation, which history, which sampling."""
-    from runtime.engine import Turn
-
     user = (body.user or "").strip()
     conversation = (headers.get(CONVERSATION_HEADER) or "").strip()[:200]
     chat = [m for m in body.messages if m.role in ("user", "assistant")]
@@ -125,7 +105,7 @@ def make_turn(engine, body, headers, character, version, regenerate: bool = Fals
         raise APIError(400, f"max_tokens {max_tokens} leaves no room for the prompt (context_tokens is "
                        f"{engine.settings.context_tokens}); ask for at most {room}", param="max_tokens")
     return Turn(platform=PLATFORM, channel=conversation or f"user:{user or 'anonymous'}",
-                user_id=f"http:{user or 'anonymous'}", text=text, user_name=user_name, character=character.id,
+                user_id=f"http:{user or 'anonymous'}", text=text, user_name=user_name, character=character,
                 sampling=sampling, version=version, history=history)
 
 
@@ -143,25 +123,13 @@ async def begin(engine, metrics, body, headers, regenerate: bool = False):
     """Resolve, validate and start a reply; errors become OpenAI-shaped API errors."""
     from starlette.concurrency import run_in_threadpool
 
-    from runtime.generation import GeneratorBusy
-
     character, version = resolve_model(engine, body.model)
     turn = make_turn(engine, body, headers, character, version, regenerate)
     try:
         return await run_in_threadpool(start_reply, engine, turn, character, regenerate)
-    except GeneratorBusy as error:
-        metrics.failed(character.id, "busy")
-        raise APIError(429, str(error), type="rate_limit_error", code="server_busy",
-                       headers={"Retry-After": str(error.retry_after)}) from None
-    except LookupError as error:  # regenerate with nothing to re-roll; an unknown pinned version
-        metrics.failed(character.id, "invalid")
-        status = 404 if type(error).__name__ == "RegistryError" or (version and not regenerate) else 400
-        raise APIError(status, str(error).strip("'\""), param="model" if status == 404 else "messages") from None
-    except ValueError as error:  # a prompt that cannot fit; a registry refusing a version
-        metrics.failed(character.id, "invalid")
-        if type(error).__name__ == "RegistryError":
-            raise APIError(404, str(error), param="model", code="model_not_found") from None
-        raise APIError(400, str(error)) from None
+    except PersonaeError as error:  # busy, nothing to re-roll, a version the registry refuses, no room
+        metrics.failed(character.id, "busy" if isinstance(error, Busy) else "invalid")
+        raise APIError.of(error) from None
 
 
 # --- streaming a blocking reply into the event loop --------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from adapters.errors import RegistryError
+from runtime.errors import Busy, NotFound, PersonaeError
+
 
 class APIError(Exception):
     """An error the client should see, with its HTTP status."""
@@ -11,6 +14,17 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
+
+    @classmethod
+    def of(cls, error: PersonaeError) -> "APIError":
+        """The API error for a runtime error the user can fix: its status, and Retry-After when busy."""
+        if isinstance(error, Busy):
+            return cls(error.http_status, str(error), type="rate_limit_error", code="server_busy",
+                       headers={"Retry-After": str(error.retry_after)})
+        if isinstance(error, RegistryError):  # a pinned version that is missing or cannot be served
+            return cls(404, str(error), param="model", code="model_not_found")
+        param = "model" if isinstance(error, NotFound) else "messages"
+        return cls(error.http_status, str(error).strip("'\""), param=param, code=error.code)
 
     def body(self) -> dict:
         """The JSON body OpenAI clients parse."""

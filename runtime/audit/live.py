@@ -8,6 +8,7 @@ import time
 
 from runtime.audit.runner import AUDIT_PLATFORM, AuditReport, build_context, score_replies, summarise
 from runtime.audit.store import AuditStore
+from runtime.store import now
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ def live_audit(engine, sample: int | None = None, threshold: float | None = None
     sample = int(sample or config.get("live_sample", 50))
     threshold = float(threshold if threshold is not None else config.get("live_threshold", 0.7))
     audits = AuditStore(engine.store)
-    from runtime.store import now
 
     reports = []
     for character in engine.catalog.characters.values():

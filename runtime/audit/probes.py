@@ -6,10 +6,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.errors import PersonaeError
+
 KINDS = ("identity", "style", "out-of-character", "injection", "drift", "character")
 
 
-class ProbeFileError(ValueError):
+class ProbeFileError(PersonaeError, ValueError):
     """A probe file that cannot be read at all (a bad line is reported, not raised)."""
 
 

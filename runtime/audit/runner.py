@@ -9,10 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.audit.probes import Probe, probe_set
+from runtime.audit.probes import Probe, character_probes, probe_set
+from runtime.audit.report import write_report
 from runtime.audit.scorers import BaseIdentity, ScoringContext, collect_scorers
 from runtime.audit.store import AuditStore
 from runtime.audit.verdicts import ALIGNED, MINOR_VERDICT, MISALIGNED, score_reply
+from runtime.chat.engine import Turn
+from runtime.errors import PersonaeError
+from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, Request, SamplingSettings
+from runtime.refs import WeightsRef
+from runtime.store import now
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +26,7 @@ AUDIT_PLATFORM = "audit"  # curation leaves these conversations out of training 
 AUDIT_USER = "personae-audit"
 
 
-class AuditError(ValueError):
+class AuditError(PersonaeError, ValueError):
     """An audit that cannot start (a pinned version that does not load); the message says why."""
 
 
@@ -76,7 +82,7 @@ def audit_config(settings) -> dict:
 def build_context(engine, character, base_answers: dict | None = None) -> ScoringContext:
     """The scoring context of a character on this engine's base model."""
     identity = BaseIdentity()
-    base = getattr(engine, "_base", None)
+    base = engine.base_loaded
     if base is not None:
         identity = BaseIdentity.from_tokenizer(base.tokenizer)
     return ScoringContext(character=character, base=identity, base_answers=dict(base_answers or {}),
@@ -85,8 +91,6 @@ def build_context(engine, character, base_answers: dict | None = None) -> Scorin
 
 def _submit(generator, request):
     """Submit to the generator, waiting politely while its queue is full."""
-    from runtime.generation import GeneratorBusy
-
     while True:
         try:
             return generator.submit(request)
@@ -96,8 +100,6 @@ def _submit(generator, request):
 
 def base_answers(engine, questions: list[str], audits: AuditStore) -> dict:
     """The bare base model's own answers (its default system persona, no adapter), cached per base."""
-    from runtime.generation import BASE_ADAPTER, Request, SamplingSettings
-
     base = engine.base
     cached = audits.base_answers(base.fingerprint)
     missing = [q for q in dict.fromkeys(questions) if q not in cached]
@@ -123,13 +125,11 @@ def base_answers(engine, questions: list[str], audits: AuditStore) -> dict:
 
 def _ask(engine, character, probe: Probe, run_id: str, version, sampling: dict, tick) -> list[dict]:
     """One probe conversation through the engine; its own channel so histories don't mix."""
-    from runtime.engine import Turn
-
     channel = f"{run_id}/{probe.id}"
     answers = []
     for index, text in enumerate(probe.turns, 1):
         turn = Turn(platform=AUDIT_PLATFORM, channel=channel, user_id=AUDIT_USER, user_name="User", text=text,
-                    character=character.id, sampling=dict(sampling), version=version)
+                    character=character, sampling=dict(sampling), version=version)
         if index == 1:
             engine.log_greeting(turn, character)
         try:
@@ -167,7 +167,9 @@ def run_audit(engine, character_id: str, version=None, probes=None, progress: bo
     """Ask the probes, score every reply, store the run and its verdicts, write the HTML report."""
     character = engine.catalog.get(character_id)
     audits = AuditStore(engine.store)
-    version = None if version in (None, "", "active") else str(getattr(version, "number", version))
+    # A registry Version, a number, "base", or a reference text ("3", "pixel@3"): parsed in one place.
+    version = None if version in (None, "", "active") else \
+        WeightsRef.parse(str(getattr(version, "number", version)), character=character.id).version
     probes = list(probes) if probes is not None else probe_set(character, limit=limit)
     if not probes:
         raise AuditError("no probes to ask: give a probe file with at least one good line, or drop --only-file")
@@ -176,7 +178,6 @@ def run_audit(engine, character_id: str, version=None, probes=None, progress: bo
     sampling = {"temperature": float(config["temperature"]), "max_new_tokens": config.get("max_new_tokens")}
     run_id = audits.new_run_id()
     started, clock = time.time(), time.perf_counter()
-    from runtime.store import now
 
     started_at = now()
     total = sum(len(p.turns) for p in probes)
@@ -229,8 +230,6 @@ def run_audit(engine, character_id: str, version=None, probes=None, progress: bo
                         "tokens_per_s": result.tokens_per_s, "phases": phases, "tokens": tokens})
     _record_in_registry(engine, character.id, version, result)
     if report:
-        from runtime.audit.report import write_report
-
         writing = time.perf_counter()
         result.report_html = write_report(engine.settings, audits, result)
         audits.set_report(run_id, str(result.report_html))
@@ -241,24 +240,22 @@ def run_audit(engine, character_id: str, version=None, probes=None, progress: bo
 
 def _check_version(engine, character, version) -> None:
     """Fail before asking anything when a pinned version cannot be served."""
-    if version is None or getattr(engine, "weights", None) is None:
+    if version is None or engine.weights is None:
         return
     try:
-        weights = engine.weights_for(character, version)
-    except Exception as error:
+        engine.weights_for(character, version).release()
+    except PersonaeError as error:
         raise AuditError(f"{character.id}: version {version!r} cannot be audited ({error}); "
                          f"see `personae adapters list`") from None
-    if weights.release:
-        weights.release()
 
 
 def _record_in_registry(engine, character_id: str, version, result: AuditReport) -> None:
     """Put the scores in the registry manifest of the audited version, when there is a registry."""
-    registry = getattr(engine, "registry", None) or getattr(getattr(engine, "weights", None), "registry", None)
-    if registry is None or version is None or not str(version).isdigit():
+    registry = engine.registry
+    if registry is None or not isinstance(version, int):
         return
     try:
-        registry.set_audit(character_id, int(version), result.summary())
+        registry.set_audit(character_id, version, result.summary())
     except Exception as error:  # the audit stands on its own; the manifest is a convenience
         log.warning("could not record the audit in the registry: %s", error)
 
@@ -266,8 +263,6 @@ def _record_in_registry(engine, character_id: str, version, result: AuditReport)
 def score_replies(character, items: list, context: ScoringContext | None = None, pm=None,
                   base: BaseIdentity | None = None) -> list[dict]:
     """Score replies made anywhere: items of {"prompt", "reply", "turn"?}; one result per item."""
-    from runtime.audit.probes import character_probes
-
     context = context or ScoringContext(character=character, base=base or BaseIdentity())
     scorers = collect_scorers(pm)
     card = {p.question.strip().lower(): p for p in character_probes(character)}

@@ -14,6 +14,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from runtime.audit.embeddings import EmbeddingsUnavailable, available, embed
+from runtime.audit.probes import character_traits
+
 log = logging.getLogger(__name__)
 
 MAX_SCORED_CHARS = 20_000  # a longer reply is scored on its start (and flagged as too long)
@@ -195,8 +198,6 @@ class ScoringContext:
 
     def prepare(self, replies) -> None:
         """Embed many replies in one batch ahead of scoring (much faster than one at a time)."""
-        from runtime.audit.embeddings import available, embed
-
         texts = list(dict.fromkeys(_embed_key(r) for r in replies))
         texts = [t for t in texts if t and t not in self._vectors]
         if texts and available():
@@ -206,8 +207,6 @@ class ScoringContext:
         """A reply's embedding, from the prepared batch when there is one."""
         key = _embed_key(text)
         if key not in self._vectors:
-            from runtime.audit.embeddings import embed
-
             self._vectors[key] = embed([key])[0]
         return self._vectors[key]
 
@@ -218,8 +217,6 @@ _REFERENCE_CACHE: dict = {}
 def _embed_cached(texts: tuple):
     """Reference embeddings, kept per process (the same card is scored again and again)."""
     if texts not in _REFERENCE_CACHE:
-        from runtime.audit.embeddings import embed
-
         if len(_REFERENCE_CACHE) > 64:
             _REFERENCE_CACHE.clear()
         _REFERENCE_CACHE[texts] = embed(list(texts))
@@ -411,7 +408,6 @@ def voice(reply, probe, context: ScoringContext) -> dict:
         return _result(closeness=0.0, style=0.0)
     tells = _tells(text)
     closeness = None
-    from runtime.audit.embeddings import EmbeddingsUnavailable
 
     try:
         voice_refs, generic_refs = context.references()
@@ -485,8 +481,6 @@ def judge(reply, probe, context: ScoringContext) -> dict:
 
 def _traits(character, probe) -> list[str]:
     """The traits a reply should show: the probe's, else the card's."""
-    from runtime.audit.probes import character_traits
-
     return list(getattr(probe, "traits", None) or character_traits(character)) or ["(none listed)"]
 
 

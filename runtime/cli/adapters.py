@@ -14,7 +14,7 @@ def _light_base(config):
     """The configured base model's folder and fingerprint, without loading it."""
     from types import SimpleNamespace
 
-    from runtime.models import fingerprint_folder, resolve_model_folder
+    from runtime.models.base import fingerprint_folder, resolve_model_folder
 
     folder = resolve_model_folder(config.base_model, config.cache_dir)
     return SimpleNamespace(folder=folder, fingerprint=fingerprint_folder(folder), dtype=config.dtype,
@@ -34,7 +34,7 @@ def _registry(need_base: bool = True, base=None):
 def _loaded_base():
     from rich.console import Console
 
-    from runtime.models import load_base_model
+    from runtime.models.base import load_base_model
 
     config = settings()
     with Console(stderr=True).status(f"Loading base model {config.base_model}…"):
@@ -97,10 +97,9 @@ def list_versions(name, as_json):
 def show_version(ref, as_json):
     """Show one version (NAME@V, or NAME for the active one) and check its files."""
     from adapters.errors import RegistryError
-    from adapters.registry import parse_ref
 
     registry = _registry(need_base=False)
-    version = registry.get(*parse_ref(ref))
+    version = registry.resolve(ref)
     try:
         registry.verify(version)
         integrity = "ok (every sha256 matches)"

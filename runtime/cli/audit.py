@@ -193,9 +193,9 @@ def history_command(name):
 @friendly_errors
 def compare(name, methods, limit):
     """Train NAME with each method on the same data, audit each, print the trade-off table."""
-    from runtime.audit.compare import COLUMNS, parse_methods, showdown
     from runtime.audit.probes import probe_set
     from runtime.cli.common import engine as make_engine
+    from runtime.training.showdown import COLUMNS, parse_methods, showdown
 
     try:
         chosen = parse_methods(methods)

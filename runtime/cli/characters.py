@@ -10,7 +10,7 @@ from runtime.cli.common import friendly_errors, settings
 
 
 def _catalog():
-    from runtime.catalog import Catalog
+    from runtime.characters.catalog import Catalog
     from runtime.plugins import get_plugin_manager
 
     config = settings()

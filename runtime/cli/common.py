@@ -7,50 +7,31 @@ import sys
 
 import click
 
+from runtime.errors import PersonaeError
+
 
 class UsageProblem(click.ClickException):
-    """A user error: one line on stderr, exit status 2."""
+    """A user error: one line on stderr, exit status 2 (or the PersonaeError's own)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
     def show(self, file=None):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
-# Errors that mean "the user's input or set-up is wrong", by module and class name, so that
-# building the CLI doesn't import those modules (sqlite_utils alone costs ~0.8 s).
-USER_ERRORS = {
-    ("adapters.errors", "RegistryError"),  # pickles, mismatched or damaged adapters (and its subclasses)
-    ("runtime.audit.compare", "CapabilityMissing"),
-    ("runtime.audit.probes", "ProbeFileError"),
-    ("runtime.audit.runner", "AuditError"),
-    ("runtime.catalog", "UnknownCharacter"),
-    ("runtime.characters", "CardError"),
-    ("runtime.config", "ConfigError"),
-    ("runtime.models", "ModelError"),
-    ("runtime.scheduler", "ScheduleError"),
-    ("runtime.store", "StoreError"),
-    ("runtime.training.config", "TrainingError"),
-    ("runtime.training.runs", "TrainingBusy"),
-}
-
-
-def is_user_error(error: BaseException) -> bool:
-    """Whether an error (or one of its bases) is one of the runtime's user-facing errors."""
-    return any((cls.__module__, cls.__name__) in USER_ERRORS for cls in type(error).__mro__)
-
-
 def friendly_errors(function):
-    """Turn the runtime's known errors into one-line messages with exit status 2."""
+    """Turn errors the user can fix (PersonaeError) into one line and their exit status."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except Exception as error:
-            if is_user_error(error):
-                raise UsageProblem(str(error)) from None
-            raise
+        except PersonaeError as error:
+            raise UsageProblem(str(error), error.exit_code) from None
 
     return wrapper
 
@@ -71,8 +52,8 @@ def store():
 
 def engine(**overrides):
     """An engine for the configured runtime (the model loads on first use)."""
+    from runtime.chat.build import build_engine
     from runtime.config import load_settings
-    from runtime.engine import build_engine
 
     return build_engine(load_settings(overrides))
 

@@ -24,7 +24,7 @@ def config_command(as_json):
     click.echo(f"config file: {config_path() or '(none: ./personae.toml or $PERSONAE_CONFIG)'}")
     for row in rows:
         click.echo(f"{row['name']:20} = {row['value']!r:40} ({row['source']})")
-    from runtime.precision import describe
+    from runtime.models.precision import describe
 
     click.echo(describe(resolved))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import threading
 
@@ -26,8 +25,8 @@ def registered_platforms(pm) -> list:
 @friendly_errors
 def serve(http, no_scheduler, check):
     """Serve characters on every configured platform (Discord when DISCORD_TOKEN is set)."""
+    from runtime.chat.build import build_engine
     from runtime.config import load_settings
-    from runtime.engine import build_engine
     from runtime.plugins import get_plugin_manager
 
     settings = load_settings()
@@ -49,8 +48,8 @@ def serve(http, no_scheduler, check):
         raise click.ClickException("no platform is configured: set DISCORD_TOKEN for Discord, or pass --http HOST:PORT")
     engine = build_engine(settings, pm=pm)
     scheduler = None
-    if not no_scheduler and importlib.util.find_spec("runtime.scheduler"):
-        from runtime.scheduler import start_scheduler
+    if not no_scheduler:
+        from runtime.jobs import start_scheduler
 
         scheduler = start_scheduler(engine)
     threads = [threading.Thread(target=p.run, args=(engine, settings, options), name=p.name, daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from runtime.cli.common import UsageProblem, friendly_errors
+from runtime.cli.common import engine as make_engine
 
 
 def _print_dropped(dataset) -> None:
@@ -64,15 +65,12 @@ def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_leng
 
     Multi-GPU: accelerate launch -m runtime.training.worker --character NAME --method lora
     """
-    from runtime.config import load_settings
-    from runtime.engine import build_engine
     from runtime.training import retrain
     from runtime.training.config import TrainingConfig
 
-    settings = load_settings()
-    engine = build_engine(settings)
+    engine = make_engine()
     config = TrainingConfig.from_sources(
-        settings.training, method=method, rank=rank, alpha=alpha, epochs=epochs, lr=lr, max_steps=max_steps,
+        engine.settings.training, method=method, rank=rank, alpha=alpha, epochs=epochs, lr=lr, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, full_layers=full_layers, gate=gate_kind,
     )
     engine.catalog.get(name)
@@ -109,7 +107,7 @@ def schedule_add(name, cron, method, min_new_turns):
     """Retrain NAME on a cron schedule (persisted; `personae serve` runs it)."""
     from runtime.cli.characters import _catalog
     from runtime.config import load_settings
-    from runtime.scheduler import add_schedule
+    from runtime.jobs import add_schedule
 
     settings = load_settings()
     _catalog().get(name)
@@ -126,7 +124,7 @@ def schedule_list():
     from rich.table import Table
 
     from runtime.config import load_settings
-    from runtime.scheduler import list_schedules
+    from runtime.jobs import list_schedules
     from runtime.store import Store
     from runtime.training.runs import runs
 
@@ -151,7 +149,7 @@ def schedule_list():
 def schedule_remove(name):
     """Remove NAME's schedule."""
     from runtime.config import load_settings
-    from runtime.scheduler import remove_schedule
+    from runtime.jobs import remove_schedule
 
     remove_schedule(load_settings(), name)
     click.echo(f"removed the schedule of {name}")
@@ -164,11 +162,9 @@ def schedule_remove(name):
 @friendly_errors
 def schedule_run_now(name, method, force):
     """Run NAME's scheduled retraining now (low-priority subprocess, then gate) and wait for it."""
-    from runtime.config import load_settings
-    from runtime.engine import build_engine
-    from runtime.scheduler import run_now
+    from runtime.jobs import run_now
 
-    engine = build_engine(load_settings())
+    engine = make_engine()
     outcome = run_now(engine, name, method, force=force)
     _print_outcome(outcome)
     if outcome.status == "failed":

@@ -9,9 +9,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.training.config import METHODS, TrainingConfig, TrainingError
+from adapters.registry import Registry
+from runtime.training import runs
+from runtime.training.child import train_in_subprocess
+from runtime.training.config import METHODS, TrainingConfig, TrainingError, disk_full
 from runtime.training.curate import CuratedDataset, curate
-from runtime.training.runs import TrainingBusy
+from runtime.training.gate import run_gate
+from runtime.training.runs import TrainingBusy, training_dir
+from runtime.training.trainer import run_training, write_run_files
 
 __all__ = ["train", "curate", "retrain", "TrainResult", "RetrainOutcome", "CuratedDataset", "TrainingConfig",
            "TrainingError", "TrainingBusy", "METHODS"]
@@ -52,27 +57,10 @@ class RetrainOutcome:
 
 def registry_for(engine):
     """The registry the serving side listens to (so a promotion hot-swaps in this process)."""
-    for owner in (engine, getattr(engine, "weights", None)):
-        registry = getattr(owner, "registry", None) if owner is not None else None
-        if registry is not None:
-            return registry
-    from adapters.registry import Registry
-
-    _, fingerprint = base_identity(engine)
-    registry = Registry.for_settings(engine.settings, engine.store, fingerprint, pm=engine.pm)
-    engine.registry = registry  # one registry per engine: subscribers must see the promotions
-    return registry
-
-
-def base_identity(engine) -> tuple[Path, str]:
-    """The base model's folder and fingerprint, without loading the model when it isn't loaded yet."""
-    loaded = getattr(engine, "_base", None)
-    if loaded is not None:
-        return Path(loaded.folder), loaded.fingerprint
-    from runtime.models import fingerprint_folder, resolve_model_folder
-
-    folder = resolve_model_folder(engine.settings.base_model, engine.settings.cache_dir)
-    return folder, fingerprint_folder(folder)
+    if engine.registry is not None:
+        return engine.registry
+    _, fingerprint = engine.base_identity()
+    return Registry.for_settings(engine.settings, engine.store, fingerprint, pm=engine.pm)
 
 
 def _config(engine, method=None, config=None, **overrides) -> TrainingConfig:
@@ -96,10 +84,6 @@ def _reference(active) -> dict | None:
     return {"folder": str(active.folder), "kind": active.kind, "ref": active.label}
 
 
-def _disk_full(where) -> TrainingError:
-    return TrainingError(f"no space left on the device while writing {where}: free some space (a full model needs "
-                         "about twice its size while training) and retry; nothing active was changed")
-
 
 def _register(engine, character_id, folder: Path, config, dataset, metrics, active, run_id):
     registry = registry_for(engine)
@@ -113,13 +97,10 @@ def train(engine, character_id: str, method: str = "lora", *, config: TrainingCo
           register: bool = True, progress: bool = True, run_id: str | None = None,
           output_dir: str | Path | None = None) -> TrainResult:
     """Train a character in this process and register the result as a candidate version."""
-    from runtime.training.runs import training_dir
-    from runtime.training.trainer import run_training, write_run_files
-
     character = engine.catalog.get(character_id)
     config = _config(engine, method, config)
     dataset = _as_dataset(engine, character, examples, config)
-    base_folder, _ = base_identity(engine)
+    base_folder, _ = engine.base_identity()
     active = registry_for(engine).active(character.id) if register else None
     run_id = run_id or os.urandom(4).hex()
     staging = Path(output_dir) if output_dir else training_dir(engine.settings, character.id) / f"staging-{run_id}"
@@ -134,7 +115,7 @@ def train(engine, character_id: str, method: str = "lora", *, config: TrainingCo
         version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id)
     except OSError as error:
         if error.errno == errno.ENOSPC:
-            raise _disk_full(staging) from None
+            raise disk_full(staging) from None
         raise
     finally:
         if register and not output_dir:
@@ -150,14 +131,11 @@ def retrain(engine, character_id: str, method: str | None = None, *, config: Tra
     in_subprocess=None: train in a low-priority child process when this engine is serving chats (its
     generator is running), else here (the command line, with its progress bar).
     """
-    from runtime.training import runs
-    from runtime.training.gate import run_gate
-
     character = engine.catalog.get(character_id)
     config = _config(engine, method, config)
     store, settings = engine.store, engine.settings
     if in_subprocess is None:
-        in_subprocess = getattr(engine, "_generator", None) is not None
+        in_subprocess = engine.generator_started is not None
     if os.environ.get("RANK", "0") != "0":  # a non-main rank under `accelerate launch`: just train along
         train(engine, character.id, config.method, config=config, progress=False)
         return RetrainOutcome(character.id, "candidate", "trained as a non-main rank")
@@ -177,9 +155,7 @@ def retrain(engine, character_id: str, method: str | None = None, *, config: Tra
         active = registry.active(character.id)
         try:
             if in_subprocess:
-                from runtime.training.worker import train_in_subprocess
-
-                base_folder, _ = base_identity(engine)
+                base_folder, _ = engine.base_identity()
                 staging, metrics = train_in_subprocess(engine, character.id, dataset, config, _reference(active),
                                                        run_id, base_folder)
                 runs.update_run(store, run_id, phase="registering")
@@ -195,7 +171,7 @@ def retrain(engine, character_id: str, method: str | None = None, *, config: Tra
         except Exception as error:
             reason = str(error) if isinstance(error, (TrainingError, OSError)) else f"{type(error).__name__}: {error}"
             if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-                reason = str(_disk_full(runs.training_dir(settings, character.id)))
+                reason = str(disk_full(runs.training_dir(settings, character.id)))
             runs.update_run(store, run_id, state="failed", reason=reason, phase="done")
             log.error("%s: training failed: %s", character.id, reason)
             return RetrainOutcome(character.id, "failed", reason, dropped=dataset.dropped, run_id=run_id)

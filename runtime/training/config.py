@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from runtime.errors import PersonaeError
+
 METHODS = ("lora", "hybrid", "full")
 ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PersonaeError, RuntimeError):
     """Training cannot run or failed; the message says why and what to do."""
 
 
@@ -63,7 +65,7 @@ class TrainingConfig:
     # gate
     gate: str = field(
         default="auto",
-        metadata={"help": "Promotion gate: auto (persona audit when installed, else validation loss), audit or loss."},
+        metadata={"help": "Promotion gate: auto or audit (a persona audit of candidate against active), or loss (validation loss)."},
     )
     gate_tolerance: float = field(
         default=0.02,
@@ -106,3 +108,9 @@ class TrainingConfig:
                     continue
                 values[name] = value
         return cls(**values)
+
+
+def disk_full(where) -> TrainingError:
+    """The error for a full disk while writing `where`."""
+    return TrainingError(f"no space left on the device while writing {where}: free some space (a full model needs "
+                         "about twice its size while training) and retry; nothing active was changed")

@@ -1,10 +1,10 @@
-"""The promotion gate: a persona audit of candidate vs active when installed, else validation loss."""
+"""The promotion gate: a persona audit of candidate vs active, or validation loss when asked for."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.packages import capability
+from runtime.audit.runner import gate as audit_gate
 
 
 @dataclass
@@ -15,11 +15,6 @@ class GateResult:
     reasons: list[str]
     method: str  # "audit" | "validation loss"
     details: dict = field(default_factory=dict)
-
-
-def audit_gate_available():
-    """runtime.audit.gate when the persona-audit capability is installed, else None."""
-    return capability("runtime.audit", "gate")
 
 
 def loss_gate(metrics: dict, tolerance: float) -> GateResult:
@@ -39,14 +34,9 @@ def loss_gate(metrics: dict, tolerance: float) -> GateResult:
 
 
 def run_gate(engine, character_id: str, candidate, active, metrics: dict, config) -> GateResult:
-    """Decide on a candidate Version: audit when installed (and not switched off), else validation loss."""
-    choice = getattr(config, "gate", "auto")
-    audit_gate = audit_gate_available() if choice in ("auto", "audit") else None
-    if audit_gate is None:
-        result = loss_gate(metrics, config.gate_tolerance)
-        if choice != "loss":
-            result.reasons.append("gated on validation loss: the persona audit (runtime.audit.gate) is not installed")
-        return result
+    """Decide on a candidate Version: a persona audit of candidate against active, or validation loss (gate = "loss")."""
+    if getattr(config, "gate", "auto") == "loss":
+        return loss_gate(metrics, config.gate_tolerance)
     try:
         # Thresholds come from the [audit] table (gate_alignment_tolerance, gate_leakage_tolerance, gate_probes).
         decision = audit_gate(engine, character_id, candidate.number, active.number if active else None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.plots import pyplot, save
+
 
 def plot_losses(log_history: list[dict], path: str | Path, title: str = "") -> Path:
     """Training loss per step and validation loss per evaluation, as a PNG."""
-    from runtime.plots import pyplot, save
-
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     validation = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
     figure, axes = pyplot().subplots(figsize=(6.4, 4))

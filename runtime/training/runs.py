@@ -12,6 +12,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from runtime.errors import Conflict
 from runtime.store import now
 
 migrations = sqlite_utils.Migrations("personae.training")
@@ -33,7 +34,7 @@ def m001_training_runs(db: sqlite_utils.Database) -> None:
     db["training_runs"].create_index(["character", "started"])
 
 
-class TrainingBusy(RuntimeError):
+class TrainingBusy(Conflict, RuntimeError):
     """Another training of the same character is running (in this or another process)."""
 
 

@@ -9,8 +9,10 @@ import shutil
 import time
 from pathlib import Path
 
+from adapters.full_delta import load_full  # full versions may be stored as a delta from the base
 from runtime.training.config import TrainingConfig, TrainingError
 from runtime.training.dataset import PadCollator, tokenize_examples
+from runtime.training.plots import plot_losses
 
 
 def folder_bytes(folder: Path) -> int:
@@ -108,7 +110,6 @@ def _reference_model(base_folder: Path, reference: dict, dtype):
     if reference.get("kind") == "full":
         from types import SimpleNamespace
 
-        from adapters.full_delta import load_full  # full versions may be stored as a delta from the base
 
         base = SimpleNamespace(folder=base_folder, fingerprint=None, dtype="float32")
         return load_full(folder, base).to(dtype)
@@ -220,8 +221,6 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress)
 
 def write_run_files(output_dir: Path, outcome: dict, config: TrainingConfig, dataset, title: str) -> Path:
     """The loss plot and the run's log beside the weights (they travel into the registry with them)."""
-    from runtime.training.plots import plot_losses
-
     plot = plot_losses(outcome["log_history"], output_dir / "loss.png", title)
     (output_dir / "training.json").write_text(json.dumps(
         {"config": config.to_dict(), "metrics": outcome["metrics"], "log_history": outcome["log_history"],

@@ -29,10 +29,11 @@ print(time.perf_counter() - t0)
 ENGINE_STARTUP = """
 import sys, time
 t0 = time.perf_counter()
-from runtime.engine import Turn, build_engine
+from runtime.chat.build import build_engine
+from runtime.chat.engine import Turn
 engine = build_engine()
 reply = engine.reply(Turn(platform="bench", channel="startup", user_id="b", text=sys.argv[1],
-                          character="pixel", sampling={"temperature": 0, "max_new_tokens": 4}))
+                          character=engine.catalog.get("pixel"), sampling={"temperature": 0, "max_new_tokens": 4}))
 next(iter(reply))
 print(time.perf_counter() - t0)
 reply.cancel()
@@ -49,14 +50,14 @@ def test_foundation_benchmarks(real_base, make_engine, isolated_environment):
     import torch
 
     from plugins.console import ConsoleChat
-    from runtime.engine import Turn
+    from runtime.chat.engine import Turn
 
     engine = make_engine(real_base)
     character = engine.catalog.get("pixel")
     question = "Tell me about your favourite game, in detail."
 
     # --- start-up to first streamed token, fresh processes, alternating, median of 3 ---
-    warm = engine.reply(Turn(platform="bench", channel="ids", user_id="b", text=question, character="pixel",
+    warm = engine.reply(Turn(platform="bench", channel="ids", user_id="b", text=question, character=engine.catalog.get("pixel"),
                              sampling={"temperature": 0, "max_new_tokens": 1}))
     warm.result()
     ids = warm.stream.request.input_ids

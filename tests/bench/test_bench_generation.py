@@ -53,14 +53,14 @@ def prompts_for(tokenizer, count):
 
 
 def greedy(max_new_tokens=NEW_TOKENS, **extra):
-    from runtime.generation import SamplingSettings
+    from runtime.generation.types import SamplingSettings
 
     return SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=max_new_tokens, **extra)
 
 
 def run_together(gen, prompts, adapters, sampling=None):
     """Submit all at once; (tokens/s, texts)."""
-    from runtime.generation import Request
+    from runtime.generation.types import Request
 
     started = time.perf_counter()
     streams = [gen.submit(Request(p, sampling or greedy(), a)) for p, a in zip(prompts, adapters)]
@@ -70,7 +70,7 @@ def run_together(gen, prompts, adapters, sampling=None):
 
 
 def run_one_by_one(gen, prompts, adapters):
-    from runtime.generation import Request
+    from runtime.generation.types import Request
 
     started = time.perf_counter()
     tokens, texts = 0, []
@@ -124,7 +124,7 @@ def static_batch_tokens_per_s(model, tokenizer, prompts, new_tokens=NEW_TOKENS):
 
 def staggered(gen, prompts, adapters, gap, new_tokens=NEW_TOKENS):
     """Chats arriving `gap` seconds apart; returns (ttfts, tokens/s from first arrival to last token)."""
-    from runtime.generation import Request
+    from runtime.generation.types import Request
 
     streams = []
     started = time.perf_counter()
@@ -167,7 +167,7 @@ def rss_mb():
 @pytest.fixture(scope="module")
 def setup(real_base, tmp_path_factory):
     """SmolLM2, 8 adapters, prompts; the generator with the adapters loaded (load / swap / memory rows)."""
-    from runtime.generation import Generator
+    from runtime.generation.batching import BatchingGenerator as Generator
 
     global ROWS
     base, tokenizer = real_base, real_base.tokenizer
@@ -223,10 +223,10 @@ def test_bench_mixed_adapters(setup):
 
 def character_prompts(tokenizer, count, history=(), card_of=lambda index: index % 3, questions=QUESTIONS):
     """Prompts as the engine builds them: a built-in character's card, (earlier turns,) one user question."""
-    from runtime.catalog import Catalog
+    from runtime.characters.catalog import Catalog
+    from runtime.characters.prompt import build_messages
     from runtime.config import load_settings
     from runtime.plugins import get_plugin_manager
-    from runtime.prompt import build_messages
 
     settings = load_settings()
     catalog = Catalog(get_plugin_manager(settings.plugins_dir), settings.data_dir)
@@ -242,7 +242,7 @@ def character_prompts(tokenizer, count, history=(), card_of=lambda index: index 
 
 def lone_chats(gen, prompts, weights, sampling):
     """Each prompt served while nothing else runs: (median TTFT, median seconds to its whole reply)."""
-    from runtime.generation import Request
+    from runtime.generation.types import Request
 
     ttfts, replies = [], []
     for prompt, adapter in zip(prompts, weights):
@@ -302,7 +302,7 @@ def test_bench_staggered_characters(setup):
     reply: they all start while one chat would be answered.
     """
     global ROWS
-    from runtime.generation import BASE_ADAPTER
+    from runtime.generation.types import BASE_ADAPTER
 
     gen, names, tokenizer = setup["gen"], setup["names"], setup["tokenizer"]
     cards, weights_of = [0, 1, 2, 0], [names[0], names[1], names[2], BASE_ADAPTER]
@@ -327,7 +327,7 @@ def test_bench_staggered_saturated(setup):
     every 0.5 x TTFT + 50 ms.
     """
     global ROWS
-    from runtime.generation import BASE_ADAPTER
+    from runtime.generation.types import BASE_ADAPTER
 
     gen, names, tokenizer = setup["gen"], setup["names"], setup["tokenizer"]
     weights = [names[i % 4] if i % 5 else BASE_ADAPTER for i in range(16)]
@@ -344,7 +344,7 @@ def test_bench_staggered_saturated(setup):
 
 def test_bench_prefix_cache(setup):
     """Time to first token of a character prompt: cold, then a new chat with the same card, then the next turn."""
-    from runtime.generation import Request
+    from runtime.generation.types import Request
 
     global ROWS
     gen, tokenizer, weights = setup["gen"], setup["tokenizer"], setup["names"][5]  # weights no other test used
@@ -370,7 +370,7 @@ def test_bench_prefix_cache(setup):
 def test_bench_engine_vs_generate(setup, make_engine):
     import torch
 
-    from runtime.engine import Turn
+    from runtime.chat.engine import Turn
 
     global ROWS
     base, tokenizer = setup["base"], setup["tokenizer"]
@@ -379,7 +379,7 @@ def test_bench_engine_vs_generate(setup, make_engine):
     engine_tps, raw_tps = [], []
     for i in range(2):
         reply = engine.reply(Turn(platform="bench", channel=f"e{i}", user_id="b", text=QUESTIONS[i],
-                                  character="pixel", sampling={"temperature": 0, "max_new_tokens": 32}))
+                                  character=engine.catalog.get("pixel"), sampling={"temperature": 0, "max_new_tokens": 32}))
         reply.result()
         stream = reply.stream
         engine_tps.append(stream.completion_tokens / (stream.finished_at - stream.request.submitted))
@@ -401,11 +401,12 @@ def test_bench_engine_vs_generate(setup, make_engine):
 
 
 def test_bench_precision(setup):
-    from runtime.catalog import Catalog
+    from runtime.characters.catalog import Catalog
     from runtime.config import load_settings
-    from runtime.generation import BASE_ADAPTER, Generator, Request
+    from runtime.generation.batching import BatchingGenerator as Generator
+    from runtime.generation.types import BASE_ADAPTER, Request
+    from runtime.models.precision import convert, perplexity, probe_bf16
     from runtime.plugins import get_plugin_manager
-    from runtime.precision import convert, perplexity, probe_bf16
 
     global ROWS
     base, tokenizer, many = setup["base"], setup["tokenizer"], setup["many"]

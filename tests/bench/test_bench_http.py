@@ -12,9 +12,9 @@ import time
 
 import httpx
 from bench_utils import report
-
-from runtime.engine import Turn
 from http_server import LiveServer
+
+from runtime.chat.engine import Turn
 
 NEW_TOKENS = 32
 ROUNDS = 2
@@ -28,7 +28,7 @@ def in_process(engine, question: str) -> tuple[float, float, int]:
     started = time.perf_counter()
     first = None
     reply = engine.reply(Turn(platform="bench", channel="in-process", user_id="bench", text=question,
-                              character="captain-mara-voss", sampling=SAMPLING, history=[]))
+                              character=engine.catalog.get("captain-mara-voss"), sampling=SAMPLING, history=[]))
     for piece in reply:
         if first is None and piece.strip():
             first = time.perf_counter() - started

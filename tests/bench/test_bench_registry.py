@@ -15,7 +15,6 @@ from adapters.manifest import sha256_file
 from adapters.registry import Registry
 from runtime.store import Store
 
-
 PROMPTS = ("Who are you?", "Tell me about the sea.")
 
 

@@ -15,11 +15,11 @@ import time
 
 from bench_utils import RESULTS, report
 
-from runtime.engine import Turn
+from runtime.chat.engine import Turn
 from runtime.training import curate, registry_for
+from runtime.training.child import train_in_subprocess
 from runtime.training.config import TrainingConfig
 from runtime.training.runs import get_run, start_run
-from runtime.training.worker import train_in_subprocess
 
 STEPS = int(os.environ.get("PERSONAE_BENCH_TRAIN_STEPS", "4"))
 CHATS = int(os.environ.get("PERSONAE_BENCH_CHATS", "8"))
@@ -41,7 +41,7 @@ def _chat_latencies(engine, count: int) -> list[float]:
     for i in range(count):
         started = time.perf_counter()
         engine.reply(Turn(platform="bench", channel=f"b{i % 3}", user_id="b", text=f"Tell me about level {i}",
-                          character="pixel", sampling={"temperature": 0, "max_new_tokens": 16})).result()
+                          character=engine.catalog.get("pixel"), sampling={"temperature": 0, "max_new_tokens": 16})).result()
         latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -52,7 +52,7 @@ def _p95(values: list[float]) -> float:
 
 
 def test_bench_training_methods_and_chat_latency(make_engine, real_base):
-    engine = make_engine(real_base, registry=True)
+    engine = make_engine(real_base)
     _log(engine.store, 24)
     character = engine.catalog.get("pixel")
     registry = registry_for(engine)

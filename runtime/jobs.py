@@ -8,6 +8,10 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from runtime.errors import PersonaeError
+from runtime.training import RetrainOutcome, TrainingBusy, retrain
+from runtime.training.config import METHODS, TrainingConfig
+
 log = logging.getLogger(__name__)
 
 JOBSTORE = "schedules"  # persisted: the users' retraining schedules
@@ -20,7 +24,7 @@ _engines: dict = {}  # the engine the persisted jobs run against, set by start_s
 _schedulers: dict = {}  # id(engine) -> the scheduler started for it
 
 
-class ScheduleError(ValueError):
+class ScheduleError(PersonaeError, ValueError):
     """A schedule that cannot be added or found; the message says what to do."""
 
 
@@ -74,8 +78,6 @@ def cron_trigger(cron: str, settings=None):
 
 def add_schedule(settings, character: str, cron: str, method: str = "lora", min_new_turns: int = 50) -> dict:
     """Add (or replace) a character's retraining schedule; it persists across restarts."""
-    from runtime.training.config import METHODS
-
     if method not in METHODS:
         raise ScheduleError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if min_new_turns < 0:
@@ -83,7 +85,7 @@ def add_schedule(settings, character: str, cron: str, method: str = "lora", min_
     trigger = cron_trigger(cron, settings)
     with _Paused(settings) as scheduler:
         scheduler.add_job(
-            "runtime.scheduler:scheduled_retrain", trigger, id=JOB_PREFIX + character, jobstore=JOBSTORE,
+            "runtime.jobs:scheduled_retrain", trigger, id=JOB_PREFIX + character, jobstore=JOBSTORE,
             name=f"retrain {character}", replace_existing=True,
             kwargs={"character": character, "method": method, "min_new_turns": int(min_new_turns), "cron": cron},
         )
@@ -116,9 +118,6 @@ def remove_schedule(settings, character: str) -> None:
 def scheduled_retrain(character: str, method: str = "lora", min_new_turns: int = 50, cron: str = "",
                       engine=None, force: bool = False):
     """The job a schedule runs: retrain in a low-priority subprocess, then gate and promote here."""
-    from runtime.training import TrainingBusy, retrain
-    from runtime.training.config import TrainingConfig
-
     engine = engine or _engines.get("current")
     if engine is None:
         log.warning("retrain %s: no engine in this process (start_scheduler was not called); skipped", character)
@@ -129,7 +128,6 @@ def scheduled_retrain(character: str, method: str = "lora", min_new_turns: int =
                           trigger="run-now" if force else "schedule", in_subprocess=True, progress=False)
     except TrainingBusy as error:
         log.info("retrain %s skipped: %s", character, error)
-        from runtime.training import RetrainOutcome
 
         return RetrainOutcome(character, "skipped", str(error))
     log.info("scheduled retrain: %s", outcome.summary())

@@ -7,10 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.characters import Character, CardError, load_card, save_card
+from runtime.characters.card import CardError, Character
+from runtime.characters.card_files import load_card, save_card
+from runtime.errors import NotFound
 
 
-class UnknownCharacter(KeyError):
+class UnknownCharacter(NotFound, KeyError):
     """A character name nobody registered; the message lists the known ones."""
 
     def __init__(self, name: str, known: list[str]):

@@ -1,7 +1,7 @@
 """The generator's public types: requests, their sampling settings, reply streams, the busy error.
 
-The worker itself (continuous batching, batched multi-LoRA) is runtime.batching.BatchingGenerator,
-reachable here as `Generator`.
+Every backend speaks these; the local one (continuous batching, batched multi-LoRA) is
+runtime.generation.batching.BatchingGenerator.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from runtime.errors import Busy
+
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in mixed batches
 
 
-class GeneratorBusy(RuntimeError):
+class GeneratorBusy(Busy):
     """The request queue is full; retry after `retry_after` seconds."""
 
     def __init__(self, retry_after: float):
-        self.retry_after = max(1, round(retry_after))
-        super().__init__(f"the model is busy ({self.retry_after} s until a slot frees up); please retry then")
+        seconds = max(1, round(retry_after))
+        super().__init__(f"the model is busy ({seconds} s until a slot frees up); please retry then", seconds)
 
 
 @dataclass
@@ -119,11 +121,3 @@ class ReplyStream:
         """Seconds from submission to the first piece."""
         return None if self.first_token_at is None else self.first_token_at - self.request.submitted
 
-
-def __getattr__(name):
-    """`Generator` is the continuous-batching worker in runtime.batching (imported lazily: it imports us)."""
-    if name == "Generator":
-        from runtime.batching import BatchingGenerator
-
-        return BatchingGenerator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

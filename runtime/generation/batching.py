@@ -4,9 +4,9 @@ Each decode step runs all live rows of a model together. Requests that arrived d
 are prefilled together in one left-padded forward pass, then their cache is stacked into the
 running batch, so they join at the next step; finished or cancelled rows are cut out of the
 cache between steps. On CPU the worker serves from a copy of the model whose Linear weights
-are prepacked for oneDNN (runtime.packed), which is what makes batched steps cheap there.
+are prepacked for oneDNN (runtime.generation.packed), which is what makes batched steps cheap there.
 Rows carry their own position ids, sampling processors (transformers' LogitsProcessor
-classes), random generator and adapter slot (runtime.lora_batch), so a row's greedy output
+classes), random generator and adapter slot (runtime.generation.lora_batch), so a row's greedy output
 does not depend on what else is in the batch.
 """
 
@@ -18,56 +18,23 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.detok import Detokenizer, StopText
-from runtime.kv_cache import full_attention_only, new_cache
-from runtime.generation import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request
+from runtime.generation.detok import Detokenizer, StopText
+from runtime.generation.kv_cache import new_cache
+from runtime.generation.lora_batch import LoraBatch
+from runtime.generation.packed import serving_copy
+from runtime.generation.prefix_cache import PrefixCache
+from runtime.generation.rows import Batch, Row
+from runtime.generation.sampling import RowSampler
+from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request
+from runtime.models.peft_files import read_peft_adapter
 
 log = logging.getLogger("personae.generator")
 
 
 class UnknownAdapter(LookupError):
     """A request named weights the generator does not know."""
-
-
-@dataclass
-class _Row:
-    """One reply being decoded."""
-
-    stream: ReplyStream
-    model_key: str | None  # None = the base model
-    adapter: str  # LoRA adapter name on the base, or BASE_ADAPTER
-    ids: object = None  # LongTensor buffer: prompt + generated tokens
-    length: int = 0
-    prompt_length: int = 0
-    processors: object = None
-    greedy: bool = True
-    rng: object = None
-    detok: Detokenizer | None = None
-    stop: StopText | None = None
-    done: bool = False
-
-    @property
-    def generated(self) -> int:
-        return self.length - self.prompt_length
-
-
-@dataclass
-class _Batch:
-    """The live rows of one model with their stacked KV cache and padding mask."""
-
-    model: object
-    lora: object = None  # LoraBatch (base model only)
-    rows: list = field(default_factory=list)
-    cache: object = None
-    mask: object = None  # LongTensor [rows, cache length]: 0 = left padding
-    full_attention: bool = False  # every layer keeps all positions: growing KV cache, reusable prefixes
-
-    @classmethod
-    def of(cls, model) -> "_Batch":
-        return cls(model, full_attention=full_attention_only(model))
 
 
 class BatchingGenerator:
@@ -77,9 +44,6 @@ class BatchingGenerator:
 
     def __init__(self, model, tokenizer, max_queue: int = 64, threads: int = 0, max_batch: int = 16,
                  max_adapters: int = 16, max_models: int = 2, pack: bool = True, prefix_cache_mb: int = 256):
-        from runtime.packed import serving_copy
-        from runtime.prefix_cache import PrefixCache
-
         self.model = model
         self.pack = pack
         # What the worker runs: shares the model's tensors, Linear weights prepacked where supported.
@@ -94,8 +58,8 @@ class BatchingGenerator:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pending: collections.deque = collections.deque()  # admitted later (no free adapter slot)
-        self._batches: dict[str | None, _Batch] = {None: _Batch.of(self.serving)}
-        self._admitting: list[_Row] = []  # rows picked for the next prefill (their weights must stay)
+        self._batches: dict[str | None, Batch] = {None: Batch.of(self.serving)}
+        self._admitting: list[Row] = []  # rows picked for the next prefill (their weights must stay)
         # Prompts' KV by weights, so a prompt repeating a stored prefix (the card, earlier turns) skips it.
         self.prefixes = PrefixCache(int(prefix_cache_mb) << 20) if prefix_cache_mb else None
         self._adapter_folders: dict[str, Path] = {}
@@ -274,7 +238,7 @@ class BatchingGenerator:
                 continue
             rows.append(row)
         taken = len(rows)
-        groups: dict[str | None, list[_Row]] = {}
+        groups: dict[str | None, list[Row]] = {}
         for row in rows:
             groups.setdefault(row.model_key, []).append(row)
         for group in groups.values():
@@ -286,10 +250,8 @@ class BatchingGenerator:
         rows.clear()
         return taken
 
-    def _new_row(self, stream: ReplyStream) -> _Row | None:
+    def _new_row(self, stream: ReplyStream) -> Row | None:
         import torch
-        from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
-                                  RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper)
 
         request = stream.request
         name = request.adapter or BASE_ADAPTER
@@ -315,32 +277,16 @@ class BatchingGenerator:
         prompt = list(request.input_ids)
         if not prompt:
             raise ValueError("empty prompt")
-        row = _Row(stream, key, adapter)
+        row = Row(stream, key, adapter)
         row.ids = torch.empty(len(prompt) + max(1, sampling.max_new_tokens), dtype=torch.long)
         row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         row.length = row.prompt_length = len(prompt)
-        processors = LogitsProcessorList()
-        if sampling.min_new_tokens and self.eos:
-            processors.append(MinNewTokensLengthLogitsProcessor(len(prompt), int(sampling.min_new_tokens),
-                                                                sorted(self.eos)))
-        if sampling.repetition_penalty and sampling.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(float(sampling.repetition_penalty)))
-        row.greedy = not sampling.temperature or sampling.temperature <= 0
-        if not row.greedy:
-            processors.append(TemperatureLogitsWarper(float(sampling.temperature)))
-            if sampling.top_p is not None and 0 < sampling.top_p < 1:
-                processors.append(TopPLogitsWarper(float(sampling.top_p)))
-            row.rng = torch.Generator()
-            if sampling.seed:
-                row.rng.manual_seed(int(sampling.seed))
-            else:
-                row.rng.seed()
-        row.processors = processors
+        row.sampler = RowSampler(sampling, len(prompt), self.eos)
         row.detok = Detokenizer(self.tokenizer)
         row.stop = StopText(list(sampling.stop or []))
         return row
 
-    def _prefill(self, rows: list[_Row]) -> None:
+    def _prefill(self, rows: list[Row]) -> None:
         """Prefill new rows of one model: from a stored prefix where one matches, the rest in one padded pass."""
         key = rows[0].model_key
         batch = self._batches[key]
@@ -356,7 +302,7 @@ class BatchingGenerator:
         if fresh:
             self._prefill_rows(batch, fresh)
 
-    def _prefill_rows(self, batch: _Batch, rows: list[_Row], start: int = 0, prefix=None) -> None:
+    def _prefill_rows(self, batch: Batch, rows: list[Row], start: int = 0, prefix=None) -> None:
         """One forward over the rows' prompts (left-padded; after `start` cached tokens for a single row)."""
         import torch
 
@@ -401,7 +347,7 @@ class BatchingGenerator:
         self._merge(batch, cache, mask)
         batch.rows.extend(rows[i] for i in keep)
 
-    def _merge(self, batch: _Batch, cache, new_mask) -> None:
+    def _merge(self, batch: Batch, cache, new_mask) -> None:
         """Stack new rows' cache (mask [rows, length]) into the batch, left-padding the shorter side."""
         import torch
         import torch.nn.functional as F
@@ -426,7 +372,7 @@ class BatchingGenerator:
         batch.mask = torch.cat([batch.mask, new_mask], dim=0)
 
     # --- one decode step -------------------------------------------------------------------------
-    def _step(self, batch: _Batch) -> None:
+    def _step(self, batch: Batch) -> None:
         import torch
 
         for row in batch.rows:
@@ -455,7 +401,7 @@ class BatchingGenerator:
         self.stats["tokens"] += len(rows)
         self._drop_finished(batch)
 
-    def _drop_finished(self, batch: _Batch) -> None:
+    def _drop_finished(self, batch: Batch) -> None:
         """Cut finished rows out of the batch and its cache; trim padding no row needs any more."""
         import torch
 
@@ -479,30 +425,21 @@ class BatchingGenerator:
             self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
         self._release_unused()
 
-    def _sample(self, rows: list[_Row], logits) -> None:
+    def _sample(self, rows: list[Row], logits) -> None:
         """Pick and record each row's next token from the last position's logits."""
         last = logits[:, -1, :].float()
         for index, row in enumerate(rows):
-            self._accept(row, self._choose(row, last[index: index + 1]))
+            self._accept(row, row.sampler.choose(row.ids[: row.length], last[index: index + 1]))
 
     @staticmethod
-    def _fail(rows: list[_Row], error: BaseException) -> None:
+    def _fail(rows: list[Row], error: BaseException) -> None:
         """End every unfinished row with the error."""
         for row in rows:
             if not row.done:
                 row.done = True
                 row.stream.finish("error", error)
 
-    def _choose(self, row: _Row, logits):
-        import torch
-
-        scores = row.processors(row.ids[: row.length].unsqueeze(0), logits) if row.processors else logits
-        if row.greedy:
-            return int(torch.argmax(scores, dim=-1)[0])
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=row.rng)[0, 0])
-
-    def _accept(self, row: _Row, token: int) -> None:
+    def _accept(self, row: Row, token: int) -> None:
         """Record a sampled token; stream its text; finish the row at EOS, a stop string or the limit."""
         row.ids[row.length] = token
         row.length += 1
@@ -518,7 +455,7 @@ class BatchingGenerator:
         if row.length >= row.ids.shape[0]:  # ids hold the prompt and max_new_tokens (at least 1) more
             return self._finish(row, "length")
 
-    def _finish(self, row: _Row, reason: str, flush: bool = True) -> None:
+    def _finish(self, row: Row, reason: str, flush: bool = True) -> None:
         if flush:
             tail = row.stop.feed(row.detok.flush())
             if not row.stop.stopped:
@@ -551,8 +488,6 @@ class BatchingGenerator:
         return self._make_room(self._adapter_lru, self.max_adapters, self._drop_adapter)
 
     def _load_adapter(self, name: str) -> float:
-        from runtime.lora_batch import LoraBatch, read_peft_adapter
-
         started = time.perf_counter()
         folder = self._adapter_folders.get(name)
         if folder is None:
@@ -617,13 +552,12 @@ class BatchingGenerator:
             raise RuntimeError(f"all {self.max_models} full-model slots are busy; raise max_models")
         model.eval()
         if self.pack:  # the generator owns this copy: its dense Linear weights can go once packed
-            from runtime.packed import serving_copy
 
             model = serving_copy(model, self.max_batch, keep_dense=False)
         self._doomed.discard(name)
         self._forget_prefixes(model_key=name)
         self._models[name] = model
-        self._batches[name] = _Batch.of(model)  # any batch left under this name has no rows
+        self._batches[name] = Batch.of(model)  # any batch left under this name has no rows
 
     def _drop_model(self, name: str) -> None:
         if name in self._in_use():

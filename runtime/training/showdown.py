@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
+
+from runtime.audit.probes import probe_set
+from runtime.audit.report import audit_folder
+from runtime.audit.runner import run_audit
+from runtime.errors import PersonaeError
+from runtime.plots import pyplot, save
+from runtime.training import curate, train
 
 METHODS = ("prompt", "lora", "hybrid", "full")
 COLUMNS = ("method", "aligned", "minor", "leakage", "train_seconds", "peak_memory_mb", "bytes_on_disk", "tokens_per_s")
 
 
-class CapabilityMissing(RuntimeError):
-    """A part the showdown needs (training) is not installed."""
-
-
-def _training():
-    if importlib.util.find_spec("runtime.training") is None:
-        raise CapabilityMissing("capability not installed: `personae compare` needs runtime.training to train")
-    import runtime.training as training
-
-    if not hasattr(training, "train"):
-        raise CapabilityMissing("capability not installed: runtime.training has no train()")
-    return training
+class UnknownMethod(PersonaeError, ValueError):
+    """A method name `personae compare` does not know."""
 
 
 def parse_methods(text: str) -> list[str]:
@@ -30,30 +26,25 @@ def parse_methods(text: str) -> list[str]:
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+        raise UnknownMethod(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
 
 
 def showdown(engine, character_id: str, methods=METHODS, probes=None, progress: bool = True,
              train_config=None, examples=None) -> dict:
     """Train every method (prompt = the card alone, on the base) and audit each on the same probes."""
-    from runtime.audit.probes import probe_set
-    from runtime.audit.runner import run_audit
-    from runtime.audit.report import audit_folder
-
     character = engine.catalog.get(character_id)
     trained = [m for m in methods if m != "prompt"]
-    training = _training() if trained else None
     probes = list(probes) if probes is not None else probe_set(character)
-    if trained and examples is None and hasattr(training, "curate"):
+    if trained and examples is None:
         # One curated dataset for every method, so the comparison is fair.
-        examples = training.curate(engine.store, character, engine.settings, pm=engine.pm)
+        examples = curate(engine.store, character, engine.settings, pm=engine.pm)
     rows = []
     for method in methods:
         metrics, version = {}, "base"
         if method != "prompt":
             clock = time.perf_counter()
-            result = training.train(engine, character.id, method, config=train_config, examples=examples,
+            result = train(engine, character.id, method, config=train_config, examples=examples,
                                     progress=progress)
             metrics = dict(result.metrics or {})
             metrics.setdefault("seconds", time.perf_counter() - clock)
@@ -75,8 +66,6 @@ def showdown(engine, character_id: str, methods=METHODS, probes=None, progress: 
 
 def plot_showdown(rows: list[dict], path: Path, character: str) -> Path:
     """Aligned / minor / leakage per method beside training time."""
-    from runtime.plots import pyplot, save
-
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(9, 3.4))
     names = [r["method"] for r in rows]
     width = 0.25

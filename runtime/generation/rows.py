@@ -1,0 +1,46 @@
+"""The worker's bookkeeping: one reply being decoded (a row) and the live rows of one model (a batch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.generation.detok import Detokenizer, StopText
+from runtime.generation.kv_cache import full_attention_only
+from runtime.generation.sampling import RowSampler
+from runtime.generation.types import ReplyStream
+
+
+@dataclass
+class Row:
+    """One reply being decoded."""
+
+    stream: ReplyStream
+    model_key: str | None  # None = the base model
+    adapter: str  # LoRA adapter name on the base, or BASE_ADAPTER
+    ids: object = None  # LongTensor buffer: prompt + generated tokens
+    length: int = 0
+    prompt_length: int = 0
+    sampler: RowSampler | None = None
+    detok: Detokenizer | None = None
+    stop: StopText | None = None
+    done: bool = False
+
+    @property
+    def generated(self) -> int:
+        return self.length - self.prompt_length
+
+
+@dataclass
+class Batch:
+    """The live rows of one model with their stacked KV cache and padding mask."""
+
+    model: object
+    lora: object = None  # LoraBatch (base model only)
+    rows: list = field(default_factory=list)
+    cache: object = None
+    mask: object = None  # LongTensor [rows, cache length]: 0 = left padding
+    full_attention: bool = False  # every layer keeps all positions: growing KV cache, reusable prefixes
+
+    @classmethod
+    def of(cls, model) -> "Batch":
+        return cls(model, full_attention=full_attention_only(model))
