@@ -60,8 +60,21 @@ class Settings:
         default="", metadata={"help": "Character used when none is named; empty = the first built-in."}
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling threshold."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold; 1 = off (min_p does the job)."})
+    top_k: int = field(default=40, metadata={"help": "Sample from the k likeliest tokens only; 0 = off."})
+    min_p: float = field(
+        default=0.1,
+        metadata={"help": "Drop tokens less likely than this share of the likeliest one (keeps small models "
+                          "coherent at chat temperatures); 0 = off."},
+    )
     repetition_penalty: float = field(default=1.1, metadata={"help": "Penalty for repeated tokens; 1 = off."})
+    repeat_last_n: int = field(
+        default=64,
+        metadata={"help": "How many recent tokens the repetition penalty covers (-1 = the whole prompt, card "
+                          "included; 0 = off)."},
+    )
+    frequency_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style frequency penalty on the reply's tokens."})
+    presence_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style presence penalty on the reply's tokens."})
     max_new_tokens: int = field(default=160, metadata={"help": "Longest reply, in tokens."})
     context_tokens: int = field(
         default=2048, metadata={"help": "Prompt budget in tokens (capped by the model's own context)."}

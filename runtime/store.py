@@ -235,14 +235,17 @@ class Store:
         """Change fields of a logged message (e.g. the platform's message id once sent)."""
         self.write(lambda: self.db["messages"].update(message_id, fields))
 
-    def history(self, conversation_id: int, limit: int = 40, before_id: int | None = None) -> list[dict]:
-        """The latest messages of a conversation, oldest first, without superseded swipes."""
+    def history(self, conversation_id: int, limit: int = 40, before_id: int | None = None,
+                degenerate: bool = False) -> list[dict]:
+        """The latest messages of a conversation, oldest first, without superseded swipes (or degenerate replies)."""
         rows = self.query(
             "select * from messages where conversation_id = ? and (? is null or id < ?) "
             # A regenerated reply replaces the one it re-rolls in the history.
             "and id not in (select swipe_of from messages where swipe_of is not null) "
+            # A reply the degeneration guard stopped would teach the model its own word salad.
+            "and (? or coalesce(json_extract(meta, '$.finish_reason'), '') != 'degenerate') "
             "order by id desc limit ?",
-            [conversation_id, before_id, before_id, limit],
+            [conversation_id, before_id, before_id, degenerate, limit],
         )
         return rows[::-1]
 

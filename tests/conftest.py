@@ -114,11 +114,17 @@ class PromptSpy:
     """Records the chat messages the engine sends to the model (a prompt_messages hook)."""
 
     def __init__(self):
-        self.prompts = []
+        self.prompts, self.characters = [], []
 
     @hookimpl
     def prompt_messages(self, character, messages, turn):
         self.prompts.append([dict(m) for m in messages])
+        self.characters.append(character)
+
+    def chat(self, index: int = -1) -> list[str]:
+        """The chat part of a recorded prompt: its texts after the card and the example dialogue turns."""
+        examples = sum(len(block) for block in self.characters[index].example_dialogues())
+        return [m["content"] for m in self.prompts[index][1 + examples:] if m["role"] != "system"]
 
 
 @pytest.fixture

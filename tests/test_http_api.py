@@ -99,7 +99,7 @@ def test_the_clients_messages_are_the_history(server, engine, spy):
     ]
     server.openai().chat.completions.create(model="pixel", messages=messages, max_tokens=4)
     prompt = spy.prompts[-1]
-    contents = [m["content"] for m in prompt if m["role"] != "system"]  # card and post-history aside
+    contents = spy.chat()  # card, example dialogues and lore aside
     assert contents == ["Beep! Pixel here.", "My cat is called Biscuit.", "Biscuit is a great name!",
                              "What is my cat called?"]
     assert not any("generic assistant" in m["content"] for m in prompt)
@@ -113,7 +113,7 @@ def test_a_conversation_header_keeps_the_logged_history(server, engine, spy):
     for text in ("I live in Lisbon.", "Where do I live?"):
         client.chat.completions.create(model="captain-mara-voss", messages=[{"role": "user", "content": text}],
                                        max_tokens=4, extra_headers=headers)
-    contents = [m["content"] for m in spy.prompts[-1] if m["role"] != "system"]
+    contents = spy.chat()
     greeting = engine.greeting(engine.catalog.get("captain-mara-voss"))
     assert contents[:2] == [greeting, "I live in Lisbon."] and contents[-1] == "Where do I live?"
     logged = rows(engine, "select role, channel from messages order by id")
@@ -122,7 +122,7 @@ def test_a_conversation_header_keeps_the_logged_history(server, engine, spy):
     # Without a conversation or user, a one-message request starts from nothing.
     client.chat.completions.create(model="captain-mara-voss", messages=[{"role": "user", "content": "Hi"}],
                                    max_tokens=4)
-    assert [m["content"] for m in spy.prompts[-1] if m["role"] != "system"] == ["Hi"]
+    assert spy.chat() == ["Hi"]
 
 
 def test_regenerate_rerolls_the_last_reply(server, engine):

@@ -50,16 +50,20 @@ def history(n):
     return turns
 
 
+EXAMPLE_TURNS = [{"role": "user", "content": "Any ships?"}, {"role": "assistant", "content": "Two. Both lost."},
+                 {"role": "user", "content": "Tea?"}, {"role": "assistant", "content": "Always."}]
+
+
 def test_everything_fits_when_budget_is_ample(tokenizer):
     character = parse_card(CARD)
     messages = build_messages(character, history(2), tokenizer, 2000, user="Ann")
     system = messages[0]["content"]
     assert messages[0]["role"] == "system" and "Brine is an old lighthouse keeper who talks to Ann" in system
-    assert "The kraken sleeps" in system and "Ann: Any ships?" in system and "Brine: Two. Both lost." in system
+    assert system.endswith("Reply in under 40 words.")  # the post-history instruction closes the system prompt
+    assert messages[1:5] == EXAMPLE_TURNS  # example dialogues as real turns, not a transcript
+    assert messages[5] == {"role": "system", "content": "What you know:\nThe kraken sleeps under the reef."}
+    assert messages[6:] == history(2)
     assert "SECRET-CREATOR-NOTE" not in str(messages)
-    assert messages[-1] == {"role": "system", "content": "Reply in under 40 words."}
-    assert messages[-2]["content"] == "Tell me about the kraken."
-    assert len(messages) == 1 + 5 + 1
 
 
 @pytest.mark.parametrize("budget", [120, 160, 220, 300, 400, 600])
@@ -70,20 +74,22 @@ def test_never_over_budget_and_drops_in_order(tokenizer, budget):
     # The user's newest message survives every trim.
     assert any("kraken" in m["content"] for m in messages if m["role"] == "user")
     system = messages[0]["content"]
-    kept_history = len([m for m in messages if m["role"] in ("user", "assistant")])
-    if "Examples of how you talk" not in system:
+    has_examples = messages[1:3] == EXAMPLE_TURNS[:2]
+    kept_history = len([m for m in messages if m["role"] in ("user", "assistant")]) - 4 * has_examples
+    if not has_examples:
         assert kept_history == 1  # examples go only once the old history is all gone
     if "lighthouse keeper" not in system:  # the card is cut only once examples and lore are gone
-        assert "Examples of how you talk" not in system and "The kraken sleeps" not in system
+        assert not has_examples and "The kraken sleeps" not in str(messages)
 
 
 def test_oldest_history_goes_first(tokenizer):
     character = parse_card(CARD)
     messages = build_messages(character, history(20), tokenizer, 700, user="Ann")
-    texts = [m["content"] for m in messages if m["role"] in ("user", "assistant")]
+    chat = messages[1 + len(EXAMPLE_TURNS) + 1:]  # after the card, the example turns and the lore
+    texts = [m["content"] for m in chat]
     assert "question number 0 about the weather and the sea" not in texts
     assert "answer number 19: the sea is grey and cold tonight" in texts
-    assert [m["role"] for m in messages if m["role"] != "system"][0] == "user"
+    assert chat[0]["role"] == "user"
 
 
 def test_huge_user_message_is_cut_to_fit(tokenizer):
@@ -97,8 +103,7 @@ def test_prompts_of_one_character_share_everything_before_the_triggered_lore(tok
     asks = [build_messages(character, [{"role": "user", "content": text}], tokenizer, 2000, user="Ann")
             for text in ("Any news of the kraken?", "Is the lamp lit?")]
     with_lore, without = (tokenizer.apply_chat_template(m, tokenize=True, return_dict=False) for m in asks)
-    system = asks[0][0]["content"]
-    assert system.index("Examples of how you talk") < system.index("What you know")  # static parts first
+    assert asks[0][1:5] == EXAMPLE_TURNS and asks[0][5]["content"].startswith("What you know")  # static parts first
     shared = next(i for i, (a, b) in enumerate(zip(with_lore, without)) if a != b)
-    card_and_examples = len(tokenizer.apply_chat_template([asks[1][0]], tokenize=True, return_dict=False))
+    card_and_examples = len(tokenizer.apply_chat_template(asks[1][:5], tokenize=True, return_dict=False))
     assert shared >= card_and_examples - 3  # only the template's closing tokens can differ

@@ -30,7 +30,8 @@ STRING_FIELDS = (
     "creator_notes", "system_prompt", "post_history_instructions", "creator", "character_version",
 )
 LIST_FIELDS = ("alternate_greetings", "tags")
-GENERATION_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens", "stop")
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_last_n",
+                   "frequency_penalty", "presence_penalty", "max_new_tokens", "stop")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -348,8 +349,11 @@ def _check_personae(extensions: dict, source: str, where: str) -> None:
     for key, value in (generation or {}).items():
         here = f"{where}.generation.{key}"
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key in ("temperature", "top_p", "repetition_penalty") and not number:
+        if key in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                   "presence_penalty") and not number:
             raise CardError(source, here, f"must be a number, got {value!r:.30} — e.g. 0.8")
+        if key in ("top_k", "repeat_last_n") and not (number and value == int(value) and value >= -1):
+            raise CardError(source, here, f"must be a whole number, got {value!r:.30} — e.g. 40")
         if key == "max_new_tokens" and not (number and value == int(value) and value > 0):
             raise CardError(source, here, f"must be a positive whole number, got {value!r:.30} — e.g. 200")
         if key == "stop":

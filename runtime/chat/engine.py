@@ -208,13 +208,14 @@ class Engine:
         """Re-roll the last reply of the conversation (a swipe); both stay in the log."""
         character = self.resolve_character(turn)
         conversation = self.store.conversation_id(turn.platform, turn.channel, character.id)
-        history = self.store.history(conversation, limit=self.settings.history_turns)
+        history = self.store.history(conversation, limit=self.settings.history_turns, degenerate=True)
         last_reply = next((m for m in reversed(history) if m["role"] == "assistant"), None)
         if last_reply is None or last_reply.get("reply_to") is None:
             raise NothingToRegenerate("there is no reply to regenerate in this conversation yet")
         cut = history.index(last_reply)
         user_message = self.store.message(last_reply["reply_to"])
-        return self._start(turn, character, history[:cut], user_message, swipe_of=last_reply["id"])
+        earlier = [m for m in history[:cut] if '"finish_reason": "degenerate"' not in (m.get("meta") or "")]
+        return self._start(turn, character, earlier, user_message, swipe_of=last_reply["id"])
 
     def _start(self, turn, character, history, user_message, swipe_of=None) -> Reply:
         base = self.base
@@ -260,7 +261,8 @@ class Engine:
             completion_tokens=stream.completion_tokens,
             ttft_ms=round(ttft * 1000, 1) if ttft is not None else None,
             latency_ms=round((stream.finished_at - stream.request.submitted) * 1000, 1),
-            meta={"finish_reason": stream.finish_reason},
+            meta={"finish_reason": stream.finish_reason,
+                  **({"degenerate": stream.degenerate} if stream.degenerate else {})},
         )
         self.pm.hook.message_logged(message=message, store=self.store)
         return message

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from runtime.generation.detok import Detokenizer, StopText
+from runtime.generation.guard import DegenerationMonitor
 from runtime.generation.kv_cache import new_cache
 from runtime.generation.lora_batch import LoraBatch
 from runtime.generation.packed import serving_copy
@@ -282,6 +283,8 @@ class BatchingGenerator:
         row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         row.length = row.prompt_length = len(prompt)
         row.sampler = RowSampler(sampling, len(prompt), self.eos)
+        if sampling.guard and not row.sampler.greedy:
+            row.guard = DegenerationMonitor()
         row.detok = Detokenizer(self.tokenizer)
         row.stop = StopText(list(sampling.stop or []))
         return row
@@ -447,11 +450,16 @@ class BatchingGenerator:
         stream.completion_tokens = row.generated
         if token in self.eos:
             return self._finish(row, "stop")
-        shown = row.stop.feed(row.detok.add(token))
+        text = row.detok.add(token)
+        shown = row.stop.feed(text)
         if shown:
             stream.push(shown)
         if row.stop.stopped:
             return self._finish(row, "stop", flush=False)
+        verdict = row.guard.feed(text, row.sampler.last_probability) if row.guard else None
+        if verdict:  # stopped where it went wrong, marked so it never becomes history or training data
+            stream.degenerate = verdict.reason
+            return self._finish(row, "degenerate", flush=False)
         if row.length >= row.ids.shape[0]:  # ids hold the prompt and max_new_tokens (at least 1) more
             return self._finish(row, "length")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runtime.generation.detok import Detokenizer, StopText
+from runtime.generation.guard import DegenerationMonitor
 from runtime.generation.kv_cache import full_attention_only
 from runtime.generation.sampling import RowSampler
 from runtime.generation.types import ReplyStream
@@ -21,6 +22,7 @@ class Row:
     length: int = 0
     prompt_length: int = 0
     sampler: RowSampler | None = None
+    guard: DegenerationMonitor | None = None  # sampled replies only: greedy ones are deterministic
     detok: Detokenizer | None = None
     stop: StopText | None = None
     done: bool = False

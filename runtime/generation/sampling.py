@@ -1,8 +1,79 @@
-"""How one row picks its next token: transformers' LogitsProcessors built from its SamplingSettings, and its own RNG."""
+"""How one row picks its next token: penalties, truncation and temperature (llama.cpp's order), its own RNG.
+
+Order: a repetition penalty over only the last `repeat_last_n` tokens (llama.cpp's window, so the card
+and the example dialogues are not penalised), OpenAI frequency/presence penalties over the reply's own
+tokens, then top_k, top_p and min_p (transformers' warpers) and temperature last, so min_p's threshold
+is relative to the model's own distribution. The raw probability of each chosen token (softmax at
+temperature 1, before any processor) is kept for the degeneration guard.
+"""
 
 from __future__ import annotations
 
 from runtime.generation.types import SamplingSettings
+
+
+class RecentRepetitionPenalty:
+    """transformers' CTRL repetition penalty, over the last `last_n` ids only (-1: all of them)."""
+
+    def __init__(self, penalty: float, last_n: int):
+        self.penalty, self.last_n = penalty, last_n
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        window = input_ids if self.last_n < 0 else input_ids[:, -self.last_n:]
+        picked = torch.gather(scores, 1, window)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, window, picked)
+
+
+class FrequencyPresencePenalty:
+    """OpenAI's penalties: logit -= count * frequency + (count > 0) * presence, over the generated tokens."""
+
+    def __init__(self, prompt_length: int, frequency: float, presence: float):
+        self.prompt_length, self.frequency, self.presence = prompt_length, frequency, presence
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        generated = input_ids[:, self.prompt_length:]
+        if generated.shape[-1] == 0:
+            return scores
+        counts = torch.zeros_like(scores)
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
+
+
+def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[int]):
+    """The LogitsProcessorList of one row whose first `prompt_length` ids are the prompt."""
+    from transformers import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if sampling.min_new_tokens and eos:
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, int(sampling.min_new_tokens), sorted(eos)))
+    if sampling.repetition_penalty and sampling.repetition_penalty != 1.0 and sampling.repeat_last_n:
+        processors.append(RecentRepetitionPenalty(float(sampling.repetition_penalty), int(sampling.repeat_last_n)))
+    if sampling.frequency_penalty or sampling.presence_penalty:
+        processors.append(FrequencyPresencePenalty(prompt_length, float(sampling.frequency_penalty),
+                                                      float(sampling.presence_penalty)))
+    if not sampling.temperature or sampling.temperature <= 0:
+        return processors  # greedy: only the penalties change which token wins
+    if sampling.top_k and sampling.top_k > 0:
+        processors.append(TopKLogitsWarper(int(sampling.top_k)))
+    if sampling.top_p is not None and 0 < sampling.top_p < 1:
+        processors.append(TopPLogitsWarper(float(sampling.top_p)))
+    if sampling.min_p and 0 < sampling.min_p < 1:
+        processors.append(MinPLogitsWarper(float(sampling.min_p)))
+    if sampling.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(float(sampling.temperature)))
+    return processors
 
 
 class RowSampler:
@@ -10,32 +81,17 @@ class RowSampler:
 
     def __init__(self, sampling: SamplingSettings, prompt_length: int, eos: set[int]):
         import torch
-        from transformers import (
-            LogitsProcessorList,
-            MinNewTokensLengthLogitsProcessor,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopPLogitsWarper,
-        )
 
-        processors = LogitsProcessorList()
-        if sampling.min_new_tokens and eos:
-            processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, int(sampling.min_new_tokens),
-                                                                sorted(eos)))
-        if sampling.repetition_penalty and sampling.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(float(sampling.repetition_penalty)))
+        self.processors = build_processors(sampling, prompt_length, eos)
         self.greedy = not sampling.temperature or sampling.temperature <= 0
         self.rng = None
+        self.last_probability = 1.0  # the model's own probability of the last chosen token
         if not self.greedy:
-            processors.append(TemperatureLogitsWarper(float(sampling.temperature)))
-            if sampling.top_p is not None and 0 < sampling.top_p < 1:
-                processors.append(TopPLogitsWarper(float(sampling.top_p)))
             self.rng = torch.Generator()
             if sampling.seed:
                 self.rng.manual_seed(int(sampling.seed))
             else:
                 self.rng.seed()
-        self.processors = processors
 
     def choose(self, ids, logits) -> int:
         """The next token after `ids` (1-D, prompt and reply so far) given the last position's logits [1, vocab]."""
@@ -43,6 +99,8 @@ class RowSampler:
 
         scores = self.processors(ids.unsqueeze(0), logits) if self.processors else logits
         if self.greedy:
-            return int(torch.argmax(scores, dim=-1)[0])
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.rng)[0, 0])
+            token = int(torch.argmax(scores, dim=-1)[0])
+        else:
+            token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.rng)[0, 0])
+        self.last_probability = float(torch.softmax(logits[0], dim=-1)[token])
+        return token

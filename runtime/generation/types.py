@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from runtime.errors import Busy
 
@@ -24,32 +24,38 @@ class GeneratorBusy(Busy):
         super().__init__(f"the model is busy ({seconds} s until a slot frees up); please retry then", seconds)
 
 
+# What the config sets for every reply (a card's extensions.personae.generation and a request may override).
+SETTINGS_FROM_CONFIG = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_last_n",
+                        "frequency_penalty", "presence_penalty", "max_new_tokens", "seed")
+
+
 @dataclass
 class SamplingSettings:
     """How one reply is sampled."""
 
     temperature: float = 0.7
-    top_p: float = 0.9
+    top_p: float = 1.0  # 1 = off
+    top_k: int = 40  # 0 = off
+    min_p: float = 0.1  # drop tokens under this share of the likeliest one's probability; 0 = off
     repetition_penalty: float = 1.1
+    repeat_last_n: int = 64  # the repetition penalty looks back this many tokens (-1: the whole prompt too)
+    frequency_penalty: float = 0.0  # OpenAI semantics, over the reply's own tokens
+    presence_penalty: float = 0.0
     max_new_tokens: int = 160
     stop: list[str] = field(default_factory=list)
     seed: int = 0
     min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens (benchmarks, fixed lengths)
+    guard: bool = True  # stop a sampled reply that degenerates (loops, word lists, gibberish) and mark it
 
     @classmethod
     def from_sources(cls, settings, character=None, **overrides) -> "SamplingSettings":
         """Config defaults < the character's card < per-request overrides (None = not given)."""
-        values = {
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "repetition_penalty": settings.repetition_penalty,
-            "max_new_tokens": settings.max_new_tokens,
-            "seed": settings.seed,
-            "stop": [],
-        }
+        values = {name: getattr(settings, name) for name in SETTINGS_FROM_CONFIG}
+        values["stop"] = []
         if character is not None:
             values.update({k: v for k, v in character.generation_settings().items() if k in values})
-        values.update({k: v for k, v in overrides.items() if v is not None and k in values})
+        known = {f.name for f in fields(cls)}
+        values.update({k: v for k, v in overrides.items() if v is not None and k in known})
         if isinstance(values["stop"], str):
             values["stop"] = [values["stop"]]
         return cls(**values)
@@ -78,7 +84,8 @@ class ReplyStream:
         self.completion_tokens = 0
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
-        self.finish_reason: str | None = None
+        self.finish_reason: str | None = None  # stop, length, degenerate, cancelled, error
+        self.degenerate: str | None = None  # why the guard stopped it (finish_reason "degenerate")
         self.error: BaseException | None = None
 
     # --- producer side (the worker) ---

@@ -15,7 +15,8 @@ from runtime.training.config import TrainingConfig
 from runtime.training.scrub import scrub
 
 # Rules in the order they are applied; `dropped` reports every one, zeros included.
-RULES = ("swiped_away", "orphaned", "opted_out", "thumbs_down", "leakage", "empty", "duplicate", "user_cap")
+RULES = ("swiped_away", "orphaned", "opted_out", "thumbs_down", "degenerate", "leakage", "empty", "duplicate",
+         "user_cap")
 LEAKAGE_TABLES = ("audit_verdicts", "audit_replies", "verdicts")
 
 
@@ -213,6 +214,9 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
             continue
         if any(value < 0 for value in feedback.get(reply["id"], ())):
             dropped["thumbs_down"] += 1
+            continue
+        if _meta(reply).get("finish_reason") == "degenerate":
+            dropped["degenerate"] += 1
             continue
         if reply["id"] in flagged or _meta_leaks(_meta(reply)):
             dropped["leakage"] += 1

@@ -1,0 +1,138 @@
+"""Coherence: scripted multi-turn chats with every built-in character on SmolLM2, through the real engine.
+
+Each conversation is a fixed list of user turns with a fixed seed per turn; every reply goes back into
+the history, as in `make chat`. A reply counts as degenerate when the guard stopped it (finish_reason
+"degenerate") or when the detector (runtime.generation.guard.check_reply) finds a loop, a word list or
+gibberish in the final text. Also counted: replies that repeat an earlier reply of the same chat
+(copy_signal), and the persona audit's aligned share of all replies. The baseline in the same run is
+the sampling this runtime used before (repetition penalty over the whole prompt, temperature and top_p,
+no min_p / top_k, no guard) on the same prompts and seeds.
+
+    PERSONAE_BENCH=1 PERSONAE_COHERENCE_CONVERSATIONS=20 python -m pytest tests/bench/test_bench_coherence.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from bench_utils import report
+
+TURNS = [
+    ["Hi! Who are you?", "What do you do all day?", "That sounds fun. Can you tell me a story?", "What happened next?",
+     "What's your biggest fear?", "Why does that scare you?", "What do you do to feel brave?",
+     "Do you have any friends?", "Tell me something that would make me laugh.", "Thanks, goodnight!"],
+    ["I'm feeling a bit down today.", "Work has been really stressful lately.", "Do you have any advice for me?",
+     "I'll try that. What do you do when you're sad?", "Do you have any friends?", "What are they like?",
+     "Tell me something that would make me laugh.", "Ha! Tell me another one.", "What should I do tonight?",
+     "Thanks, I feel better."],
+    ["Where do you live?", "Describe it for me.", "What's the best thing that ever happened there?", "And the worst?",
+     "If you could go anywhere, where would you go?", "Why there?", "What would you bring with you?",
+     "Who would you take along?", "What would you do first?", "Sounds great. Bye!"],
+    ["Can you help me plan my weekend?", "I like hiking and reading.", "What book should I read?", "Why that one?",
+     "What's your favourite food?", "How do you make it?", "Is it hard?", "What goes with it?",
+     "Would you cook it for me?", "Okay, see you later!"],
+]
+BEFORE = {"min_p": 0, "top_k": 0, "repeat_last_n": -1, "guard": False}  # this runtime's sampling until now
+
+
+def play(engine, character, sampling_extra: dict, conversations: int) -> list[dict]:
+    """Every reply of `conversations` scripted chats with one character."""
+    from runtime.chat.engine import Turn
+
+    replies = []
+    for number in range(conversations):
+        turns = TURNS[number % len(TURNS)]
+        channel = f"coherence-{character.id}-{number}-{'before' if sampling_extra else 'now'}"
+        for index, text in enumerate(turns):
+            sampling = {"seed": 1000 * number + index + 17, **sampling_extra}
+            turn = Turn(platform="bench", channel=channel, user_id="bench", text=text, character=character,
+                        sampling=sampling)
+            if index == 0:
+                engine.log_greeting(turn, character)
+            reply = engine.reply(turn)
+            reply.result()
+            replies.append({"character": character.id, "conversation": number, "turn": index, "user": text,
+                            "text": reply.text, "finish_reason": reply.stream.finish_reason,
+                            "guard": reply.stream.degenerate})
+            print(f"[{character.id} c{number} t{index}] {reply.stream.finish_reason}: {reply.text[:100]!r}",
+                  flush=True)
+    return replies
+
+
+def judge(replies: list[dict]) -> dict:
+    """Counts of degenerate and copied replies by the documented detector."""
+    from runtime.generation.guard import check_reply, copy_signal
+
+    degenerate = copies = 0
+    for i, reply in enumerate(replies):
+        reply["detector"] = check_reply(reply["text"]).reason
+        reply["degenerate"] = reply["finish_reason"] == "degenerate" or bool(reply["detector"])
+        degenerate += reply["degenerate"]
+        earlier = [r["text"] for r in replies[:i] if r["conversation"] == reply["conversation"]
+                   and r["character"] == reply["character"]]
+        reply["copy"] = copy_signal(reply["text"], earlier)
+        copies += bool(reply["copy"])
+    return {"replies": len(replies), "degenerate": degenerate, "copies": copies}
+
+
+def aligned_share(engine, replies: list[dict]) -> float:
+    """The persona audit's aligned share over every reply (scored without generation)."""
+    from runtime.audit import score_replies
+
+    verdicts = []
+    for character_id in sorted({r["character"] for r in replies}):
+        rows = [{"prompt": r["user"], "reply": r["text"], "turn": r["turn"] + 1} for r in replies
+                if r["character"] == character_id]
+        verdicts += score_replies(engine.catalog.get(character_id), rows)
+    return sum(v["verdict"] == "aligned" for v in verdicts) / max(len(verdicts), 1)
+
+
+def plot(results: dict, path: Path) -> Path:
+    from runtime.plots import pyplot, save
+
+    fig, axis = pyplot().subplots(figsize=(7, 3.2))
+    names = list(results)
+    width = 0.38
+    for offset, key, label in ((-width / 2, "before", "sampling before"), (width / 2, "now", "now (min_p, guard)")):
+        shares = [100 * results[n][key]["degenerate"] / max(results[n][key]["replies"], 1) for n in names]
+        axis.bar([i + offset for i in range(len(names))], shares, width, label=label)
+    axis.set_xticks(range(len(names)), names)
+    axis.set_ylabel("% degenerate replies")
+    axis.set_title("Scripted 10-turn chats on SmolLM2-135M")
+    axis.legend()
+    return save(fig, path)
+
+
+def test_bench_coherence(real_base, make_engine):
+    conversations = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "4"))
+    engine = make_engine(real_base, max_new_tokens=80)
+    engine.generator  # started before the clock
+    results, transcripts, started = {}, [], time.perf_counter()
+    for character in engine.catalog.characters.values():
+        now = play(engine, character, {}, conversations)
+        before = play(engine, character, BEFORE, conversations)
+        results[character.id] = {"now": judge(now), "before": judge(before),
+                                 "aligned_now": aligned_share(engine, now),
+                                 "aligned_before": aligned_share(engine, before)}
+        transcripts += [{"sampling": "now", **r} for r in now] + [{"sampling": "before", **r} for r in before]
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "coherence_transcripts.json").write_text(json.dumps(transcripts, indent=1))
+    picture = plot(results, out / "coherence.png")
+    rows = []
+    for name, r in results.items():
+        rows.append({"metric": f"{name}: degenerate replies now / before",
+                     "value": f"{r['now']['degenerate']}/{r['now']['replies']} / "
+                              f"{r['before']['degenerate']}/{r['before']['replies']}", "target": "0 now"})
+        rows.append({"metric": f"{name}: replies copying an earlier one now / before",
+                     "value": f"{r['now']['copies']} / {r['before']['copies']}"})
+        rows.append({"metric": f"{name}: audit aligned share now / before",
+                     "value": f"{r['aligned_now']:.0%} / {r['aligned_before']:.0%}", "target": "not lower"})
+    rows.append({"metric": "conversations per character x turns", "value": f"{conversations} x {len(TURNS[0])}"})
+    rows.append({"metric": "minutes", "value": round((time.perf_counter() - started) / 60, 1)})
+    rows.append({"metric": "plot", "value": str(picture)})
+    report("coherence", rows)
+    assert all(r["now"]["replies"] == conversations * len(TURNS[0]) for r in results.values())
