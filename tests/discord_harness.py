@@ -449,7 +449,7 @@ class Harness:
         return payload
 
     async def command(self, command: str, subcommand: str | None = None, /, user: str = "alice",
-                      channel_id: int = CHANNEL_ID, **options) -> dict:
+                      channel_id: int = CHANNEL_ID, wait: bool = True, **options) -> dict:
         """INTERACTION_CREATE for a slash command (optionally a subcommand) with string options."""
         opts = [{"name": key, "type": 3, "value": value} for key, value in options.items()]
         if subcommand:
@@ -474,7 +474,8 @@ class Harness:
             payload.update(user=self.users[user], channel={**self.fake.dm_channel,
                                                             "recipients": [self.users[user]]})
         self.state.parse_interaction_create(payload)
-        await self.settle()
+        if wait:
+            await self.settle()
         return payload
 
 

@@ -9,6 +9,7 @@ import asyncio
 import json
 
 from plugins.discord.controls import REROLL_ID, STOP_ID
+from runtime.chat.engine import Turn
 from tests.discord_harness import CHANNEL_ID, THREAD_ID, FakeDiscord, running_bot
 from tests.test_discord import FAST, assert_no_pings, fake_of, keep_fake, rows, run  # noqa: F401 (fixture)
 
@@ -41,7 +42,7 @@ def test_a_reply_to_an_older_message_brings_its_thread_into_the_history(make_eng
     spy = prompt_spy(engine)
 
     async def scenario(h):
-        first = await h.message("Pixel, my favourite colour is teal")
+        await h.message("Pixel, my favourite colour is teal")
         old_reply = h.fake.messages[max(h.fake.messages)]
         for text in ("Pixel, what is the weather like?", "Pixel, tell me a joke", "Pixel, sing a song"):
             await h.message(text, author="bob")
@@ -49,9 +50,9 @@ def test_a_reply_to_an_older_message_brings_its_thread_into_the_history(make_eng
         await h.message("Why that colour?", reply_to=old_reply)
         with_thread = spy.prompts[-1]
         await h.message("Another one!", author="bob", reply_to=latest_reply)
-        return first, old_reply, with_thread
+        return old_reply, with_thread
 
-    first, old_reply, with_thread = run(engine, FAST, scenario)
+    old_reply, with_thread = run(engine, FAST, scenario)
     contents = [m["content"] for m in chat(with_thread)]
     logged_old = rows(engine, "select * from messages where platform_message_id = ?", [old_reply["id"]])[0]
     # The thread (Alice's first message and Pixel's answer to it), out of the 4-message window, comes
@@ -86,9 +87,9 @@ def test_reply_chain_follows_discord_references_fetches_uncached_messages_and_st
         h.fake.user_messages[int(two["id"])]["referenced_message"] = None  # how Discord shows a deleted one
         h.bot._connection._messages.clear()
         await h.message("Pixel, still teal?", reply_to=three)
-        return one, two, three, full, fetched, [m["content"] for m in chat(spy.prompts[-1])]
+        return two, full, fetched, [m["content"] for m in chat(spy.prompts[-1])]
 
-    one, two, three, full, fetched, after_delete = run(engine, {**FAST, "answer": "none"}, scenario)
+    two, full, fetched, after_delete = run(engine, {**FAST, "answer": "none"}, scenario)
     assert full[-4:] == ["my favourite colour is teal", "Bob: teal is lovely", "Mod: and the sea is teal too",
                          '(replying to Mod: "and the sea is teal too")\nPixel, which colour do we like?']
     # The first hop came with the reply; the second was fetched, and brought the first message with it.
@@ -116,7 +117,7 @@ def test_reply_chain_follows_discord_references_fetches_uncached_messages_and_st
 
 
 def test_text_files_are_read_with_the_message_and_other_files_are_noted(make_engine, tiny_base, prompt_spy):
-    engine = make_engine(tiny_base)
+    engine = make_engine(tiny_base, context_tokens=1024)  # files get at most 2 * 1024 characters in all
     engine.store.bind("discord", str(CHANNEL_ID), "pixel")
     spy = prompt_spy(engine)
 
@@ -127,25 +128,29 @@ def test_text_files_are_read_with_the_message_and_other_files_are_noted(make_eng
             h.attachment("game.py", b"def score():\n    return 42\n"),  # no content type: known by its name
             h.attachment("photo.png", b"\x89PNG\r\n\x1a\n", "image/png"),
             h.attachment("huge.md", b"# big\n" * 10, "text/markdown", size=50_000),  # over the size limit
+            h.attachment("long.txt", b"The harbour was calm. " * 120, "text/plain"),  # under the limit, over the room left
         ]
         await h.message("Pixel, what do these say?", attachments=files)
         await h.message("", attachments=[h.attachment("meme.gif", b"GIF89a", "image/gif")])  # nothing to read
         await h.message("", author="bob", attachments=[h.attachment("plan.md", b"Step 1: sail")])
         return [c.path for c in h.fake.calls if c.path.startswith("https://")]
 
-    downloads = run(engine, {**FAST, "attachment_bytes": 1000}, scenario)
-    assert [url.rsplit("/", 1)[1] for url in downloads] == ["notes.txt", "game.py", "plan.md"]
+    downloads = run(engine, {**FAST, "attachment_bytes": 3000}, scenario)
+    assert [url.rsplit("/", 1)[1] for url in downloads] == ["notes.txt", "game.py", "long.txt", "plan.md"]
     alice, bob = [r["text"] for r in rows(engine, "select text from messages where role = 'user' order by id")]
-    assert alice == ("[file notes.txt]\nLine one\nCafé \ufffd\n[end of notes.txt]\n\n"
-                     "[file game.py]\ndef score():\n    return 42\n[end of game.py]\n\n"
-                     "[photo.png was attached but not read]\n\n[huge.md was attached but not read]\n\n"
-                     "Pixel, what do these say?")
+    notes_txt = "[file notes.txt]\nLine one\nCafé \ufffd\n[end of notes.txt]"
+    game_py = "[file game.py]\ndef score():\n    return 42\n[end of game.py]"
+    room = 2048 - len(notes_txt) - len(game_py)
+    long_txt = f"[file long.txt]\n{('The harbour was calm. ' * 120)[:room]}\n[… the rest of long.txt was cut]\n[end of long.txt]"
+    assert alice == "\n\n".join([notes_txt, game_py, long_txt, "[photo.png was attached but not read]",
+                                  "[huge.md was attached but not read]", "Pixel, what do these say?"])
     assert bob == "[file plan.md]\nStep 1: sail\n[end of plan.md]"
     assert "return 42" in chat(spy.prompts[0])[-1]["content"]
     assert "Step 1: sail" in chat(spy.prompts[-1])[-1]["content"]
     notes = [c.json["content"] for c in fake_of(engine).bot_messages(CHANNEL_ID)]
-    assert notes == ["I read only text files, up to a size limit: not read: photo.png (only text files are "
-                     "read); huge.md (50,000 bytes; files of at most 1,000 bytes are read)."]
+    assert notes == [("Not everything attached was read: photo.png (only text files are read); huge.md (50,000 "
+                      f"bytes; files of at most 3,000 bytes are read); long.txt (cut after {room:,} characters, "
+                      "all the room a prompt has for files).")]
     assert len(fake_of(engine).webhook_sends()) == 2  # the gif alone got no answer
     assert_no_pings(fake_of(engine))
 
@@ -234,10 +239,14 @@ def test_stop_button_stops_the_reply_for_who_asked_or_a_moderator(make_engine, t
     engine = make_engine(tiny_base)
     engine.store.bind("discord", str(CHANNEL_ID), "pixel")
     long = {**FAST, "streaming": True, "stream_interval": 0, "max_new_tokens": 900, "temperature": 1.0}
+    # A short reply logged earlier in the channel, for the re-roll below to re-roll.
+    engine.reply(Turn(platform="discord", channel=str(CHANNEL_ID), user_id="discord:1000000000000000012",
+                      text="Pixel, say something", user_name="Bob", character=engine.catalog.get("pixel"),
+                      sampling={"max_new_tokens": 3})).result()
 
-    async def stop_while_written(h, text, clickers):
+    async def stop_while_written(h, start, clickers):
         before = set(h.fake.messages)
-        await h.message(text, wait=False)
+        await start
         for _ in range(3000):  # until the reply shows with its Stop button
             shown = [m for m in set(h.bot.live) - before if m in h.fake.messages]
             if shown:
@@ -250,21 +259,25 @@ def test_stop_button_stops_the_reply_for_who_asked_or_a_moderator(make_engine, t
         return shown[0]
 
     async def scenario(h):
-        first = await stop_while_written(h, "Pixel, tell me everything", ["bob", "alice"])
+        first = await stop_while_written(h, h.message("Pixel, tell me everything", wait=False), ["bob", "alice"])
         await h.click(first, STOP_ID, user="alice")  # finished already
-        second = await stop_while_written(h, "Pixel, once more", ["mod"])
-        return first, second
+        second = await stop_while_written(h, h.message("Pixel, once more", wait=False), ["mod"])
+        third = await stop_while_written(h, h.command("regenerate", user="bob", wait=False), ["bob"])
+        return first, second, third
 
-    first, second = run(engine, long, scenario)
+    first, second, third = run(engine, long, scenario)
     fake = fake_of(engine)
     answers = fake.interaction_answers()
     assert answers == ["Only the person it answers, or a moderator (Manage Messages), can stop this reply.",
-                       "Stopped Pixel's reply.", "That reply has already finished.", "Stopped Pixel's reply."]
+                       "Stopped Pixel's reply.", "That reply has already finished.", "Stopped Pixel's reply.",
+                       "Stopped Pixel's reply.", "The re-roll of Pixel's reply was stopped; the earlier one stays."]
     # Stopped replies are not logged (nothing to train on); what was written stays, without buttons.
-    assert rows(engine, "select * from messages where role = 'assistant'") == []
+    logged = rows(engine, "select * from messages where role = 'assistant'")
+    assert len(logged) == 1 and logged[0]["swipe_of"] is None and logged[0]["reply_to"] == \
+        rows(engine, "select id from messages where text = 'Pixel, say something'")[0]["id"]
     assert [r["text"] for r in rows(engine, "select text from messages where role = 'user'")] == \
-        ["Pixel, tell me everything", "Pixel, once more"]
-    for message_id in (first, second):
+        ["Pixel, say something", "Pixel, tell me everything", "Pixel, once more"]
+    for message_id in (first, second, third):
         assert fake.messages[message_id]["content"] and buttons(fake.messages[message_id]) == []
     last_edit = [c for c in fake.calls if c.method == "PATCH" and c.path.endswith(str(first))][-1]
     assert last_edit.json["components"] == []

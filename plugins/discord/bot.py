@@ -11,7 +11,7 @@ import re
 import discord
 
 from plugins.discord.commands import PersonaeTree, install, respond, sync
-from plugins.discord.context import read_attachments, thread_history, with_attachments
+from plugins.discord.context import is_text_file, read_attachments, thread_history, with_attachments
 from plugins.discord.controls import LiveReply, ReplyControls, controls
 from plugins.discord.identity import PLATFORM, user_key
 from plugins.discord.instructions import ChannelPrompts
@@ -183,8 +183,8 @@ class PersonaeBot(discord.Client):
         if self.ignores(message) or not self.allowed(message.channel):
             return
         text = self.clean_text(message)
-        if not text and not message.attachments:
-            return
+        if not text and not any(is_text_file(a) for a in message.attachments):
+            return  # nothing to read (an empty message, or only pictures and such)
         characters = self.addressed(message, text)
         if not characters:
             if message.guild and self.mentioned(message) and not self.bound(message.channel, message.author):
@@ -199,12 +199,13 @@ class PersonaeBot(discord.Client):
         if await self.rate_limited(message):
             return
         if message.attachments:
-            files, skipped = await read_attachments(message, self.config.attachment_bytes)
+            # About half the prompt budget at ~4 characters a token: the card and the history keep the rest.
+            files, skipped = await read_attachments(message, self.config.attachment_bytes,
+                                                    2 * self.engine.settings.context_tokens)
             if not text and not files:
-                return  # only pictures and such: nothing to answer
+                return  # its text files could not be read: nothing to answer
             if skipped:
-                await self.tell(message, "I read only text files, up to a size limit: not read: "
-                                         + "; ".join(skipped) + ".")
+                await self.tell(message, "Not everything attached was read: " + "; ".join(skipped) + ".")
             text = with_attachments(text, files, skipped)
         text = self.with_reply_context(message, text)
         for character in characters:  # one after another, so "all" mode reads like a conversation
@@ -279,10 +280,18 @@ class PersonaeBot(discord.Client):
         channel = interaction.channel
         await interaction.response.defer(ephemeral=True, thinking=True)
         turn = self.turn(channel, interaction.user, "", character)
-        row = await self.speak(channel, character, lambda: self.engine.regenerate(turn),
-                               lambda text: respond(interaction, text), interaction.user.id)
+        told = []
+
+        async def tell(text: str) -> None:
+            told.append(text)
+            await respond(interaction, text)
+
+        row = await self.speak(channel, character, lambda: self.engine.regenerate(turn), tell, interaction.user.id)
         if row is not None:
             await respond(interaction, f"Re-rolled {character.name}'s last reply; both versions are kept.")
+        elif not told:  # stopped with its button: the "thinking…" answer still needs an end
+            await respond(interaction, f"The re-roll of {character.name}'s reply was stopped; the earlier one "
+                                       "stays.")
 
     def controls(self, state: str):
         """The buttons under a reply in this state, or None when they are turned off."""

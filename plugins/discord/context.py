@@ -28,8 +28,13 @@ def is_text_file(attachment: discord.Attachment) -> bool:
         PurePosixPath(attachment.filename.lower()).suffix in TEXT_SUFFIXES
 
 
-async def read_attachments(message: discord.Message, max_bytes: int) -> tuple[list[str], list[str]]:
-    """(the text files as prompt text, one note per file not read): UTF-8, undecodable bytes replaced."""
+async def read_attachments(message: discord.Message, max_bytes: int,
+                           max_chars: int) -> tuple[list[str], list[str]]:
+    """(the text files as prompt text, one note per file not read or cut): UTF-8, bad bytes replaced.
+
+    All files together give at most `max_chars` characters, so that a big file cannot push the
+    character's card out of the prompt.
+    """
     texts, skipped = [], []
     for attachment in message.attachments:
         name = attachment.filename
@@ -47,13 +52,20 @@ async def read_attachments(message: discord.Message, max_bytes: int) -> tuple[li
             continue
         # A file can be bigger than Discord announced it; never read more than the limit.
         text = data[:max_bytes].decode("utf-8", errors="replace").replace("\r\n", "\n").strip()
+        room = max_chars - sum(len(t) for t in texts)
+        if room <= 0:
+            skipped.append(f"{name} (the files before it filled the room for attachments)")
+            continue
+        if len(text) > room:
+            text = text[:room] + f"\n[… the rest of {name} was cut]"
+            skipped.append(f"{name} (cut after {room:,} characters, all the room a prompt has for files)")
         texts.append(f"[file {name}]\n{text}\n[end of {name}]")
     return texts, skipped
 
 
 def with_attachments(text: str, files: list[str], skipped: list[str]) -> str:
     """The user's message as the model reads it: their files first, their words last (kept if cut)."""
-    notes = [f"[{note.split(' (')[0]} was attached but not read]" for note in skipped]
+    notes = [f"[{note.split(' (')[0]} was attached but not read]" for note in skipped if " (cut after " not in note]
     return "\n\n".join([*files, *notes, text]).strip()
 
 
