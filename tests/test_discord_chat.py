@@ -142,7 +142,7 @@ def test_text_files_are_read_with_the_message_and_other_files_are_noted(make_eng
     game_py = "[file game.py]\ndef score():\n    return 42\n[end of game.py]"
     room = 2048 - len(notes_txt) - len(game_py)
     long_txt = f"[file long.txt]\n{('The harbour was calm. ' * 120)[:room]}\n[… the rest of long.txt was cut]\n[end of long.txt]"
-    assert alice == "\n\n".join([notes_txt, game_py, long_txt, "[photo.png was attached but not read]",
+    assert alice == "\n\n".join([notes_txt, game_py, long_txt, "[photo.png was attached but not read]",  # noqa: FLY002
                                   "[huge.md was attached but not read]", "Pixel, what do these say?"])
     assert bob == "[file plan.md]\nStep 1: sail\n[end of plan.md]"
     assert "return 42" in chat(spy.prompts[0])[-1]["content"]
