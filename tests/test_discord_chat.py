@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from plugins.discord.controls import REROLL_ID, STOP_ID
 from runtime.chat.engine import Turn
 from tests.discord_harness import CHANNEL_ID, THREAD_ID, FakeDiscord, running_bot
@@ -282,3 +284,43 @@ def test_stop_button_stops_the_reply_for_who_asked_or_a_moderator(make_engine, t
     last_edit = [c for c in fake.calls if c.method == "PATCH" and c.path.endswith(str(first))][-1]
     assert last_edit.json["components"] == []
     assert json.dumps(fake.webhook_sends()[0].json["components"]).count(STOP_ID) == 1
+
+
+# --- end to end on the real SmolLM2 ------------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+def test_smollm2_answers_a_reply_to_an_old_thread_with_a_file_and_the_channel_prompt_then_rerolls(
+        make_engine, real_base, prompt_spy):
+    engine = make_engine(real_base, history_turns=2)
+    engine.store.bind("discord", str(CHANNEL_ID), "pixel")
+    spy = prompt_spy(engine)
+
+    async def scenario(h):
+        await h.command("character", "prompt", user="mod", text="Keep every answer under twenty words.")
+        await h.message("Pixel, my favourite game is Tetris")
+        old_reply = h.fake.messages[latest_reply(h.fake)]
+        await h.message("Pixel, what is the weather like in your world?", author="bob")
+        notes = h.attachment("notes.txt", b"The arcade password is PINEAPPLE.", "text/plain")
+        await h.message("What do you think of my note?", reply_to=old_reply, attachments=[notes])
+        reply_id = latest_reply(h.fake)
+        await h.click(reply_id, REROLL_ID, user="bob")
+        return old_reply, reply_id
+
+    old_reply, reply_id = run(engine, {**FAST, "max_new_tokens": 16, "streaming": True, "stream_interval": 0},
+                              scenario)
+    fake = fake_of(engine)
+    prompt = spy.prompts[2]  # the reply to the old message
+    assert prompt[0]["content"].endswith("\n\nKeep every answer under twenty words.")
+    history = [m["content"] for m in chat(prompt)]
+    assert history[-3:-1] == ["Pixel, my favourite game is Tetris", fake.messages[int(old_reply["id"])]["content"]]
+    assert history[-1].startswith("[file notes.txt]\nThe arcade password is PINEAPPLE.\n[end of notes.txt]")
+    replies = rows(engine, "select * from messages where role = 'assistant' order by id")
+    answer, swipe = replies[-2:]
+    assert answer["platform_message_id"] == str(reply_id) and swipe["swipe_of"] == answer["id"]
+    assert len(answer["text"].split()) >= 3 and len(swipe["text"].split()) >= 3
+    for row in (answer, swipe):  # what the channel shows is what was logged, with its Re-roll button
+        shown = fake.messages[int(row["platform_message_id"])]
+        assert shown["content"] == row["text"] and buttons(shown) == [REROLL_ID]
+    assert fake.interaction_answers()[-1] == "Re-rolled Pixel's last reply; both versions are kept."
+    assert_no_pings(fake)
