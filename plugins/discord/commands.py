@@ -230,7 +230,7 @@ def install(bot) -> None:
                                               f"{previous['text']})." if previous
                                  else f"{channel.mention} has no prompt addition of its own.",
                                  ephemeral=not previous)
-        bot.tables.set_channel_prompt(channel.id, text, user_key(interaction.user))
+        bot.tables.set_channel_prompt(channel.id, text)
         await respond(interaction, f"Characters in {channel.mention} now also follow: {text}", ephemeral=False)
 
     @character.command(name="use", description="Choose the character you talk to in DMs")

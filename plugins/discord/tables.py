@@ -27,9 +27,8 @@ def m001_webhooks_messages_notices(db: sqlite_utils.Database) -> None:
 
 @migrations(name="m002_channel_prompts")
 def m002_channel_prompts(db: sqlite_utils.Database) -> None:
-    """Per-channel prompt additions set by admins."""
-    db["discord_channel_prompts"].create(
-        {"channel_id": str, "text": str, "set_by": str, "updated": str}, pk="channel_id")
+    """Per-channel prompt additions set by admins (not who set them: nothing for forget-me to find)."""
+    db["discord_channel_prompts"].create({"channel_id": str, "text": str, "updated": str}, pk="channel_id")
 
 
 class DiscordTables:
@@ -94,9 +93,9 @@ class DiscordTables:
                     return rows[0]
         return None
 
-    def set_channel_prompt(self, channel_id: int, text: str, set_by: str) -> None:
+    def set_channel_prompt(self, channel_id: int, text: str) -> None:
         self.store.write(lambda: self.store.db["discord_channel_prompts"].upsert(
-            {"channel_id": str(channel_id), "text": text, "set_by": set_by, "updated": now()}, pk="channel_id"))
+            {"channel_id": str(channel_id), "text": text, "updated": now()}, pk="channel_id"))
 
     def clear_channel_prompt(self, channel_id: int) -> dict | None:
         """Remove a channel's own prompt addition; return what it was."""
