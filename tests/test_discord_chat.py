@@ -216,6 +216,8 @@ def test_reroll_button_makes_a_swipe_like_regenerate_and_works_after_a_restart(m
             reply_id = latest_reply(fake)
             first_send = fake.webhook_sends()[0].json
             await h.click(reply_id, REROLL_ID, user="bob")
+            # One persistent view handles every click: discord.py keeps no view per message sent.
+            assert not h.bot._connection._view_store._synced_message_views
             return reply_id, first_send
 
     async def second_session(old_id):
