@@ -44,7 +44,7 @@ EVERYONE_PERMS = P(view_channel=True, send_messages=True, read_message_history=T
                    use_application_commands=True)
 BOT_PERMS = P(view_channel=True, send_messages=True, read_message_history=True, add_reactions=True,
               manage_webhooks=True, embed_links=True, attach_files=True, send_messages_in_threads=True)
-MOD_PERMS = P(manage_channels=True, manage_guild=True)
+MOD_PERMS = P(manage_channels=True, manage_guild=True, manage_messages=True)
 
 
 def iso(moment: datetime | None = None) -> str:
@@ -85,6 +85,8 @@ class FakeDiscord:
         self.unanswered: list[Call] = []  # calls the fake could not answer: a test failure
         self.bot_user = user_payload(BOT_ID, "Personae", bot=True)
         self.messages: dict[int, dict] = {}
+        self.user_messages: dict[int, dict] = {}  # what users sent (fetchable, kept apart from the bot's)
+        self.files: dict[str, bytes] = {}  # attachment URL -> bytes on the CDN
         self.webhooks: dict[int, dict] = {}
         self.deny_webhooks = False  # True: creating webhooks fails with 403 Missing Permissions
         self.channels = {
@@ -133,6 +135,11 @@ class FakeDiscord:
             return 204, None
         if (method, route) == ("POST", "/channels/{id}/messages"):
             return 200, self.message(ids[0], self.bot_user, body)
+        if (method, route) == ("GET", "/channels/{id}/messages/{id}"):
+            found = self.messages.get(ids[1]) or self.user_messages.get(ids[1])
+            if found is None or found["channel_id"] != str(ids[0]):
+                return 404, {"message": "Unknown Message", "code": 10008}
+            return 200, found
         if (method, route) == ("PATCH", "/channels/{id}/messages/{id}"):
             return 200, self.edit(ids[1], body)
         if (method, route) == ("DELETE", "/channels/{id}/messages/{id}"):
@@ -176,7 +183,7 @@ class FakeDiscord:
             "content": body.get("content") or "", "timestamp": iso(), "edited_timestamp": None, "tts": False,
             "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [],
             "embeds": body.get("embeds") or [], "pinned": False, "type": 0, "flags": body.get("flags", 0),
-            "components": [],
+            "components": body.get("components") or [],
         }
         if channel_id in self.channels or channel_id in self.threads:
             message["guild_id"] = str(GUILD_ID)
@@ -189,6 +196,8 @@ class FakeDiscord:
         message = self.messages[message_id]
         if "content" in body:
             message["content"] = body["content"]
+        if "components" in body:
+            message["components"] = body["components"] or []
         message["edited_timestamp"] = iso()
         return message
 
@@ -276,7 +285,14 @@ def captured_http(fake: FakeDiscord):
             _raise_for(status, data)
         return data
 
+    async def get_from_cdn(self, url: str) -> bytes:
+        fake.calls.append(Call("GET", url, {}, None))
+        if url not in fake.files:
+            _raise_for(404, {"message": "Not Found", "code": 0})
+        return fake.files[url]
+
     with mock.patch.object(HTTPClient, "request", http_request), \
+            mock.patch.object(HTTPClient, "get_from_cdn", get_from_cdn), \
             mock.patch.object(AsyncWebhookAdapter, "request", webhook_request):
         yield
 
@@ -351,16 +367,29 @@ class Harness:
 
     # --- gateway events ------------------------------------------------------------------
 
+    def attachment(self, filename: str, data: bytes, content_type: str | None = None,
+                   size: int | None = None) -> dict:
+        """An attachment payload whose bytes the fake CDN serves (`size`: what Discord announces)."""
+        attachment_id = self.fake.snowflake()
+        url = f"https://cdn.discordapp.com/attachments/{CHANNEL_ID}/{attachment_id}/{filename}"
+        self.fake.files[url] = data
+        payload = {"id": str(attachment_id), "filename": filename, "size": len(data) if size is None else size,
+                   "url": url, "proxy_url": url.replace("cdn.discordapp.com", "media.discordapp.net")}
+        if content_type:
+            payload["content_type"] = content_type
+        return payload
+
     async def message(self, content: str, author: str = "alice", channel_id: int = CHANNEL_ID,
-                      reply_to: dict | None = None, webhook_id: str | None = None, mentions=()) -> dict:
-        """MESSAGE_CREATE from a user (or a webhook); returns the payload."""
+                      reply_to: dict | None = None, webhook_id: str | None = None, mentions=(),
+                      attachments=(), wait: bool = True) -> dict:
+        """MESSAGE_CREATE from a user (or a webhook); returns the payload (wait=False: before it is handled)."""
         guild = channel_id != DM_CHANNEL_ID
         payload = {
             "id": str(self.fake.snowflake()), "channel_id": str(channel_id), "author": self.users[author],
             "content": content, "timestamp": iso(), "edited_timestamp": None, "tts": False,
             "mention_everyone": False, "mentions": [self.users[m] if isinstance(m, str) else m for m in mentions],
-            "mention_roles": [], "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": 0,
-            "components": [],
+            "mention_roles": [], "attachments": list(attachments), "embeds": [], "pinned": False, "type": 0,
+            "flags": 0, "components": [],
         }
         if guild:
             payload["guild_id"] = str(GUILD_ID)
@@ -374,13 +403,16 @@ class Harness:
             payload["type"] = 19
             payload["message_reference"] = {"type": 0, "message_id": reply_to["id"],
                                             "channel_id": reply_to["channel_id"], "guild_id": str(GUILD_ID)}
-            payload["referenced_message"] = reply_to
+            # Discord resolves one level: the replied-to message comes without its own referenced_message.
+            payload["referenced_message"] = {k: v for k, v in reply_to.items() if k != "referenced_message"}
         if not guild:
             self.fake.dm_channel["recipients"] = [self.users[author]]
             self.state._add_private_channel(discord.DMChannel(me=self.bot.user, state=self.state,
                                                               data=self.fake.dm_channel))
+        self.fake.user_messages[int(payload["id"])] = {k: v for k, v in payload.items() if k != "member"}
         self.state.parse_message_create(payload)
-        await self.settle()
+        if wait:
+            await self.settle()
         return payload
 
     async def react(self, message_id: str | int, emoji: str, user: str = "alice", remove: bool = False) -> None:
@@ -395,8 +427,29 @@ class Harness:
             self.state.parse_message_reaction_add(payload)
         await self.settle()
 
+    async def click(self, message_id: str | int, custom_id: str, user: str = "alice", wait: bool = True) -> dict:
+        """INTERACTION_CREATE for a button (custom_id) on a message the fake server holds."""
+        message = self.fake.messages[int(message_id)]
+        channel_id = int(message["channel_id"])
+        member = self.member(user)
+        permissions = EVERYONE_PERMS.value | (MOD_PERMS.value if MOD_ROLE in self.roles[user] else 0)
+        member["permissions"] = str(permissions)
+        payload = {
+            "id": str(self.fake.snowflake()), "application_id": str(APP_ID), "type": 3,
+            "data": {"custom_id": custom_id, "component_type": 2}, "message": message,
+            "channel_id": str(channel_id), "token": f"interaction-token-{self.fake.snowflake()}", "version": 1,
+            "locale": "en-US", "attachment_size_limit": 8388608, "entitlements": [],
+            "authorizing_integration_owners": {"0": str(GUILD_ID)}, "context": 0,
+            "app_permissions": str(BOT_PERMS.value), "guild_id": str(GUILD_ID), "guild_locale": "en-US",
+            "member": member, "channel": {**({**self.fake.channels, **self.fake.threads}[channel_id])},
+        }
+        self.state.parse_interaction_create(payload)
+        if wait:
+            await self.settle()
+        return payload
+
     async def command(self, command: str, subcommand: str | None = None, /, user: str = "alice",
-                      channel_id: int = CHANNEL_ID, **options) -> dict:
+                      channel_id: int = CHANNEL_ID, wait: bool = True, **options) -> dict:
         """INTERACTION_CREATE for a slash command (optionally a subcommand) with string options."""
         opts = [{"name": key, "type": 3, "value": value} for key, value in options.items()]
         if subcommand:
@@ -421,7 +474,8 @@ class Harness:
             payload.update(user=self.users[user], channel={**self.fake.dm_channel,
                                                             "recipients": [self.users[user]]})
         self.state.parse_interaction_create(payload)
-        await self.settle()
+        if wait:
+            await self.settle()
         return payload
 
 

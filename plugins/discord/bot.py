@@ -10,8 +10,11 @@ import re
 
 import discord
 
-from plugins.discord.commands import PersonaeTree, install, sync
+from plugins.discord.commands import PersonaeTree, install, respond, sync
+from plugins.discord.context import is_text_file, read_attachments, thread_history, with_attachments
+from plugins.discord.controls import LiveReply, ReplyControls, controls
 from plugins.discord.identity import PLATFORM, user_key
+from plugins.discord.instructions import ChannelPrompts
 from plugins.discord.ratelimit import RateLimiter
 from plugins.discord.replies import NO_MENTIONS, Post, Speaker
 from plugins.discord.tables import DiscordTables
@@ -101,10 +104,15 @@ class PersonaeBot(discord.Client):
         self.channel_limits = RateLimiter(config.channel_rate, 60)
         self.rng = random.Random()
         self._streams: set[StreamedReply] = set()
+        self.live: dict[int, LiveReply] = {}  # first Discord message of a reply being written -> its stream
+        self.channel_prompts = ChannelPrompts(self)
+        engine.pm.register(self.channel_prompts)
         self.tree = PersonaeTree(self)
         install(self)
 
     async def setup_hook(self) -> None:
+        if self.config.buttons:
+            self.add_view(ReplyControls(self))
         self.loop.create_task(self._warm_up(), name="personae-warm-up")
         if self.config.sync_commands:
             await sync(self)
@@ -121,6 +129,8 @@ class PersonaeBot(discord.Client):
     async def close(self) -> None:
         for stream in list(self._streams):
             stream.cancel()
+        if self.engine.pm.is_registered(self.channel_prompts):
+            self.engine.pm.unregister(self.channel_prompts)
         await super().close()
 
     # --- where the bot serves, and who is bound there ------------------------------------
@@ -173,8 +183,8 @@ class PersonaeBot(discord.Client):
         if self.ignores(message) or not self.allowed(message.channel):
             return
         text = self.clean_text(message)
-        if not text:
-            return
+        if not text and not any(is_text_file(a) for a in message.attachments):
+            return  # nothing to read (an empty message, or only pictures and such)
         characters = self.addressed(message, text)
         if not characters:
             if message.guild and self.mentioned(message) and not self.bound(message.channel, message.author):
@@ -188,6 +198,15 @@ class PersonaeBot(discord.Client):
             return
         if await self.rate_limited(message):
             return
+        if message.attachments:
+            # About half the prompt budget at ~4 characters a token: the card and the history keep the rest.
+            files, skipped = await read_attachments(message, self.config.attachment_bytes,
+                                                    2 * self.engine.settings.context_tokens)
+            if not text and not files:
+                return  # its text files could not be read: nothing to answer
+            if skipped:
+                await self.tell(message, "Not everything attached was read: " + "; ".join(skipped) + ".")
+            text = with_attachments(text, files, skipped)
         text = self.with_reply_context(message, text)
         for character in characters:  # one after another, so "all" mode reads like a conversation
             await self.answer(message, character, text)
@@ -242,33 +261,64 @@ class PersonaeBot(discord.Client):
         except discord.HTTPException as error:
             log.warning("could not answer message %s: %s", message.id, error)
 
-    def turn(self, channel, user, text: str, character, platform_message_id=None):
+    def turn(self, channel, user, text: str, character, platform_message_id=None, history=None):
         """An engine Turn for a Discord channel and user ({{user}} is their display name)."""
         return Turn(platform=PLATFORM, channel=str(channel.id), user_id=user_key(user), text=text,
                     user_name=getattr(user, "display_name", None) or str(user), character=character,
-                    platform_message_id=platform_message_id, sampling=self.config.sampling)
+                    platform_message_id=platform_message_id, sampling=self.config.sampling, history=history)
 
     async def answer(self, message: discord.Message, character, text: str) -> None:
-        turn = self.turn(message.channel, message.author, text, character, str(message.id))  # engine.reply adds the user
+        # A reply to an older message continues that thread: it joins the history (None: the log as usual).
+        history = await thread_history(self, message, character, self.config.reply_chain_depth)
+        turn = self.turn(message.channel, message.author, text, character, str(message.id),
+                         history)  # engine.reply adds the user
         await self.speak(message.channel, character, lambda: self.engine.reply(turn),
-                         lambda words: self.tell(message, words))
+                         lambda words: self.tell(message, words), message.author.id)
 
-    async def speak(self, channel, character, start, tell) -> dict | None:
+    async def reroll(self, interaction: discord.Interaction, character) -> None:
+        """Re-roll a character's latest reply in the interaction's channel, as a swipe (/regenerate, Re-roll)."""
+        channel = interaction.channel
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        turn = self.turn(channel, interaction.user, "", character)
+        told = []
+
+        async def tell(text: str) -> None:
+            told.append(text)
+            await respond(interaction, text)
+
+        row = await self.speak(channel, character, lambda: self.engine.regenerate(turn), tell, interaction.user.id)
+        if row is not None:
+            await respond(interaction, f"Re-rolled {character.name}'s last reply; both versions are kept.")
+        elif not told:  # stopped with its button: the "thinking…" answer still needs an end
+            await respond(interaction, f"The re-roll of {character.name}'s reply was stopped; the earlier one "
+                                       "stays.")
+
+    def controls(self, state: str):
+        """The buttons under a reply in this state, or None when they are turned off."""
+        return controls(state) if self.config.buttons else None
+
+    async def speak(self, channel, character, start, tell, requester: int | None = None) -> dict | None:
         """Generate a reply in a worker thread, show it (streamed or when done); map its ids; never silent."""
-        stream = None
+        stream = live = None
         try:
             voice = await self.speaker.voice(channel, character)
-            post = Post(voice)
+            post = Post(voice, self.controls)
             async with typing_indicator(channel):
                 stream = StreamedReply(start)
                 self._streams.add(stream)
+                live = LiveReply(stream, requester, character)
                 text, shown_at = "", self.loop.time()
                 async for piece in stream:
                     text += piece
                     if self.config.streaming and self.loop.time() - shown_at >= self.config.stream_interval:
                         post = await self.show(post, channel, character, text)
                         shown_at = self.loop.time()
+                        if post.messages:  # the Stop button is on the first message
+                            self.live[post.ids[0]] = live
                 row = stream.logged
+            if row is None and live.stopped_by is not None:  # stopped: what was written stays, unlogged
+                await self.show(post, channel, character, text, final=True, state="stopped")
+                return None
             post = await self.show(post, channel, character, row["text"] if row else text, final=True)
             if row:
                 self.tables.map_messages(post.ids, row["id"], channel.id)
@@ -285,19 +335,22 @@ class PersonaeBot(discord.Client):
         finally:
             if stream is not None:
                 self._streams.discard(stream)
+            for key in [key for key, value in self.live.items() if value is live]:
+                del self.live[key]
         return None
 
-    async def show(self, post: Post, channel, character, text: str, final: bool = False) -> Post:
+    async def show(self, post: Post, channel, character, text: str, final: bool = False,
+                   state: str | None = None) -> Post:
         """Show text in a post; a webhook deleted meanwhile is recreated once."""
         try:
-            await post.show(text, final)
+            await post.show(text, final, state)
             return post
         except discord.NotFound:
             if not getattr(post.voice, "via_webhook", False):
                 raise
             self.speaker.forget(channel, character)
-            post = Post(await self.speaker.voice(channel, character))
-            await post.show(text, final)
+            post = Post(await self.speaker.voice(channel, character), post.controls)
+            await post.show(text, final, state)
             return post
 
     # --- greetings, reactions, alerts ------------------------------------------------------

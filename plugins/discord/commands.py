@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 
 from plugins.discord.identity import PLATFORM, user_key
+from plugins.discord.instructions import MAX_PROMPT_CHARS
 from plugins.discord.replies import NO_MENTIONS
 from runtime.audit import run_audit
 from runtime.audit.report import latest_report_files
@@ -199,12 +200,38 @@ def install(bot) -> None:
         greeting = engine.greeting(found, user)
         if greeting:
             embed.add_field(name="First message", value=greeting[:1024], inline=False)
+        addition = bot.channel_prompts.for_channel(interaction.channel) if interaction.channel else None
+        if addition:
+            embed.add_field(name="This channel's prompt addition", value=addition["text"][:1024], inline=False)
         embed.set_footer(text=f"id: {found.id}")
         extra = {}
         if found.avatar_png:
             embed.set_thumbnail(url="attachment://avatar.png")
             extra["file"] = discord.File(io.BytesIO(found.avatar_png), filename="avatar.png")
         await respond(interaction, embed=embed, ephemeral=False, **extra)
+
+    @character.command(name="prompt", description="Admin: add instructions to every character's prompt in this "
+                                                  "channel (leave empty to clear)")
+    @app_commands.describe(text=f"Up to {MAX_PROMPT_CHARS} characters; {{{{char}}}} and {{{{user}}}} work")
+    async def character_prompt(interaction: discord.Interaction, text: str | None = None):
+        if interaction.guild is None:
+            return await respond(interaction, "Prompt additions are for server channels.")
+        if not is_admin(bot, interaction, "manage_channels"):
+            return await respond(interaction, "Changing this channel's prompt needs the Manage Channels permission "
+                                              "(or a configured admin role or user).")
+        channel = interaction.channel
+        text = (text or "").strip()
+        if len(text) > MAX_PROMPT_CHARS:
+            return await respond(interaction, f"That prompt addition is {len(text)} characters long; the limit is "
+                                              f"{MAX_PROMPT_CHARS}. Please shorten it.")
+        if not text:
+            previous = bot.tables.clear_channel_prompt(channel.id)
+            return await respond(interaction, f"Cleared the prompt addition of {channel.mention} (it was: "
+                                              f"{previous['text']})." if previous
+                                 else f"{channel.mention} has no prompt addition of its own.",
+                                 ephemeral=not previous)
+        bot.tables.set_channel_prompt(channel.id, text)
+        await respond(interaction, f"Characters in {channel.mention} now also follow: {text}", ephemeral=False)
 
     @character.command(name="use", description="Choose the character you talk to in DMs")
     @app_commands.describe(name="The character's name")
@@ -236,11 +263,7 @@ def install(bot) -> None:
             found = find(rows[0]["character"]) if rows else None
         if found is None:
             return await respond(interaction, "There is no reply to regenerate here yet.")
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        turn = bot.turn(channel, interaction.user, "", found)
-        row = await bot.speak(channel, found, lambda: engine.regenerate(turn), lambda text: respond(interaction, text))
-        if row is not None:
-            await respond(interaction, f"Re-rolled {found.name}'s last reply; both versions are kept.")
+        await bot.reroll(interaction, found)
 
     personae = app_commands.Group(name="personae", description="Your data, and admin commands")
 

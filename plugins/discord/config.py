@@ -34,6 +34,11 @@ class DiscordConfig:
     channel_rate: int = field(default=20, metadata={"help": "Messages per channel per minute (0 = no limit)."})
     max_input_chars: int = field(default=2000, metadata={"help": "Longer messages get an error, not a reply."})
     sync_commands: bool = field(default=True, metadata={"help": "Register the slash commands at start-up."})
+    reply_chain_depth: int = field(default=12, metadata={
+        "help": "Messages of a reply chain read back when someone replies to an older message (0 = off)."})
+    attachment_bytes: int = field(default=20000, metadata={
+        "help": "Largest text file attached to a message that is read as part of it, in bytes."})
+    buttons: bool = field(default=True, metadata={"help": "Stop and Re-roll buttons under a character's reply."})
     temperature: float | None = field(default=None, metadata={"help": "Sampling temperature on Discord."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Longest reply on Discord, in tokens."})
 

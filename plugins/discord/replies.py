@@ -33,9 +33,9 @@ class WebhookVoice:
         return await self.webhook.send(content, username=self.character.name[:80], wait=True,
                                        allowed_mentions=NO_MENTIONS, thread=self._thread(), **extra)
 
-    async def edit(self, message: discord.Message, content: str) -> None:
+    async def edit(self, message: discord.Message, content: str, **extra) -> None:
         await self.webhook.edit_message(message.id, content=content, allowed_mentions=NO_MENTIONS,
-                                        thread=self._thread())
+                                        thread=self._thread(), **extra)
 
     async def delete(self, message: discord.Message) -> None:
         await self.webhook.delete_message(message.id, thread=self._thread())
@@ -53,8 +53,8 @@ class PlainVoice:
     async def send(self, content: str, **extra) -> discord.Message:
         return await self.channel.send(self.header + content, allowed_mentions=NO_MENTIONS, **extra)
 
-    async def edit(self, message: discord.Message, content: str) -> None:
-        await message.edit(content=self.header + content, allowed_mentions=NO_MENTIONS)
+    async def edit(self, message: discord.Message, content: str, **extra) -> None:
+        await message.edit(content=self.header + content, allowed_mentions=NO_MENTIONS, **extra)
 
     async def delete(self, message: discord.Message) -> None:
         await message.delete()
@@ -63,30 +63,43 @@ class PlainVoice:
 class Post:
     """The Discord messages showing one reply: sent, edited as it grows, split past 2000 chars."""
 
-    def __init__(self, voice):
+    def __init__(self, voice, controls=None):
         self.voice = voice
+        self.controls = controls  # controls(state) -> the buttons under the first message (a View) or None
         self.messages: list[discord.Message] = []
         self._shown: list[str] = []
+        self._state: str | None = None  # whose buttons the first message shows
+        self._buttons = False
 
     @property
     def ids(self) -> list[int]:
         return [message.id for message in self.messages]
 
-    async def show(self, text: str, final: bool = False) -> None:
-        """Make the channel show `text`: edit changed chunks, send new ones, drop extra ones at the end."""
+    async def show(self, text: str, final: bool = False, state: str | None = None) -> None:
+        """Make the channel show `text`: edit changed chunks, send new ones, drop extra ones at the end.
+
+        `state` (streaming, final, stopped; by default from `final`) picks the first message's buttons.
+        """
         chunks = split_message(text, self.voice.limit)
         if not chunks:
             if not final:
                 return
             chunks = ["…"]  # an empty reply still answers, so the user isn't met with silence
+        state = state or ("final" if final else "streaming")
+        new_state = self.controls is not None and state != self._state
+        first_view = self.controls(state) if new_state else None
         for index, chunk in enumerate(chunks):
+            view = first_view if index == 0 else None
+            restyle = new_state and index == 0 and (view is not None or self._buttons)  # None removes old ones
             if index < len(self.messages):
-                if self._shown[index] != chunk:
-                    await self.voice.edit(self.messages[index], chunk)
+                if self._shown[index] != chunk or restyle:
+                    await self.voice.edit(self.messages[index], chunk, **({"view": view} if restyle else {}))
                     self._shown[index] = chunk
             else:
-                self.messages.append(await self.voice.send(chunk))
+                self.messages.append(await self.voice.send(chunk, **({"view": view} if view is not None else {})))
                 self._shown.append(chunk)
+        if new_state:
+            self._state, self._buttons = state, first_view is not None
         if final:
             for message in self.messages[len(chunks):]:
                 await self.voice.delete(message)

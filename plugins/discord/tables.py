@@ -1,4 +1,4 @@
-"""The Discord plugin's own tables: cached webhooks, Discord message ids, one-time notices."""
+"""The Discord plugin's own tables: cached webhooks, Discord message ids, one-time notices, channel prompts."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def m001_webhooks_messages_notices(db: sqlite_utils.Database) -> None:
     )
     db["discord_messages"].create_index(["message_id"])
     db["discord_notices"].create({"key": str, "created": str}, pk="key")
+
+
+@migrations(name="m002_channel_prompts")
+def m002_channel_prompts(db: sqlite_utils.Database) -> None:
+    """Per-channel prompt additions set by admins (not who set them: nothing for forget-me to find)."""
+    db["discord_channel_prompts"].create({"channel_id": str, "text": str, "updated": str}, pk="channel_id")
 
 
 class DiscordTables:
@@ -75,6 +81,28 @@ class DiscordTables:
         """Forget mappings of logged messages that were deleted (forget-me)."""
         self.store.write(lambda: self.store.db.execute(
             "delete from discord_messages where message_id not in (select id from messages)"))
+
+    # --- per-channel prompt additions ---
+    def channel_prompt(self, channel_ids) -> dict | None:
+        """The prompt addition of the first of these channels that has one (a thread, then its parent)."""
+        for channel_id in channel_ids:
+            if channel_id:
+                rows = self.store.query("select * from discord_channel_prompts where channel_id = ?",
+                                        [str(channel_id)])
+                if rows:
+                    return rows[0]
+        return None
+
+    def set_channel_prompt(self, channel_id: int, text: str) -> None:
+        self.store.write(lambda: self.store.db["discord_channel_prompts"].upsert(
+            {"channel_id": str(channel_id), "text": text, "updated": now()}, pk="channel_id"))
+
+    def clear_channel_prompt(self, channel_id: int) -> dict | None:
+        """Remove a channel's own prompt addition; return what it was."""
+        previous = self.channel_prompt([channel_id])
+        self.store.write(lambda: self.store.db.execute(
+            "delete from discord_channel_prompts where channel_id = ?", [str(channel_id)]))
+        return previous
 
     # --- notices told once ---
     def first_notice(self, key: str) -> bool:
