@@ -122,9 +122,8 @@ class PromptSpy:
         self.characters.append(character)
 
     def chat(self, index: int = -1) -> list[str]:
-        """The chat part of a recorded prompt: its texts after the card and the example dialogue turns."""
-        examples = sum(len(block) for block in self.characters[index].example_dialogues())
-        return [m["content"] for m in self.prompts[index][1 + examples:] if m["role"] != "system"]
+        """The chat part of a recorded prompt: its texts without the card, lore and example dialogue turns."""
+        return [m["content"] for m in self.prompts[index] if m["role"] != "system" and not m.get("example")]
 
 
 @pytest.fixture

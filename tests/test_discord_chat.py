@@ -21,8 +21,8 @@ def prompt_text(spy) -> str:
 
 
 def chat(prompt: list[dict]) -> list[dict]:
-    """The history part of a prompt: without the card and the post-history instructions (system messages)."""
-    return [m for m in prompt if m["role"] != "system"]
+    """The history part of a prompt: without the card, lore and the card's example dialogue turns."""
+    return [m for m in prompt if m["role"] != "system" and not m.get("example")]
 
 
 def latest_reply(fake) -> int:

@@ -50,8 +50,10 @@ def history(n):
     return turns
 
 
-EXAMPLE_TURNS = [{"role": "user", "content": "Any ships?"}, {"role": "assistant", "content": "Two. Both lost."},
-                 {"role": "user", "content": "Tea?"}, {"role": "assistant", "content": "Always."}]
+EXAMPLE_TURNS = [{"role": "user", "content": "Any ships?", "example": True},
+                 {"role": "assistant", "content": "Two. Both lost.", "example": True},
+                 {"role": "user", "content": "Tea?", "example": True},
+                 {"role": "assistant", "content": "Always.", "example": True}]
 
 
 def test_everything_fits_when_budget_is_ample(tokenizer):

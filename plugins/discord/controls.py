@@ -89,8 +89,8 @@ class ReplyControls(discord.ui.View):
             return await respond(interaction, f"{row['character']} is no longer installed.")
         store = bot.engine.store
         conversation = store.conversation_id(PLATFORM, str(interaction.channel.id), character.id)
-        latest = next((m for m in reversed(store.history(conversation, limit=bot.engine.settings.history_turns))
-                       if m["role"] == "assistant"), None)
+        logged = store.history(conversation, limit=bot.engine.settings.history_turns, degenerate=True)
+        latest = next((m for m in reversed(logged) if m["role"] == "assistant"), None)
         if latest is None or latest["id"] != row["id"]:
             return await respond(interaction, f"Only {character.name}'s latest reply here can be re-rolled.")
         await bot.reroll(interaction, character)

@@ -36,7 +36,8 @@ class PromptParts:
         # chats with one character then share the longest prompt prefix, which the generator prefills once.
         system = self.card + (f"\n\n{self.post_history}" if self.post_history else "")
         messages = [{"role": "system", "content": system}]
-        messages += [dict(m) for block in self.examples for m in block]
+        # Marked, so hooks and tools can tell the card's example turns from the chat (templates ignore the key).
+        messages += [{**m, "example": True} for block in self.examples for m in block]
         if self.lore:
             messages.append({"role": "system", "content": "What you know:\n" + "\n".join(self.lore)})
         return messages + self.history

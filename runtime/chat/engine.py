@@ -176,7 +176,7 @@ class Engine:
         if not text:
             return None
         conversation = self.store.conversation_id(turn.platform, turn.channel, character.id)
-        if self.store.history(conversation, limit=1):
+        if self.store.history(conversation, limit=1, degenerate=True):
             return None
         return self.store.log_message(
             conversation_id=conversation, role="assistant", text=text, character=character.id,
