@@ -35,6 +35,10 @@ class SamplingSettings:
     stop: list[str] = field(default_factory=list)
     seed: int = 0
     min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens (benchmarks, fixed lengths)
+    top_k: int = 0  # keep the k likeliest tokens; 0 = off
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token the reply already has
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence in the reply so far
+    logprobs: int | None = None  # record each token's logprob and this many alternatives; None = don't
 
     @classmethod
     def from_sources(cls, settings, character=None, **overrides) -> "SamplingSettings":
@@ -46,6 +50,10 @@ class SamplingSettings:
             "max_new_tokens": settings.max_new_tokens,
             "seed": settings.seed,
             "stop": [],
+            "top_k": 0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "logprobs": None,
         }
         if character is not None:
             values.update({k: v for k, v in character.generation_settings().items() if k in values})
@@ -53,6 +61,15 @@ class SamplingSettings:
         if isinstance(values["stop"], str):
             values["stop"] = [values["stop"]]
         return cls(**values)
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability and the likeliest alternatives, as (token id, logprob)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +93,7 @@ class ReplyStream:
         self.cancelled = threading.Event()
         self.text = ""
         self.completion_tokens = 0
+        self.logprobs: list[TokenLogprob] = []  # one per generated token (not end-of-sequence), when asked
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
