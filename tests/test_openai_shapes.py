@@ -3,6 +3,8 @@ each driven through the official openai client against a live server."""
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 from http_server import LiveServer
@@ -255,3 +257,42 @@ def test_one_completion_per_shape_on_the_real_model(make_engine, real_base):
         content = choice.logprobs.content
         assert content and all(e.logprob <= 0 and len(e.top_logprobs) == 3 for e in content)
     assert response.choices[0].message.content != response.choices[1].message.content
+
+
+def test_n_choices_are_all_or_none_when_the_generator_is_busy(server, engine, monkeypatch):
+    from runtime.generation.types import GeneratorBusy
+
+    streams, submit = [], engine.generator.submit
+
+    def second_is_busy(request):
+        if streams:
+            raise GeneratorBusy(3)
+        streams.append(submit(request))
+        return streams[-1]
+
+    monkeypatch.setattr(engine.generator, "submit", second_is_busy)
+    with pytest.raises(openai.RateLimitError):
+        server.openai().chat.completions.create(model="pixel", messages=HI, n=2, max_tokens=4)
+    assert streams[0].cancelled.is_set()  # the choice already queued is called off
+    assert logged(engine, "user") == [] and logged(engine) == []
+    assert engine.weights is None or not engine.weights._refs  # every lease went back
+
+
+def test_leaving_an_n_choice_stream_cancels_every_choice(make_engine, tiny_base):
+    import httpx
+
+    engine = make_engine(tiny_base, temperature=0, max_new_tokens=400)
+    live = LiveServer(engine)
+    try:
+        with httpx.stream("POST", live.url + "/v1/chat/completions", timeout=60, json={
+                "model": "pixel", "stream": True, "max_tokens": 400, "n": 2, "seed": 1,
+                "messages": [{"role": "user", "content": "A long story"}]}) as response:
+            for index, _ in enumerate(response.iter_lines()):
+                if index > 6:
+                    break
+        deadline = time.monotonic() + 30
+        while engine.generator.active_rows and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.generator.active_rows == 0 and logged(engine) == []
+    finally:
+        live.close()
