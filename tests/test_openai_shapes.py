@@ -110,6 +110,27 @@ def test_n_choices_are_separate_generations_logged_as_swipes(server, engine, sub
     assert [m["id"] for m in engine.store.history(conversation)] == [asked[0]["id"], replies[2]["id"]]
 
 
+def test_the_choice_the_client_carries_on_from_is_the_one_kept(server, engine):
+    from runtime.training.curate import curate
+
+    client = server.openai()
+    chat = [{"role": "user", "content": "Name a colour"}]
+    response = client.chat.completions.create(model="pixel", messages=chat, n=3, temperature=1.0, seed=21,
+                                              max_tokens=5)
+    texts = [c.message.content for c in response.choices]
+    assert len(set(texts)) == 3
+    picked = response.choices[0]  # SillyTavern's user swiped back to the first one and answered it
+    chat += [{"role": "assistant", "content": picked.message.content}, {"role": "user", "content": "Why?"}]
+    client.chat.completions.create(model="pixel", messages=chat, max_tokens=3)
+    replies = [r for r in logged(engine) if r["reply_to"] == logged(engine, "user")[0]["id"]]
+    survivors = [r["id"] for r in replies if r["id"] not in {x["swipe_of"] for x in replies}]
+    assert survivors == [picked.model_extra["personae_message_id"]]
+    dataset = curate(engine.store, engine.catalog.get("pixel"), engine.settings)
+    trained = [m["content"] for example in dataset.train + dataset.validation for m in example["messages"]
+               if m["role"] == "assistant"]
+    assert picked.message.content in trained and not {texts[1], texts[2]} & set(trained)
+
+
 def test_n_choices_stream_with_their_index_and_one_finish_each(server, engine):
     chunks = list(server.openai().chat.completions.create(
         model="pixel", messages=HI, n=2, temperature=1.0, seed=3, max_tokens=5, stream=True,

@@ -214,6 +214,7 @@ class Engine:
             history = self.store.history(conversation, limit=self.settings.history_turns)
         else:
             history = [{"role": m["role"], "text": m["content"]} for m in turn.history]
+            self._keep_chosen(conversation, history)
             digest = history_digest(turn.history, turn.text)
             resent = self._resent(conversation, digest)
             if resent is not None:
@@ -245,6 +246,20 @@ class Engine:
         if _meta(asked).get("history_digest") != digest:
             return None
         return asked, (answer["id"] if answer else None)
+
+    def _keep_chosen(self, conversation: int, history: list[dict]) -> None:
+        """The client carries on from another logged version of the last reply (a swipe, one of n): keep that one."""
+        if not history or history[-1]["role"] != "assistant":
+            return
+        last = self.store.history(conversation, limit=1)
+        text = (history[-1]["text"] or "").strip()
+        if not last or last[0]["role"] != "assistant" or not last[0].get("reply_to") or last[0]["text"] == text:
+            return
+        versions = self.store.query("select id, text from messages where conversation_id = ? and reply_to = ? "
+                                    "and role = 'assistant' order by id", [conversation, last[0]["reply_to"]])
+        chosen = next((m["id"] for m in versions if m["text"] == text), None)
+        if chosen is not None:
+            self.store.chain_swipes([m["id"] for m in versions if m["id"] != chosen] + [chosen])
 
     def regenerate(self, turn: Turn) -> Reply:
         """Re-roll the last reply of the conversation (a swipe); both stay in the log."""
