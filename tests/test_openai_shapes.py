@@ -317,3 +317,13 @@ def test_leaving_an_n_choice_stream_cancels_every_choice(make_engine, tiny_base)
         assert engine.generator.active_rows == 0 and logged(engine) == []
     finally:
         live.close()
+
+
+def test_logprob_bytes_rebuild_text_split_inside_a_character(tiny_base):
+    from plugins.http.chat import TokenText
+
+    tokens = TokenText(tiny_base.tokenizer)
+    text = "héllo — ✓ ok"
+    items = [tokens.item(i, -1.0) for i in tiny_base.tokenizer.encode(text, add_special_tokens=False)]
+    assert any(item["token"].endswith("\ufffd") for item in items)  # ✓ is cut across tokens
+    assert bytes(b for item in items for b in item["bytes"]).decode("utf-8") == text

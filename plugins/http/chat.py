@@ -216,12 +216,12 @@ class TokenText:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        try:  # byte-level BPE (GPT-2, SmolLM2, Llama 3): a token's characters stand for raw bytes
+        self.byte_of = {}
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        if type(decoder).__name__ == "ByteLevel":  # GPT-2, SmolLM2, Llama 3: a token's characters stand for bytes
             from transformers.convert_slow_tokenizer import bytes_to_unicode
 
             self.byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
-        except ImportError:
-            self.byte_of = {}
 
     def item(self, token: int, logprob: float) -> dict:
         text = self.tokenizer.decode([token])
