@@ -144,6 +144,12 @@ def audit_alert(character: Character, report) -> None:
     """Called when a live audit finds a character under its alignment threshold (report: an AuditReport)."""
 
 
+@hookspec
+def user_forgotten(user_id: str, store: Store) -> None:
+    """Called after a user asked to be forgotten (`personae forget`, Discord's /personae forget-me) and the log's
+    rows of them are gone: delete everything your plugin keeps about `user_id` (its own tables in `store` too)."""
+
+
 def iter_hookspecs() -> Iterator[str]:
     """The name of every hook in the contract (the coverage test walks these)."""
     return (name for name, value in globals().items() if getattr(value, "personae_spec", None) is not None)

@@ -12,6 +12,7 @@ import pluggy
 
 from runtime import hookspecs
 from runtime.config import load_settings
+from runtime.errors import PersonaeError
 
 # Built-in plugins are ordinary modules using the public hookimpl, registered last.
 BUILTIN_PLUGINS = (
@@ -111,3 +112,22 @@ def plugin_summaries(pm: pluggy.PluginManager) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda row: row["name"])
+
+
+class ForgetIncomplete(PersonaeError):
+    """The log forgot a user, but a plugin failed to delete its own data about them."""
+
+
+def forget_user(store, user_id: str, pm: pluggy.PluginManager | None = None) -> dict:
+    """Forget a user everywhere: the log's messages and feedback, then every plugin's data (user_forgotten)."""
+    counts = store.forget_user(user_id)
+    pm = pm or get_plugin_manager()
+    try:
+        pm.hook.user_forgotten(user_id=user_id, store=store)
+    except Exception as error:  # a plugin's bug: the user must learn their data is not all gone yet
+        raise ForgetIncomplete(
+            f"the log's messages and feedback of {user_id!r} were deleted, but a plugin failed to delete its own "
+            f"data about them ({type(error).__name__}: {error}); fix or remove that plugin (see `personae plugins`) "
+            "and run the forget again"
+        ) from error
+    return counts

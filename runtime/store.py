@@ -235,6 +235,17 @@ class Store:
         """Change fields of a logged message (e.g. the platform's message id once sent)."""
         self.write(lambda: self.db["messages"].update(message_id, fields))
 
+    def chain_swipes(self, message_ids: list[int]) -> None:
+        """Make versions of one reply swipes of each other in this order: the last is the one that counts."""
+
+        def chain():
+            previous = None
+            for message_id in message_ids:
+                self.db.execute("update messages set swipe_of = ? where id = ?", [previous, message_id])
+                previous = message_id
+
+        self.write(chain)
+
     def history(self, conversation_id: int, limit: int = 40, before_id: int | None = None,
                 degenerate: bool = False) -> list[dict]:
         """The latest messages of a conversation, oldest first, without superseded swipes (or degenerate replies)."""

@@ -15,6 +15,7 @@ from plugins.discord.replies import NO_MENTIONS
 from runtime.audit import run_audit
 from runtime.audit.report import latest_report_files
 from runtime.jobs import add_schedule
+from runtime.plugins import ForgetIncomplete, forget_user
 from runtime.training import retrain  # torch and friends load only when an admin asks
 
 log = logging.getLogger("plugins.discord")
@@ -269,7 +270,13 @@ def install(bot) -> None:
 
     @personae.command(name="forget-me", description="Delete your logged messages and feedback")
     async def forget_me(interaction: discord.Interaction):
-        counts = await asyncio.to_thread(engine.store.forget_user, user_key(interaction.user))
+        try:
+            counts = await asyncio.to_thread(forget_user, engine.store, user_key(interaction.user), engine.pm)
+        except ForgetIncomplete as error:
+            log.error("forget-me: %s", error)
+            return await respond(interaction, "Your logged messages and feedback were deleted, but a plugin failed "
+                                              "to delete its own data about you; the admins were told. Please run "
+                                              "/personae forget-me again later.")
         await asyncio.to_thread(bot.tables.drop_orphans)
         await respond(interaction, f"Done: deleted {counts['messages']} messages and {counts['feedback']} "
                                    "feedback entries. Your messages are also excluded from training from now on.")

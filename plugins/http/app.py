@@ -99,11 +99,13 @@ def create_app(engine, settings, keys: list[str] | None = None):
 
     async def respond(body, request: Request, regenerate: bool):
         started = time.perf_counter()
-        reply = await chat.begin(engine, metrics, body, request.headers, regenerate)
+        replies = await chat.begin(engine, metrics, body, request.headers, regenerate)
+        tokens = chat.TokenText(engine.base.tokenizer)
         if body.stream:
-            return ReplyStreamingResponse(chat.stream(metrics, body, reply, started), media_type="text/event-stream",
+            return ReplyStreamingResponse(chat.stream(metrics, body, replies, started, tokens),
+                                          media_type="text/event-stream",
                                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await chat.complete(metrics, body, reply, started)
+        return await chat.complete(metrics, body, replies, started, tokens)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):

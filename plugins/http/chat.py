@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from urllib.parse import unquote
@@ -76,6 +77,12 @@ def model_list(engine, created: int) -> list[dict]:
 
 def make_turn(engine, body, headers, character, version, regenerate: bool = False):
     """The engine Turn of a request: who, which conversation, which history, which sampling."""
+    problem = body.problem()
+    if problem is not None:
+        raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
+    if body.n > engine.settings.max_batch:
+        raise APIError(400, f"n={body.n} is more choices than this server generates at once (max_batch is "
+                       f"{engine.settings.max_batch}); ask for at most {engine.settings.max_batch}", param="n")
     user = (body.user or "").strip()
     conversation = (headers.get(CONVERSATION_HEADER) or "").strip()[:200]
     chat = [m for m in body.messages if m.role in ("user", "assistant")]
@@ -102,31 +109,32 @@ def make_turn(engine, body, headers, character, version, regenerate: bool = Fals
     max_tokens = sampling["max_new_tokens"]
     room = engine.settings.context_tokens - 64
     if max_tokens is not None and max_tokens > room:
-        raise APIError(400, f"max_tokens {max_tokens} leaves no room for the prompt (context_tokens is "
-                       f"{engine.settings.context_tokens}); ask for at most {room}", param="max_tokens")
+        name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise APIError(400, f"{name} {max_tokens} leaves no room for the prompt (context_tokens is "
+                       f"{engine.settings.context_tokens}); ask for at most {room}", param=name)
     return Turn(platform=PLATFORM, channel=conversation or f"user:{user or 'anonymous'}",
                 user_id=f"http:{user or 'anonymous'}", text=text, user_name=user_name, character=character,
-                sampling=sampling, version=version, history=history)
+                sampling=sampling, version=version, history=history, client_owns_chat=True)
 
 
-def start_reply(engine, turn, character, regenerate: bool):
-    """Start the engine's reply (blocking: run it in a worker thread)."""
+def start_replies(engine, turn, character, regenerate: bool, n: int):
+    """Start the engine's `n` replies, generated together (blocking: run it in a worker thread)."""
     if regenerate:
-        return engine.regenerate(turn)
+        return engine.regenerations(turn, n)
     if turn.history is None:
         # Continuing a logged conversation: it opens with the character's first message, as in the console.
         engine.log_greeting(turn, character)
-    return engine.reply(turn)
+    return engine.replies(turn, n)
 
 
 async def begin(engine, metrics, body, headers, regenerate: bool = False):
-    """Resolve, validate and start a reply; errors become OpenAI-shaped API errors."""
+    """Resolve, validate and start the replies (one per choice); errors become OpenAI-shaped API errors."""
     from starlette.concurrency import run_in_threadpool
 
     character, version = resolve_model(engine, body.model)
     turn = make_turn(engine, body, headers, character, version, regenerate)
     try:
-        return await run_in_threadpool(start_reply, engine, turn, character, regenerate)
+        return await run_in_threadpool(start_replies, engine, turn, character, regenerate, body.n)
     except PersonaeError as error:  # busy, nothing to re-roll, a version the registry refuses, no room
         metrics.failed(character.id, "busy" if isinstance(error, Busy) else "invalid")
         raise APIError.of(error) from None
@@ -178,92 +186,188 @@ class Bridge:
 # --- responses ---------------------------------------------------------------------------------
 
 
-def usage(reply) -> dict:
-    """OpenAI's usage block of a finished reply."""
-    prompt, completion = reply.prompt_tokens, reply.stream.completion_tokens
+class Choice:
+    """One choice of a response: an engine Reply streamed as the text it will log, and its unsent logprobs."""
+
+    def __init__(self, index: int, reply, tokens):
+        self.index, self.reply, self.tokens = index, reply, tokens
+        self.bridge = Bridge(reply)
+        self.logprobs_sent = 0
+
+    def logprobs(self) -> dict | None:
+        """OpenAI's logprobs block of the tokens made since the last call (None when not asked for)."""
+        if self.reply.stream.request.sampling.logprobs is None:
+            return None
+        entries = self.reply.stream.logprobs[self.logprobs_sent:]
+        self.logprobs_sent += len(entries)
+        return {"content": [self.tokens.entry(e) for e in entries], "refusal": None}
+
+    @property
+    def message_id(self) -> int | None:
+        return self.reply.message["id"] if self.reply.message else None
+
+    def finish_reason(self) -> str:
+        """OpenAI's finish_reason: 'length' when max_tokens cut the reply, else 'stop'."""
+        return "length" if self.reply.stream.finish_reason == "length" else "stop"
+
+
+class TokenText:
+    """Token ids as OpenAI's logprob entries: the token's text and its exact bytes."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.byte_of = {}
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        if type(decoder).__name__ == "ByteLevel":  # GPT-2, SmolLM2, Llama 3: a token's characters stand for bytes
+            from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+            self.byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+
+    def item(self, token: int, logprob: float) -> dict:
+        text = self.tokenizer.decode([token])
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if piece and all(char in self.byte_of for char in piece):
+            raw = [self.byte_of[char] for char in piece]
+        else:
+            raw = list(text.encode("utf-8"))
+        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": raw}  # JSON has no -inf
+
+    def entry(self, scored) -> dict:
+        return {**self.item(scored.token, scored.logprob),
+                "top_logprobs": [self.item(token, logprob) for token, logprob in scored.top]}
+
+
+def usage(replies) -> dict:
+    """OpenAI's usage block of finished replies to one prompt (the prompt counted once)."""
+    prompt = replies[0].prompt_tokens
+    completion = sum(reply.stream.completion_tokens for reply in replies)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def finish_reason(reply) -> str:
-    """OpenAI's finish_reason: 'length' when max_tokens cut the reply, else 'stop'."""
-    return "length" if reply.stream.finish_reason == "length" else "stop"
-
-
-def record(metrics, reply, bridge, started: float) -> None:
+def record(metrics, choice, started: float) -> None:
     """Metrics of a finished reply."""
+    reply, bridge = choice.reply, choice.bridge
     now = time.perf_counter()
     ttft = bridge.first_piece_at - started if bridge.first_piece_at is not None else None
     metrics.finished(reply.character.id, reply.prompt_tokens, reply.stream.completion_tokens, ttft, now - started)
 
 
-async def complete(metrics, body, reply, started: float) -> dict:
-    """A non-streaming chat.completion."""
-    bridge = Bridge(reply)
+def cancel(choices) -> None:
+    """The client went away: stop every reply still generating (the engine logs nothing for them)."""
+    for choice in choices:
+        choice.reply.cancel()
+
+
+async def complete(metrics, body, replies, started: float, tokens) -> dict:
+    """A non-streaming chat.completion with one choice per reply."""
+    choices = [Choice(index, reply, tokens) for index, reply in enumerate(replies)]
+
+    async def drain(choice):
+        async for _ in choice.bridge:
+            pass
+
     metrics.in_flight.inc()
     try:
-        async for _ in bridge:
-            pass
+        await asyncio.gather(*(drain(choice) for choice in choices))
     except asyncio.CancelledError:
-        reply.cancel()
+        cancel(choices)
         raise
     except Exception as error:
-        metrics.failed(reply.character.id, "error")
+        cancel(choices)
+        metrics.failed(replies[0].character.id, "error")
         raise APIError(500, f"generating the reply failed: {error}", type="server_error") from None
     finally:
         metrics.in_flight.dec()
-    record(metrics, reply, bridge, started)
-    message_id = reply.message["id"]
+    for choice in choices:
+        record(metrics, choice, started)
+    first = replies[0]
     return {
-        "id": f"chatcmpl-{message_id}",
+        "id": f"chatcmpl-{choices[0].message_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                     "finish_reason": finish_reason(reply), "logprobs": None}],
-        "usage": usage(reply),
-        "personae_message_id": message_id,
-        "personae_weights_version": reply.weights.version,
-        "system_fingerprint": reply.weights.version,
+        "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.reply.text},
+                     "finish_reason": c.finish_reason(), "logprobs": c.logprobs(),
+                     "personae_message_id": c.message_id} for c in choices],
+        "usage": usage(replies),
+        "personae_message_id": choices[0].message_id,
+        "personae_weights_version": first.weights.version,
+        "system_fingerprint": first.weights.version,
     }
 
 
-async def stream(metrics, body, reply, started: float):
-    """Server-sent events of chat.completion.chunk objects, ending with `data: [DONE]`."""
-    # The reply's own id is known only once it is logged; chunks carry the turn's id until then.
-    chunk_id = f"chatcmpl-turn{reply.user_message['id']}"
-    created = int(time.time())
+async def merged(choices):
+    """(choice, text) as any choice makes text, and (choice, None) when it ends; a choice's error is raised."""
+    queue: asyncio.Queue = asyncio.Queue()
 
-    def event(delta: dict | None, finish: str | None = None, **extra) -> str:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    async def pump(choice):
+        try:
+            async for text in choice.bridge:
+                await queue.put((choice, text))
+            await queue.put((choice, None))
+        except Exception as error:  # handed to the consumer, which ends the whole response
+            await queue.put((choice, error))
+
+    tasks = [asyncio.create_task(pump(choice)) for choice in choices]
+    try:
+        for _ in range(len(choices)):
+            while True:
+                choice, item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield choice, item
+                if item is None:
+                    break
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def stream(metrics, body, replies, started: float, tokens):
+    """Server-sent events of chat.completion.chunk objects, ending with `data: [DONE]`."""
+    # The replies' own ids are known only once they are logged; chunks carry the turn's id until then.
+    first = replies[0]
+    chunk_id = f"chatcmpl-turn{first.user_message['id']}"
+    created = int(time.time())
+    choices = [Choice(index, reply, tokens) for index, reply in enumerate(replies)]
+
+    def event(choice=None, delta=None, finish: str | None = None, logprobs=None, **extra) -> str:
+        listed = [] if choice is None else [{"index": choice.index, "delta": delta, "finish_reason": finish,
+                                             "logprobs": logprobs}]
         payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                   "system_fingerprint": reply.weights.version, "choices": choices, **extra}
+                   "system_fingerprint": first.weights.version, "choices": listed, **extra}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    bridge = Bridge(reply)
     completed = False
     metrics.in_flight.inc()
     try:
-        yield event({"role": "assistant", "content": ""})
+        for choice in choices:
+            yield event(choice, {"role": "assistant", "content": ""})
         try:
-            async for text in bridge:
-                yield event({"content": text})
+            async with contextlib.aclosing(merged(choices)) as pieces:
+                async for choice, text in pieces:
+                    if text is not None:
+                        yield event(choice, {"content": text}, logprobs=choice.logprobs())
+                        continue
+                    # Exactly one chunk per choice carries its finish_reason (and the rest of its logprobs).
+                    record(metrics, choice, started)
+                    yield event(choice, {}, choice.finish_reason(), choice.logprobs(),
+                                personae_message_id=choice.message_id)
         except Exception as error:
-            metrics.failed(reply.character.id, "error")
+            cancel(choices)
+            metrics.failed(first.character.id, "error")
             error_body = {"message": f"generating the reply failed: {error}", "type": "server_error",
                           "param": None, "code": None}
             yield f"data: {json.dumps({'error': error_body})}\n\n"
             completed = True
             return
         completed = True
-        record(metrics, reply, bridge, started)
-        message_id = reply.message["id"] if reply.message else None
-        yield event({}, finish_reason(reply), personae_message_id=message_id)
         if body.stream_options and body.stream_options.include_usage:
-            yield event(None, usage=usage(reply), personae_message_id=message_id)
+            yield event(usage=usage(replies), personae_message_id=choices[0].message_id)
         yield "data: [DONE]\n\n"
     finally:
         metrics.in_flight.dec()
         if not completed:
-            # The client went away mid-stream: stop generating; the engine logs nothing for it.
-            reply.cancel()
-            metrics.failed(reply.character.id, "cancelled")
+            # The client went away mid-stream: stop generating; the engine logs nothing for those replies.
+            cancel(choices)
+            metrics.failed(first.character.id, "cancelled")

@@ -39,10 +39,30 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+SEED_LIMIT = 2**63  # the generator's torch.Generator takes 0 <= seed < 2**63
+
+# Fields real clients send that change nothing here when neutral: (field, is it neutral?, what to send instead).
+UNSUPPORTED = (
+    ("logit_bias", lambda v: not v, "logit_bias is not supported; send {} or leave it out"),
+    ("response_format", lambda v: not v or (isinstance(v, dict) and v.get("type") == "text"),
+     "response_format is not supported (replies are plain text); leave it out or send {\"type\": \"text\"}"),
+    ("tools", lambda v: not v, "tools (function calling) are not supported; leave tools out"),
+    ("tool_choice", lambda v: v in (None, "none"), "tool_choice is not supported; leave it out or send \"none\""),
+    ("functions", lambda v: not v, "functions (function calling) are not supported; leave it out"),
+    ("function_call", lambda v: v in (None, "none"), "function_call is not supported; leave it out"),
+    ("modalities", lambda v: not v or list(v) == ["text"], "only the text modality is supported"),
+    ("audio", lambda v: not v, "audio output is not supported; leave it out"),
+    ("prediction", lambda v: not v, "predicted outputs are not supported; leave prediction out"),
+    ("web_search_options", lambda v: not v, "web search is not supported; leave web_search_options out"),
+    ("best_of", lambda v: v in (None, 1), "best_of is not supported; use n for several choices"),
+)
+
+
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions (and /v1/regenerate, where messages may be empty)."""
 
-    # SillyTavern, Open WebUI and others send many fields of their own; unknown ones are ignored.
+    # SillyTavern, Open WebUI and others send many fields of their own; unknown ones are ignored
+    # unless they would change the reply (UNSUPPORTED: a 400 naming them).
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(default_factory=list)
@@ -50,11 +70,16 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1, description="0 or -1: off")
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: Union[str, list[str], None] = None
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1, description="only one choice per request is supported")
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    n: int = Field(default=1, ge=1, le=128)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = Field(default=None, max_length=256)
     repetition_penalty: float | None = Field(default=None, gt=0, le=3)  # a common extension
 
@@ -66,15 +91,36 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("at most 4 stop sequences")
         return [s for s in stops if s] or None
 
+    def problem(self) -> tuple[str, str] | None:
+        """(field, message) of the first thing asked for that this server cannot do, else None."""
+        extra = self.model_extra or {}
+        for name, neutral, message in UNSUPPORTED:
+            if name in extra and not neutral(extra[name]):
+                return name, message
+        if self.stream_options is not None and not self.stream:
+            return "stream_options", "stream_options is only allowed when stream is true"
+        if self.top_logprobs and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true"
+        return None
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        """max_completion_tokens (OpenAI's current name), else max_tokens (the older one)."""
+        return self.max_completion_tokens or self.max_tokens
+
     def sampling(self) -> dict:
         """Per-request overrides for the engine (None = the character's or the config's value)."""
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "max_new_tokens": self.max_completion_tokens or self.max_tokens,
+            "top_k": self.top_k,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "max_new_tokens": self.max_new_tokens,
             "stop": self.stop,
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
+            "logprobs": (self.top_logprobs or 0) if self.logprobs else None,
         }
 
 

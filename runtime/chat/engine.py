@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runtime.characters.card import Character
@@ -34,6 +36,7 @@ class Turn:
     sampling: dict = field(default_factory=dict)  # per-request overrides (temperature, max_new_tokens, ...)
     version: int | str | None = None  # pin a weights version (3 or "base"), else the active one
     history: list[dict] | None = None  # role/content messages the client sent (OpenAI API); else the logged ones
+    client_owns_chat: bool = False  # the client keeps the chat (OpenAI API): re-sending the same messages re-rolls
 
 
 @dataclass
@@ -43,15 +46,26 @@ class ReplyDraft:
     text: str
 
 
+class SwipeChain:
+    """Replies to one message logged as swipes of each other, so history and curation keep exactly one.
+
+    Each reply, as it is logged, re-rolls the one logged before it (or the reply a regeneration replaces).
+    """
+
+    def __init__(self, swipe_of: int | None = None):
+        self.last = swipe_of
+        self.lock = threading.Lock()
+
+
 class Reply:
     """A reply being generated: iterate it for text pieces; afterwards `.message` is its log row."""
 
-    def __init__(self, engine, turn, character, weights, stream, user_message, prompt_tokens, swipe_of=None):
+    def __init__(self, engine, turn, character, weights, stream, user_message, prompt_tokens, chain=None):
         self.engine, self.turn, self.character, self.weights = engine, turn, character, weights
         self.stream = stream
         self.user_message = user_message
         self.prompt_tokens = prompt_tokens
-        self.swipe_of = swipe_of
+        self.chain = chain or SwipeChain()
         self.message: dict | None = None
         self._finalised = threading.Event()
 
@@ -185,27 +199,76 @@ class Engine:
 
     def reply(self, turn: Turn) -> Reply:
         """Log the user's message and start the character's reply (stream it by iterating)."""
+        return self.replies(turn)[0]
+
+    def replies(self, turn: Turn, n: int = 1) -> list[Reply]:
+        """Log the user's message and start `n` replies to it, generated together (logged as swipes of each other).
+
+        A client that sends the history itself and re-sends exactly the same messages is re-rolling:
+        no new user message is logged and the new reply replaces the last one as a swipe.
+        """
         character = self.resolve_character(turn)
         self.store.ensure_user(turn.user_id, turn.user_name, turn.platform)
         conversation = self.store.conversation_id(turn.platform, turn.channel, character.id)
-        history = (self.store.history(conversation, limit=self.settings.history_turns) if turn.history is None
-                   else [{"role": m["role"], "text": m["content"]} for m in turn.history])
+        digest = None
+        if turn.history is None:
+            history = self.store.history(conversation, limit=self.settings.history_turns)
+        else:
+            history = [{"role": m["role"], "text": m["content"]} for m in turn.history]
+        if turn.history is not None and turn.client_owns_chat:
+            self._keep_chosen(conversation, history)
+            digest = history_digest(turn.history, turn.text)
+            resent = self._resent(conversation, digest)
+            if resent is not None:
+                user_message, swipe_of = resent
+                return self._start(turn, character, history + [user_message], user_message, swipe_of, n)
         user_message = self.store.log_message(
             conversation_id=conversation, role="user", text=turn.text, character=character.id,
             platform=turn.platform, channel=turn.channel, user_id=turn.user_id, user_name=turn.user_name,
-            platform_message_id=turn.platform_message_id,
+            platform_message_id=turn.platform_message_id, meta={"history_digest": digest} if digest else None,
         )
         try:
-            reply = self._start(turn, character, history + [user_message], user_message)
+            replies = self._start(turn, character, history + [user_message], user_message, n=n)
         except Exception:
             # Busy or refused: the message was never answered, and the user is told to send it again.
             self.store.delete_message(user_message["id"])
             raise
         self.pm.hook.message_logged(message=user_message, store=self.store)
-        return reply
+        return replies
+
+    def _resent(self, conversation: int, digest: str):
+        """(user message, reply it re-rolls or None) when the conversation's last turn had exactly this history."""
+        last = self.store.history(conversation, limit=2)
+        if last and last[-1]["role"] == "user":
+            asked, answer = last[-1], None  # its reply never came (cancelled, failed): answer it now
+        elif len(last) == 2 and last[0]["role"] == "user" and last[1].get("reply_to") == last[0]["id"]:
+            asked, answer = last
+        else:
+            return None
+        if _meta(asked).get("history_digest") != digest:
+            return None
+        return asked, (answer["id"] if answer else None)
+
+    def _keep_chosen(self, conversation: int, history: list[dict]) -> None:
+        """The client carries on from another logged version of the last reply (a swipe, one of n): keep that one."""
+        if not history or history[-1]["role"] != "assistant":
+            return
+        last = self.store.history(conversation, limit=1)
+        text = (history[-1]["text"] or "").strip()
+        if not last or last[0]["role"] != "assistant" or not last[0].get("reply_to") or last[0]["text"] == text:
+            return
+        versions = self.store.query("select id, text from messages where conversation_id = ? and reply_to = ? "
+                                    "and role = 'assistant' order by id", [conversation, last[0]["reply_to"]])
+        chosen = next((m["id"] for m in versions if m["text"] == text), None)
+        if chosen is not None:
+            self.store.chain_swipes([m["id"] for m in versions if m["id"] != chosen] + [chosen])
 
     def regenerate(self, turn: Turn) -> Reply:
         """Re-roll the last reply of the conversation (a swipe); both stay in the log."""
+        return self.regenerations(turn)[0]
+
+    def regenerations(self, turn: Turn, n: int = 1) -> list[Reply]:
+        """Re-roll the last reply of the conversation `n` times; every version stays in the log."""
         character = self.resolve_character(turn)
         conversation = self.store.conversation_id(turn.platform, turn.channel, character.id)
         history = self.store.history(conversation, limit=self.settings.history_turns, degenerate=True)
@@ -214,10 +277,10 @@ class Engine:
             raise NothingToRegenerate("there is no reply to regenerate in this conversation yet")
         cut = history.index(last_reply)
         user_message = self.store.message(last_reply["reply_to"])
-        earlier = [m for m in history[:cut] if '"finish_reason": "degenerate"' not in (m.get("meta") or "")]
-        return self._start(turn, character, earlier, user_message, swipe_of=last_reply["id"])
+        earlier = [m for m in history[:cut] if _meta(m).get("finish_reason") != "degenerate"]
+        return self._start(turn, character, earlier, user_message, last_reply["id"], n)
 
-    def _start(self, turn, character, history, user_message, swipe_of=None) -> Reply:
+    def _start(self, turn, character, history, user_message, swipe_of=None, n: int = 1) -> list[Reply]:
         base = self.base
         budget = min(self.settings.context_tokens, base.context_length)
         sampling = SamplingSettings.from_sources(self.settings, character, **turn.sampling)
@@ -233,13 +296,24 @@ class Engine:
         self.pm.hook.prompt_messages(character=character, messages=messages, turn=turn)
         input_ids = list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                             return_dict=False))
-        weights = self.weights_for(character, turn.version)
+        chain, replies = SwipeChain(swipe_of), []
         try:
-            stream = self.generator.submit(Request(input_ids, sampling, weights.adapter))
+            for index in range(n):
+                # Submitted back to back, so the generator prefills and decodes them as one batch.
+                choice = replace(sampling, seed=(sampling.seed + index) % 2**63) if index and sampling.seed else sampling
+                weights = self.weights_for(character, turn.version)
+                try:
+                    stream = self.generator.submit(Request(input_ids, choice, weights.adapter))
+                except Exception:
+                    weights.release()
+                    raise
+                replies.append(Reply(self, turn, character, weights, stream, user_message, len(input_ids), chain))
         except Exception:
-            weights.release()
+            for started in replies:  # all or none: a busy generator refuses the whole request
+                started.cancel()
+                started.weights.release()
             raise
-        return Reply(self, turn, character, weights, stream, user_message, len(input_ids), swipe_of)
+        return replies
 
     def log_reply(self, reply: Reply) -> dict:
         """Filter the finished reply through the hooks and write it to the log."""
@@ -247,7 +321,14 @@ class Engine:
         draft = ReplyDraft(stream.text.strip())  # the generator cut it at any stop string
         self.pm.hook.filter_reply(character=reply.character, reply=draft, turn=reply.turn)
         ttft = stream.ttft
-        message = self.store.log_message(
+        with reply.chain.lock:
+            message = self._log_reply_row(reply, draft, stream, ttft, reply.chain.last)
+            reply.chain.last = message["id"]
+        self.pm.hook.message_logged(message=message, store=self.store)
+        return message
+
+    def _log_reply_row(self, reply, draft, stream, ttft, swipe_of) -> dict:
+        return self.store.log_message(
             conversation_id=reply.user_message["conversation_id"],
             role="assistant",
             text=draft.text,
@@ -256,7 +337,7 @@ class Engine:
             platform=reply.turn.platform,
             channel=reply.turn.channel,
             reply_to=reply.user_message["id"],
-            swipe_of=reply.swipe_of,
+            swipe_of=swipe_of,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=stream.completion_tokens,
             ttft_ms=round(ttft * 1000, 1) if ttft is not None else None,
@@ -264,5 +345,16 @@ class Engine:
             meta={"finish_reason": stream.finish_reason,
                   **({"degenerate": stream.degenerate} if stream.degenerate else {})},
         )
-        self.pm.hook.message_logged(message=message, store=self.store)
-        return message
+
+
+def history_digest(history: list[dict], text: str) -> str:
+    """A fingerprint of the messages a client sent (history and the new message), to spot a re-sent request."""
+    sent = [[m["role"], m["content"]] for m in history] + [["user", text]]
+    return hashlib.sha256(json.dumps(sent, ensure_ascii=False).encode()).hexdigest()
+
+
+def _meta(message: dict) -> dict:
+    try:
+        return json.loads(message.get("meta") or "{}") or {}
+    except ValueError:
+        return {}

@@ -32,10 +32,12 @@ def logs(count, search, character, as_json):
 @click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
 @friendly_errors
 def forget(user, yes):
-    """Delete a user's logged messages and feedback (and opt them out of training)."""
+    """Delete a user's logged messages and feedback, and plugins' data about them (and opt them out of training)."""
     if not yes:
         click.confirm(f"Delete every message and feedback of user {user!r}?", abort=True)
-    counts = store().forget_user(user)
+    from runtime.plugins import forget_user
+
+    counts = forget_user(store(), user)
     click.echo(f"Deleted {counts['messages']} messages and {counts['feedback']} feedback rows of {user}")
 
 

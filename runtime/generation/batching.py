@@ -432,7 +432,10 @@ class BatchingGenerator:
         """Pick and record each row's next token from the last position's logits."""
         last = logits[:, -1, :].float()
         for index, row in enumerate(rows):
-            self._accept(row, row.sampler.choose(row.ids[: row.length], last[index: index + 1]))
+            token = row.sampler.choose(row.ids[: row.length], last[index: index + 1])
+            if row.sampler.scored is not None and token not in self.eos:
+                row.stream.logprobs.append(row.sampler.scored)
+            self._accept(row, token)
 
     @staticmethod
     def _fail(rows: list[Row], error: BaseException) -> None:

@@ -9,7 +9,7 @@ temperature 1, before any processor) is kept for the degeneration guard.
 
 from __future__ import annotations
 
-from runtime.generation.types import SamplingSettings
+from runtime.generation.types import SamplingSettings, TokenLogprob
 
 
 class RecentRepetitionPenalty:
@@ -21,6 +21,8 @@ class RecentRepetitionPenalty:
     def __call__(self, input_ids, scores):
         import torch
 
+        if self.last_n == 0 or input_ids.shape[-1] == 0:
+            return scores
         window = input_ids if self.last_n < 0 else input_ids[:, -self.last_n:]
         picked = torch.gather(scores, 1, window)
         picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
@@ -92,6 +94,8 @@ class RowSampler:
                 self.rng.manual_seed(int(sampling.seed))
             else:
                 self.rng.seed()
+        self.top_logprobs = sampling.logprobs  # None: the request did not ask for logprobs
+        self.scored: TokenLogprob | None = None  # the last chosen token's logprob, when asked
 
     def choose(self, ids, logits) -> int:
         """The next token after `ids` (1-D, prompt and reply so far) given the last position's logits [1, vocab]."""
@@ -103,4 +107,17 @@ class RowSampler:
         else:
             token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.rng)[0, 0])
         self.last_probability = float(torch.softmax(logits[0], dim=-1)[token])
+        if self.top_logprobs is not None:
+            self.scored = self._logprobs(logits[0], token)
         return token
+
+    def _logprobs(self, logits, token: int) -> TokenLogprob:
+        """The model's own log-probabilities (before penalties, temperature and truncation, like vLLM's default)."""
+        import torch
+
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top = []
+        if self.top_logprobs:
+            values, indices = torch.topk(logprobs, int(self.top_logprobs))
+            top = list(zip(indices.tolist(), values.tolist()))
+        return TokenLogprob(token, float(logprobs[token]), top)

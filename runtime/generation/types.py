@@ -46,6 +46,7 @@ class SamplingSettings:
     seed: int = 0
     min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens (benchmarks, fixed lengths)
     guard: bool = True  # stop a sampled reply that degenerates (loops, word lists, gibberish) and mark it
+    logprobs: int | None = None  # record each token's logprob and this many alternatives; None = don't
 
     @classmethod
     def from_sources(cls, settings, character=None, **overrides) -> "SamplingSettings":
@@ -59,6 +60,15 @@ class SamplingSettings:
         if isinstance(values["stop"], str):
             values["stop"] = [values["stop"]]
         return cls(**values)
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability and the likeliest alternatives, as (token id, logprob)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +92,7 @@ class ReplyStream:
         self.cancelled = threading.Event()
         self.text = ""
         self.completion_tokens = 0
+        self.logprobs: list[TokenLogprob] = []  # one per generated token (not end-of-sequence), when asked
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.finish_reason: str | None = None  # stop, length, degenerate, cancelled, error
