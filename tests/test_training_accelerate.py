@@ -172,3 +172,20 @@ def test_personae_train_on_two_processes_matches_one_on_smollm2(make_engine, rea
     moved = (logits_one - _logits(real_base.model, real_base.tokenizer)).abs().max().item()
     assert moved > 1e-3
     assert (logits_two - logits_one).abs().max().item() < 0.02 * moved + 1e-4
+
+
+def test_launch_settings_that_cannot_work_fail_clearly_before_any_process_starts(make_engine, tiny_base, tmp_path):
+    engine = make_engine(tiny_base)
+    log_many(engine.store, 12)
+    fsdp = tmp_path / "fsdp.yaml"
+    fsdp.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\nuse_cpu: true\n"
+                    "mixed_precision: 'no'\nfsdp_config:\n  fsdp_version: 2\n")
+    cases = [(fsdp, "asks for FSDP, which needs GPUs"), (tmp_path / "missing.yaml", "not found")]
+    for path, message in cases:
+        config = TrainingConfig(**RUN, processes=2, accelerate_config=str(path))
+        outcome = retrain(engine, "pixel", config=config, gate=False, progress=False)
+        assert outcome.status == "failed" and message in outcome.reason, outcome.reason
+    assert registry_for(engine).versions("pixel") == []
+    assert not list((engine.settings.data_path / "training" / "pixel").glob("staging-*"))
+    with pytest.raises(Exception, match="processes must be a whole number"):
+        TrainingConfig(processes=0)

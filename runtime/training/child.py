@@ -32,6 +32,12 @@ def _failed_rank(log_text: str) -> str | None:
     return f"rank {rank} failed (exit {code})"
 
 
+def _discard(staging: Path) -> None:
+    """Remove a failed run's weights and the checkpoints its ranks were writing."""
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(staging.parent / (staging.name + ".checkpoints"), ignore_errors=True)
+
+
 def _stop(process) -> None:
     """Kill the worker and every rank it started (they share its session)."""
     try:
@@ -53,13 +59,13 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
     request = folder / f"staging-{run_id}.request.json"
     result_path = folder / f"staging-{run_id}.result.json"
     log_path = folder / f"{run_id}.log"
+    command, env = worker_command(config, request), worker_env(config)  # a bad launch setting fails here
     folder.mkdir(parents=True, exist_ok=True)
     request.write_text(json.dumps({
         "db_path": str(engine.settings.db_path), "base_folder": str(base_folder), "character": character_id,
         "config": config.to_dict(), "dataset": dataset.to_dict(), "reference": reference, "run_id": run_id,
         "staging": str(staging), "result": str(result_path),
     }, default=str))
-    command, env = worker_command(config, request), worker_env(config)
     nice = int(config.nice)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
@@ -82,7 +88,7 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         tail = text[-1500:]
         result_path.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         if code is not None and code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             raise TrainingError(f"the training process was killed ({name}) before it finished; nothing was "
@@ -96,6 +102,6 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
     result = json.loads(result_path.read_text())
     result_path.unlink(missing_ok=True)
     if result.get("error"):
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         raise TrainingError(result["error"])
     return staging, result["metrics"]

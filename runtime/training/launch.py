@@ -23,6 +23,18 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def _sharded_engine(path: Path) -> str | None:
+    """"FSDP" or "DeepSpeed" when the accelerate config file asks for one, else None."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        kind = str(load_config_from_file(str(path)).distributed_type or "")
+    except Exception as error:  # accelerate's own parser: YAML/JSON errors, unknown keys
+        raise TrainingError(f"accelerate config file {path} could not be read ({error}); check it with "
+                            f"`accelerate launch --config_file {path} ...` or write it with `accelerate config`") from None
+    return "FSDP" if "FSDP" in kind else "DeepSpeed" if "DEEPSPEED" in kind else None
+
+
 def worker_command(config: TrainingConfig, request: Path) -> list[str]:
     """The command line that trains what `request` describes, on config.processes processes."""
     worker = [*WORKER, "--request", str(request)]
@@ -34,6 +46,11 @@ def worker_command(config: TrainingConfig, request: Path) -> list[str]:
         if not path.is_file():
             raise TrainingError(f"accelerate config file {path} not found: write one with `accelerate config "
                                 "--config_file FILE` or remove accelerate_config from [training]")
+        engine = _sharded_engine(path)
+        if engine and not _has_gpu():
+            raise TrainingError(
+                f"{path} asks for {engine}, which needs GPUs: accelerate runs CPU ranks as plain DDP (MULTI_CPU) and "
+                "would ignore it; remove accelerate_config to train on CPU processes, or train where GPUs are")
         launch += ["--config_file", str(path)]  # FSDP / DeepSpeed / GPU ids: the file decides
         if int(config.processes or 1) > 1:
             launch += ["--num_processes", str(config.processes)]
