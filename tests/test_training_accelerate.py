@@ -102,18 +102,19 @@ def _ranks(launcher_pid: int) -> dict[int, psutil.Process]:
     return found
 
 
-def test_a_rank_killed_midway_fails_the_run_and_registers_nothing(make_engine, tiny_base, tmp_path):
+def test_a_rank_killed_midway_fails_the_scheduled_run_and_registers_nothing(make_engine, tiny_base, tmp_path):
     from helpers_adapters import train_tiny_lora
 
-    engine = make_engine(tiny_base)
+    from runtime.jobs import run_now
+
+    # The scheduler's retraining reads processes from [training], like `personae serve` does.
+    engine = make_engine(tiny_base, training={**RUN, "max_steps": 400, "batch_size": 2, "processes": 2})
     log_many(engine.store, 12)
     registry = registry_for(engine)
     active = registry.add(train_tiny_lora(tiny_base, tmp_path / "v1", steps=1), "pixel", activate=True)
     before = [(v.number, v.state) for v in registry.versions("pixel")]
-    config = TrainingConfig(**{**RUN, "max_steps": 400}, batch_size=2, processes=2)
     box = {}
-    worker = threading.Thread(target=lambda: box.update(outcome=retrain(engine, "pixel", config=config, gate=False,
-                                                                         progress=False)))
+    worker = threading.Thread(target=lambda: box.update(outcome=run_now(engine, "pixel", force=True)))
     worker.start()
     deadline, ranks, launcher = time.monotonic() + 240, {}, None
     while time.monotonic() < deadline:
@@ -160,7 +161,7 @@ def test_personae_train_on_two_processes_matches_one_on_smollm2(make_engine, rea
     result = CliRunner().invoke(cli, ["train", "pixel", "--processes", "2", "--batch-size", "2", "--max-steps", "3",
                                       "--no-gate"], env={"PERSONAE_BASE_MODEL": str(real_base.folder)})
     assert result.exit_code == 0, result.output
-    assert "candidate lora:pixel@2" in result.output and "processes=2" in result.output
+    assert "candidate pixel@2" in result.output and "processes=2" in result.output
     two = registry.get("pixel", 2)
     assert two.manifest["training"]["processes"] == 2 and two.manifest["metrics"]["global_batch"] == 4
     curve_one, curve_two = _losses(one.version.folder), _losses(two.folder)
