@@ -37,8 +37,9 @@ def _load(registry, base, version):
     """A registered version as a model, loaded the way the serving side loads it."""
     import copy
 
-    from adapters.full_delta import load_full
     from peft import PeftModel
+
+    from adapters.full_delta import load_full
 
     if version.kind == "full":
         return load_full(version.folder, base).eval()

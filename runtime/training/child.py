@@ -17,7 +17,7 @@ from runtime.training.runs import training_dir, update_run
 
 # torchrun's report names the rank that failed first: "Root Cause (first observed failure): ... rank : 1
 # (local_rank: 1) ... exitcode : -9 (pid: 1234)"; the ranks it stopped afterwards are listed above it.
-ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
 
 
 def _failed_rank(log_text: str) -> str | None:

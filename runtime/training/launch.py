@@ -29,7 +29,7 @@ def _sharded_engine(path: Path) -> str | None:
 
     try:
         kind = str(load_config_from_file(str(path)).distributed_type or "")
-    except Exception as error:  # accelerate's own parser: YAML/JSON errors, unknown keys
+    except Exception as error:  # noqa: BLE001 - accelerate's own parser: YAML/JSON errors, unknown keys
         raise TrainingError(f"accelerate config file {path} could not be read ({error}); check it with "
                             f"`accelerate launch --config_file {path} ...` or write it with `accelerate config`") from None
     return "FSDP" if "FSDP" in kind else "DeepSpeed" if "DEEPSPEED" in kind else None
