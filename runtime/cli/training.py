@@ -59,11 +59,16 @@ def dataset(name, export_path, split):
 @click.option("--gate", "gate_kind", type=click.Choice(["auto", "audit", "loss"]), default=None,
               help="How the candidate is judged (auto: audit when installed, else validation loss).")
 @click.option("--no-gate", is_flag=True, help="Only register a candidate; don't promote or reject it.")
+@click.option("--processes", type=click.IntRange(min=1),
+              help="Train on N processes with `accelerate launch` (GPUs, or CPU ranks over gloo; default 1).")
+@click.option("--accelerate-config", type=click.Path(dir_okay=False),
+              help="accelerate config file for the processes (FSDP, DeepSpeed, GPU ids).")
 @friendly_errors
-def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_length, full_layers, gate_kind, no_gate):
+def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_length, full_layers, gate_kind, no_gate,
+          processes, accelerate_config):
     """Train NAME on its curated conversations, register a candidate, gate it, promote or reject it.
 
-    Multi-GPU: accelerate launch -m runtime.training.worker --character NAME --method lora
+    Several GPUs or CPU processes: --processes N [--accelerate-config FILE] (batch size is per process).
     """
     from runtime.training import retrain
     from runtime.training.config import TrainingConfig
@@ -72,6 +77,7 @@ def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_leng
     config = TrainingConfig.from_sources(
         engine.settings.training, method=method, rank=rank, alpha=alpha, epochs=epochs, lr=lr, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, full_layers=full_layers, gate=gate_kind,
+        processes=processes, accelerate_config=accelerate_config,
     )
     engine.catalog.get(name)
     outcome = retrain(engine, name, config=config, trigger="cli", gate=not no_gate)
@@ -84,8 +90,8 @@ def _print_outcome(outcome) -> None:
     click.echo(outcome.summary())
     metrics = outcome.metrics or {}
     if metrics:
-        keys = ("train_loss", "val_loss", "reference_val_loss", "steps", "seconds_per_step", "tokens_per_s",
-                "peak_memory_mb", "bytes_on_disk")
+        keys = ("train_loss", "val_loss", "reference_val_loss", "steps", "processes", "seconds_per_step",
+                "tokens_per_s", "peak_memory_mb", "bytes_on_disk")
         click.echo("  " + ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics))
     if outcome.loss_plot:
         click.echo(f"  loss curve: {outcome.loss_plot}")

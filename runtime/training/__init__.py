@@ -15,6 +15,7 @@ from runtime.training.child import train_in_subprocess
 from runtime.training.config import METHODS, TrainingConfig, TrainingError, disk_full
 from runtime.training.curate import CuratedDataset, curate
 from runtime.training.gate import run_gate
+from runtime.training.launch import uses_accelerate, world_size
 from runtime.training.runs import TrainingBusy, training_dir
 from runtime.training.trainer import run_training, write_run_files
 
@@ -96,7 +97,10 @@ def _register(engine, character_id, folder: Path, config, dataset, metrics, acti
 def train(engine, character_id: str, method: str = "lora", *, config: TrainingConfig | None = None, examples=None,
           register: bool = True, progress: bool = True, run_id: str | None = None,
           output_dir: str | Path | None = None) -> TrainResult:
-    """Train a character in this process and register the result as a candidate version."""
+    """Train a character in this process and register the result as a candidate version.
+
+    One process: config.processes is for retrain(), which launches the ranks and registers once.
+    """
     character = engine.catalog.get(character_id)
     config = _config(engine, method, config)
     dataset = _as_dataset(engine, character, examples, config)
@@ -129,16 +133,19 @@ def retrain(engine, character_id: str, method: str | None = None, *, config: Tra
     """Curate, train, register a candidate, gate it against the active version, promote or reject.
 
     in_subprocess=None: train in a low-priority child process when this engine is serving chats (its
-    generator is running), else here (the command line, with its progress bar).
+    generator is running), else here (the command line, with its progress bar). config.processes > 1 (or
+    an accelerate config file): always in child processes, under `accelerate launch`.
     """
+    if world_size() > 1:
+        raise TrainingError("retrain runs once and launches its own training processes: instead of starting it "
+                            "under `accelerate launch`, run `personae train NAME --processes N` (or set "
+                            "processes / accelerate_config in [training])")
     character = engine.catalog.get(character_id)
     config = _config(engine, method, config)
     store, settings = engine.store, engine.settings
     if in_subprocess is None:
         in_subprocess = engine.generator_started is not None
-    if os.environ.get("RANK", "0") != "0":  # a non-main rank under `accelerate launch`: just train along
-        train(engine, character.id, config.method, config=config, progress=False)
-        return RetrainOutcome(character.id, "candidate", "trained as a non-main rank")
+    in_subprocess = in_subprocess or uses_accelerate(config)
     with runs.character_lock(settings, character.id):
         runs.clean_stale(settings, character.id, store)
         since = runs.last_trained_message_id(store, character.id)

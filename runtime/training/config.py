@@ -75,6 +75,14 @@ class TrainingConfig:
         default=1, metadata={"help": "Scheduled training: torch/OMP threads of the low-priority training process."}
     )
     nice: int = field(default=10, metadata={"help": "Scheduled training: how much lower the training process runs."})
+    processes: int = field(
+        default=1,
+        metadata={"help": "Train on this many processes with `accelerate launch` (GPUs, or CPU ranks over gloo)."},
+    )
+    accelerate_config: str = field(
+        default="",
+        metadata={"help": "An accelerate config file (FSDP, DeepSpeed, GPU ids) for the launched processes."},
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -85,6 +93,8 @@ class TrainingConfig:
             raise TrainingError(f"unknown gate {self.gate!r}; use auto, audit or loss")
         if not 0 <= self.validation_share < 1:
             raise TrainingError("validation_share must be between 0 and 1")
+        if not isinstance(self.processes, int) or self.processes < 1:
+            raise TrainingError(f"processes must be a whole number of at least 1, not {self.processes!r}")
 
     @property
     def learning_rate(self) -> float:

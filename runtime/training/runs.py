@@ -34,6 +34,13 @@ def m001_training_runs(db: sqlite_utils.Database) -> None:
     db["training_runs"].create_index(["character", "started"])
 
 
+@migrations(name="m002_training_progress")
+def m002_training_progress(db: sqlite_utils.Database) -> None:
+    """The run's global optimiser step (one count for all ranks) and how many steps it will take."""
+    db["training_runs"].add_column("step", int)
+    db["training_runs"].add_column("max_steps", int)
+
+
 class TrainingBusy(Conflict, RuntimeError):
     """Another training of the same character is running (in this or another process)."""
 

@@ -32,8 +32,8 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _rich_progress_callback(enabled: bool):
-    """A TrainerCallback drawing a rich progress bar with the latest losses."""
+def _rich_progress_callback(enabled: bool, on_step=None):
+    """A TrainerCallback drawing a rich progress bar with the latest losses (rank 0 only; global steps)."""
     from transformers import TrainerCallback
 
     class RichProgress(TrainerCallback):
@@ -55,6 +55,8 @@ def _rich_progress_callback(enabled: bool):
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress:
                 self.progress.update(self.task, completed=state.global_step)
+            if on_step is not None and state.is_world_process_zero:
+                on_step(state.global_step, state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.progress and logs:
@@ -118,9 +120,24 @@ def _reference_model(base_folder: Path, reference: dict, dtype):
     return PeftModel.from_pretrained(_load_model(base_folder, dtype), folder)
 
 
+def _unmark_prepared(trainer, model) -> None:
+    """Let train() wrap a model that evaluate() already prepared (accelerate's mark makes it skip the wrap).
+
+    evaluate()'s evaluation-only prepare marks the model as prepared; train()'s prepare then returns it
+    without DistributedDataParallel, and every rank would step on its own gradients.
+    """
+    if getattr(model, "_is_accelerate_prepared", False):
+        del model._is_accelerate_prepared
+        if model in trainer.accelerator._models:
+            trainer.accelerator._models.remove(model)
+
+
 def run_training(base_folder: str | Path, dataset, config: TrainingConfig, output_dir: str | Path, *,
-                 reference: dict | None = None, progress: bool = True) -> dict:
-    """Train on a CuratedDataset, save the weights into output_dir, return metrics (and the loss log)."""
+                 reference: dict | None = None, progress: bool = True, on_step=None) -> dict:
+    """Train on a CuratedDataset, save the weights into output_dir, return metrics (and the loss log).
+
+    on_step(global_step, max_steps) is called on rank 0 after each optimiser step.
+    """
     import torch
 
     base_folder, output_dir = Path(base_folder), Path(output_dir)
@@ -129,12 +146,12 @@ def run_training(base_folder: str | Path, dataset, config: TrainingConfig, outpu
         # Oversubscribed OpenMP threads spin: on a busy 2-core box 1 thread trains ~10x faster than 2.
         torch.set_num_threads(config.threads)
     try:
-        return _run_training(base_folder, dataset, config, output_dir, reference, progress)
+        return _run_training(base_folder, dataset, config, output_dir, reference, progress, on_step)
     finally:
         torch.set_num_threads(previous_threads)  # training must not change the serving process's threads
 
 
-def _run_training(base_folder, dataset, config, output_dir, reference, progress) -> dict:
+def _run_training(base_folder, dataset, config, output_dir, reference, progress, on_step) -> dict:
     import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -165,16 +182,18 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress)
         logging_steps=1, seed=config.seed, data_seed=config.seed, report_to="none", disable_tqdm=True,
         use_cpu=not on_gpu, bf16=dtype == torch.bfloat16, include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0, remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every trainable weight takes part in each step
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
         data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience), _rich_progress_callback(progress)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience), _rich_progress_callback(progress, on_step)],
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar (or nothing) instead of a dict per step on stdout
     # The same validation set, before training (= the base) or on the active version: the loss gate's yardstick.
     if reference is None:
         reference_loss = trainer.evaluate()["eval_loss"]
+        _unmark_prepared(trainer, model)
     else:
         other = Trainer(model=_reference_model(base_folder, reference, dtype), args=args, eval_dataset=eval_rows,
                         data_collator=PadCollator(tokenizer.pad_token_id))
@@ -189,14 +208,16 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress)
     steps = trainer.state.global_step
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     history = list(trainer.state.log_history)
-    if trainer.is_world_process_zero():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        trainer.save_model(str(output_dir))
+    main = trainer.is_world_process_zero()
+    # Every rank calls save_model: under FSDP / DeepSpeed it gathers the sharded weights; rank 0 alone writes.
+    trainer.save_model(str(output_dir))
+    trainer.accelerator.wait_for_everyone()  # no rank removes the checkpoints another one still reads
+    if main:
         if config.method == "full":
             tokenizer.save_pretrained(output_dir)
         for stray in ("training_args.bin",):  # pickles never go into the registry
             (output_dir / stray).unlink(missing_ok=True)
-    shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     metrics = {
         "train_loss": round(float(result.training_loss), 5),
         "val_loss": round(float(val_loss), 5),
@@ -213,7 +234,9 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress)
         "train_examples": len(train_rows),
         "validation_examples": len(eval_rows),
         "bytes_on_disk": folder_bytes(output_dir) if output_dir.exists() else 0,
-        "is_main_process": trainer.is_world_process_zero(),
+        "is_main_process": main,
+        "processes": trainer.args.world_size,
+        "global_batch": trainer.args.world_size * config.batch_size * config.grad_accum,
         "pid": os.getpid(),
     }
     return {"metrics": metrics, "log_history": history}

@@ -1,10 +1,12 @@
 """The training process: `python -m runtime.training.worker` (scheduled runs, or under `accelerate launch`).
 
 Two ways in:
-  --request FILE   what the scheduler hands over: a curated dataset and where to write the weights; the
-                   calling (serving) process registers, gates and promotes, so its hot swap fires there.
-  --character NAME the whole retrain (curate, train, register, gate) in this process, e.g.
-                   `accelerate launch -m runtime.training.worker --character pixel --method lora`.
+  --request FILE   what `personae train` / the scheduler hands over: a curated dataset and where to write the
+                   weights; the calling process registers, gates and promotes, so its hot swap fires there.
+                   Under `accelerate launch` (processes > 1) every rank trains; rank 0 alone writes the
+                   weights, the result file and the run's phase in the log.
+  --character NAME the whole retrain (curate, train, register, gate) in this one process. Several processes:
+                   `personae train NAME --processes N`, which curates and registers once and launches the ranks.
 """
 
 from __future__ import annotations
@@ -17,12 +19,28 @@ from pathlib import Path
 
 from runtime.chat.build import build_engine
 from runtime.config import load_settings
+from runtime.errors import PersonaeError
 from runtime.store import Store
 from runtime.training import retrain
 from runtime.training.config import TrainingConfig, TrainingError, disk_full
 from runtime.training.curate import CuratedDataset
+from runtime.training.launch import rank
 from runtime.training.runs import update_run
 from runtime.training.trainer import run_training, write_run_files
+
+
+def _progress_writer(store, run_id: str, every_seconds: float = 1.0):
+    """on_step for run_training: the global step into the run's row, at most once a second (and the last one)."""
+    import time
+
+    last = [0.0]
+
+    def write(step: int, max_steps: int) -> None:
+        if step >= max_steps or time.monotonic() - last[0] >= every_seconds:
+            last[0] = time.monotonic()
+            update_run(store, run_id, step=step, max_steps=max_steps)
+
+    return write
 
 
 def _run_request(path: Path) -> int:
@@ -37,21 +55,27 @@ def _run_request(path: Path) -> int:
 
         torch.set_num_threads(threads)
         torch.set_num_interop_threads(threads)
-    store = Store(request["db_path"])
+    main = rank() == 0  # the other ranks never open the log
+    store = Store(request["db_path"]) if main else None
     run_id, staging, result_path = request["run_id"], Path(request["staging"]), Path(request["result"])
     config = TrainingConfig.from_sources(request["config"])
     dataset = CuratedDataset.from_dict(request["dataset"])
-    update_run(store, run_id, phase="training", pid=os.getpid())
+    if main:
+        update_run(store, run_id, phase="training")  # pid stays the launched process's: stopping it stops all
     try:
         outcome = run_training(request["base_folder"], dataset, config, staging, reference=request["reference"],
-                               progress=True)
+                               progress=True, on_step=_progress_writer(store, run_id) if main else None)
+        if not main:
+            return 0
         update_run(store, run_id, phase="saving")
         write_run_files(staging, outcome, config, dataset, f"{request['character']} · {config.method}")
         result = {"metrics": outcome["metrics"]}
     except TrainingError as error:
+        if not main:
+            return 0  # every rank meets the same data problem; rank 0 reports it
         result = {"error": str(error)}
     except OSError as error:
-        if error.errno != errno.ENOSPC:
+        if error.errno != errno.ENOSPC or not main:
             raise
         result = {"error": str(disk_full(staging))}
     temporary = result_path.with_suffix(".partial")
@@ -87,7 +111,11 @@ def main(argv=None) -> int:
     if args.request:
         return _run_request(args.request)
     if args.character:
-        return _run_character(args)
+        try:
+            return _run_character(args)
+        except PersonaeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return error.exit_code
     parser.error("give --request FILE or --character NAME")
     return 2
 
