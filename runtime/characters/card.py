@@ -117,6 +117,8 @@ class Character:
     source: str = ""
     spec: str = V2
     raw: dict = field(default_factory=dict, repr=False)
+    # What the file held beyond the card, kept for writing it back: the PNG's card chunks as written, .charx assets.
+    carried: dict = field(default_factory=dict, repr=False)
 
     @property
     def id(self) -> str:
