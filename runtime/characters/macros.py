@@ -130,6 +130,15 @@ def humanize(delta: timedelta) -> str:
     return f"{round(days / 365)} years"
 
 
+def _idle(now: datetime, since: datetime | None) -> str:
+    if since is None:
+        return "just now"
+    # Timestamps without a zone are the log's UTC.
+    since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    now = now if now.tzinfo else now.astimezone()
+    return humanize(now - since)
+
+
 def _last(history: list[dict], role: str | None) -> str:
     for message in reversed(history):
         if role is None or message.get("role") == role:
@@ -146,7 +155,7 @@ def _named(match: re.Match, context: MacroContext, now: datetime) -> str:
         "charifnotgroup": group, "original": context.original, "newline": "\n",
         "time": _clock(now), "date": f"{now:%B} {now.day}, {now.year}", "weekday": f"{now:%A}",
         "isotime": f"{now:%H:%M}", "isodate": f"{now:%Y-%m-%d}",
-        "idle_duration": humanize(now - context.idle_since) if context.idle_since else "just now",
+        "idle_duration": _idle(now, context.idle_since),
         "lastmessage": _last(context.history, None), "lastusermessage": _last(context.history, "user"),
         "lastcharmessage": _last(context.history, "assistant"),
     }
