@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.characters import macros
 from runtime.characters.card import Character
 from runtime.characters.prompt import build_messages
 from runtime.chat.weights import WeightsLease
@@ -165,9 +166,13 @@ class Engine:
         self.weights.adopt_packaged(character)
         return self.weights.acquire(WeightsRef(character.id, version))
 
-    def greeting(self, character, user_name: str = "User", index: int = 0, group: bool = False) -> str:
-        """The character's first message (or an alternate greeting), with macros filled in."""
-        greetings = character.greetings(user_name, group=group)
+    def greeting(self, character, user_name: str = "User", index: int = 0, group: list[str] = ()) -> str:
+        """The character's first message (or an alternate greeting), with macros filled in.
+
+        `group` names the characters of a group channel: V3 group_only_greetings lead, {{group}} names them.
+        """
+        with macros.active(macros.MacroContext(group=list(group))):
+            greetings = character.greetings(user_name, group=bool(group))
         return greetings[index % len(greetings)] if greetings else ""
 
     def group_names(self, turn: Turn, character) -> list[str]:
@@ -185,7 +190,7 @@ class Engine:
 
     def log_greeting(self, turn: Turn, character) -> dict | None:
         """Log the first message of a new conversation so the history starts with it."""
-        text = self.greeting(character, turn.user_name, group=bool(self.group_names(turn, character)))
+        text = self.greeting(character, turn.user_name, group=self.group_names(turn, character))
         if not text:
             return None
         conversation = self.store.conversation_id(turn.platform, turn.channel, character.id)
