@@ -73,7 +73,8 @@ def test_png_with_disagreeing_chunks_round_trips_losing_nothing(tmp_path):
     character.description = "Ñandú hunter. 山."
     save_card(character, out)
     chunks_now = {k: json.loads(base64.b64decode(v)) for k, v in card_chunks(out.read_bytes()).items()}
-    assert chunks_now["ccv3"]["data"]["description"] == chunks_now["chara"]["data"]["description"] == "Ñandú hunter. 山."
+    edited = "Ñandú hunter. 山."
+    assert chunks_now["ccv3"]["data"]["description"] == chunks_now["chara"]["data"]["description"] == edited
     assert chunks_now["ccv3"]["data"]["group_only_greetings"] == v3["data"]["group_only_greetings"]
     assert non_card_chunks(out.read_bytes()) == non_card_chunks(source.read_bytes())
 
