@@ -44,7 +44,7 @@ class PromptParts:
         if placed[BEFORE]:
             head = min(self.card_head, len(system))
             system = system[:head] + "\n\n" + "\n".join(placed[BEFORE]) + system[head:]
-        examples = placed[EM_TOP] + self.examples + placed[EM_BOTTOM] if self.examples else []
+        examples = placed[EM_TOP] + self.examples + placed[EM_BOTTOM]
         if examples:
             system += "\n\nExamples of how you talk:\n" + "\n\n".join(examples)
         if placed[AFTER]:
