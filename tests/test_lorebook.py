@@ -157,3 +157,26 @@ def test_lore_gives_way_before_the_card_and_never_breaks_the_budget(tokenizer):
         assert count_tokens(tokenizer, messages) <= budget
     roomy = str(build_messages(card, history, tokenizer, 400))
     assert "Herring is the silver" in roomy and "Ålesund burned" in roomy
+
+
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+    "{{ raise_exception('System messages are only allowed first') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_templates_that_allow_one_system_message_get_the_in_chat_lore_folded_in(smollm2_folder):
+    from transformers import AutoTokenizer
+
+    strict = AutoTokenizer.from_pretrained(smollm2_folder)
+    strict.chat_template = STRICT_TEMPLATE
+    card = parse_card(json.loads((FIXTURES / "sailor-st-v2.json").read_text()))
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hei."},
+               {"role": "user", "content": "Herring from Ålesund?"}]
+    messages = build_messages(card, history, strict, 2000, authors_note="[Mood: cheerful]")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    system = messages[0]["content"]
+    for text in ("swears by Njord", "[Mood: cheerful]", "Ålesund burned in 1904", "Herring is the silver"):
+        assert text in system

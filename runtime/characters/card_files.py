@@ -59,7 +59,7 @@ def load_card(path) -> Character:
             raise CardError(path, "file", problem) from None
         return parse_card(card, source=str(path))
     raise CardError(path, "file", "neither a JSON nor a PNG character card — "
-                                  "use a card exported as .json or .png")
+                                  "use a card exported as .json, .png or .charx")
 
 
 def read_png_card(data: bytes, source: str = "") -> dict:
