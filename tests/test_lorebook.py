@@ -57,14 +57,17 @@ def test_case_whole_words_and_regex_keys():
     assert fired(lore, "low tide") == []
 
 
-def test_a_pathological_regex_key_cannot_hang_the_scan():
+def test_a_pathological_regex_key_cannot_hang_the_scan(monkeypatch):
+    monkeypatch.setattr(lorebook, "_BAD_PATTERNS", set())
     evil = "/(a|aa)+$/"  # exponential backtracking on a run of a's that does not end the text
     lore = book(entry([evil], "EVIL"), entry(["/" + "a" * 3000 + "/"], "HUGE"), entry(["/[/"], "BAD"),
                 entry(["aaa"], "FINE", extensions={"match_whole_words": False}))
+    assert sorted(fired(lore, "aaa")) == ["EVIL", "FINE"]  # on ordinary text the key works
     started = time.monotonic()
     assert fired(lore, "a" * 60 + "!") == ["FINE"]  # cut off by the time bound: no match, no hang
     assert time.monotonic() - started < 60  # generous (shared CPUs); unbounded this takes far longer
-    assert sorted(fired(lore, "aaa")) == ["EVIL", "FINE"]  # the same key still works on ordinary text
+    # A key that ran out of time once is not run again (many such keys must not add up turn after turn).
+    assert fired(lore, "aaa") == ["FINE"] and ("(a|aa)+$", 0) in lorebook._BAD_PATTERNS
     assert fired(lore, "a" * 3000 + "!") == ["FINE"]  # the over-long pattern is never run
 
 

@@ -211,13 +211,20 @@ def _as_regex(key: str) -> tuple[str, int] | None:
     return key[1:end], value | (regex.DOTALL if "s" in flags else 0)
 
 
+# Patterns that failed or ran out of time once are not run again, so many bad keys cost each 50 ms once.
+_BAD_PATTERNS: set[tuple[str, int]] = set()
+MAX_BAD_PATTERNS = 10_000
+
+
 def _search(pattern: str, flags: int, text: str) -> bool:
     """A bounded regex search: too long a pattern, a bad one, or one that runs too long never matches."""
-    if len(pattern) > MAX_PATTERN_CHARS:
+    if len(pattern) > MAX_PATTERN_CHARS or (pattern, flags) in _BAD_PATTERNS:
         return False
     try:
         return regex.search(pattern, text, flags, timeout=REGEX_TIMEOUT_S) is not None
     except (regex.error, TimeoutError, ValueError):
+        if len(_BAD_PATTERNS) < MAX_BAD_PATTERNS:
+            _BAD_PATTERNS.add((pattern, flags))
         return False
 
 
