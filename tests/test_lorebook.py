@@ -183,3 +183,11 @@ def test_templates_that_allow_one_system_message_get_the_in_chat_lore_folded_in(
     system = messages[0]["content"]
     for text in ("swears by Njord", "[Mood: cheerful]", "Ålesund burned in 1904", "Herring is the silver"):
         assert text in system
+
+
+def test_sillytavern_features_not_run_are_named_in_warnings():
+    lore = book(entry(["a"], "x", name="grouped", extensions={"group": "weather", "sticky": 2}),
+                entry(["b"], "y", name="plain", extensions={"group": "", "sticky": 0}))
+    warnings = lorebook.unsupported(lore)
+    assert warnings == ["lore entry 'grouped': SillyTavern inclusion group (group) is not supported and is ignored",
+                        "lore entry 'grouped': SillyTavern sticky (sticky) is not supported and is ignored"]

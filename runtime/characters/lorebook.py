@@ -141,6 +141,14 @@ def entry_from(raw: dict, index: int = 0) -> Entry:
         delay_until_recursion=bool(ext.get("delay_until_recursion")), ignore_budget=bool(ext.get("ignore_budget")),
         name=raw.get("name") or raw.get("comment") or "", unsupported=ignored,
     )
+    # SillyTavern features set on the entry that Personae does not run: say so rather than act silently.
+    for key, label in (("group", "inclusion group"), ("sticky", "sticky"), ("cooldown", "cooldown"),
+                       ("delay", "delay"), ("triggers", "generation triggers"), ("vectorized", "vectorized")):
+        if ext.get(key):
+            entry.unsupported.append(f"SillyTavern {label} ({key})")
+    if isinstance(ext.get("st_characterFilter"), dict) and (ext["st_characterFilter"].get("names")
+                                                            or ext["st_characterFilter"].get("tags")):
+        entry.unsupported.append("SillyTavern character filter (characterFilter)")
     _apply_decorators(entry, decorators)
     return entry
 
