@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 import zlib
 
+from runtime.errors import PersonaeError
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_TYPES = (b"tEXt", b"iTXt", b"zTXt")
 CARD_KEYS = ("chara", "ccv3")
@@ -12,8 +14,8 @@ CARD_KEYS = ("chara", "ccv3")
 MAX_CHUNK = 2 ** 31 - 1
 
 
-class NotPng(ValueError):
-    """Bytes that are not a well-formed PNG chunk stream."""
+class NotPng(PersonaeError, ValueError):
+    """Bytes that are not a well-formed PNG chunk stream (callers fall back to Pillow, which says why)."""
 
 
 def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
