@@ -8,6 +8,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from runtime.characters import macros
 from runtime.errors import PersonaeError
 
 V1, V2, V3 = "chara_card_v1", "chara_card_v2", "chara_card_v3"
@@ -40,7 +41,6 @@ DEFAULT_INSTRUCTION = (
     "and never say that you are an AI, an assistant or a language model."
 )
 
-_MACRO = re.compile(r"(?i:\{\{\s*(char|user)\s*\}\})|<(BOT|USER)>")
 _ORIGINAL = re.compile(r"\{\{\s*original\s*\}\}", re.IGNORECASE)
 _START = re.compile(r"<START>", re.IGNORECASE)
 _SPEAKER = re.compile(r"^\s*(?:(?i:\{\{\s*(user|char)\s*\}\})|<(USER|BOT)>)\s*:\s?(.*)$")
@@ -118,6 +118,8 @@ class Character:
     source: str = ""
     spec: str = V2
     raw: dict = field(default_factory=dict, repr=False)
+    # What the file held beyond the card, kept for writing it back: the PNG's card chunks as written, .charx assets.
+    carried: dict = field(default_factory=dict, repr=False)
 
     @property
     def id(self) -> str:
@@ -134,19 +136,20 @@ class Character:
         return nickname if isinstance(nickname, str) and nickname.strip() else self.name
 
     def render(self, text: str, user: str = "User") -> str:
-        """Replace {{char}}, {{user}} (any case), <BOT> and <USER> in one pass."""
-        names = {"char": self.display_name, "user": user, "bot": self.display_name}
-        return _MACRO.sub(lambda m: names[(m.group(1) or m.group(2)).lower()], text or "")
+        """Fill in {{char}}, {{user}}, <BOT>, <USER> and the other macros of runtime.characters.macros."""
+        return macros.render(text or "", self.display_name, user)
 
-    def system_text(self, user: str = "User") -> str:
-        """The system message: instruction (card's system_prompt or the default) + persona."""
+    def instruction(self, user: str = "User") -> str:
+        """The system prompt's instruction: the card's system_prompt ({{original}} = ours) or the default."""
         instruction = self.system_prompt.strip()
         if instruction:
             # V2 spec: {{original}} stands for the frontend's own system prompt.
             instruction = _ORIGINAL.sub(lambda _: DEFAULT_INSTRUCTION, instruction)
-        else:
-            instruction = DEFAULT_INSTRUCTION
-        parts = [instruction]
+        return self.render(instruction or DEFAULT_INSTRUCTION, user)
+
+    def system_text(self, user: str = "User") -> str:
+        """The system message: instruction (card's system_prompt or the default) + persona."""
+        parts = [self.instruction(user)]
         if self.description.strip():
             parts.append(self.description.strip())
         if self.personality.strip():
@@ -154,7 +157,7 @@ class Character:
         if self.scenario.strip():
             parts.append("Scenario: " + self.scenario.strip())
         # creator_notes are deliberately absent: they are notes to humans, not to the model.
-        return self.render("\n\n".join(parts), user)
+        return parts[0] + "".join("\n\n" + self.render(p, user) for p in parts[1:])
 
     def example_dialogues(self, user: str = "User") -> list[list[dict]]:
         """mes_example as chat blocks: one list of role/content messages per <START> block."""
@@ -181,9 +184,12 @@ class Character:
                 blocks.append(messages)
         return blocks
 
-    def greetings(self, user: str = "User") -> list[str]:
-        """first_mes then alternate_greetings, rendered; empty ones skipped."""
+    def greetings(self, user: str = "User", group: bool = False) -> list[str]:
+        """first_mes then alternate_greetings, rendered; in a group channel V3 group_only_greetings come first."""
         texts = [self.first_mes, *self.alternate_greetings]
+        if group and self.spec == V3:
+            extra = self.raw.get("data", {}).get("group_only_greetings")
+            texts = [t for t in extra if isinstance(t, str)] + texts if isinstance(extra, list) else texts
         return [self.render(t, user).strip() for t in texts if t and t.strip()]
 
     def post_history(self, user: str = "User") -> str:

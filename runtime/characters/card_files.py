@@ -13,6 +13,7 @@ import re
 import secrets
 from pathlib import Path
 
+from runtime.characters import png_chunks
 from runtime.characters.card import (
     PNG_SIGNATURE,
     SPEC_VERSIONS,
@@ -40,8 +41,16 @@ def load_card(path) -> Character:
         raise CardError(path, "file", f"cannot be read ({error.strerror}) — check the path") from None
     if data.startswith(PNG_SIGNATURE):
         character = parse_card(read_png_card(data, source=str(path)), source=str(path))
-        character.avatar_png = _strip_png_text(data)
+        try:  # chunk by chunk, so the image's other metadata survives a round trip
+            character.avatar_png = png_chunks.without_cards(data)
+            character.carried["png_texts"] = png_chunks.card_texts(data)
+        except png_chunks.NotPng:
+            character.avatar_png = _strip_png_text(data)
         return character
+    if data.startswith(b"PK\x03\x04"):
+        from runtime.characters.charx import read_charx
+
+        return read_charx(data, source=str(path))
     if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
         try:
             card = json.loads(data.decode("utf-8-sig"))
@@ -50,7 +59,7 @@ def load_card(path) -> Character:
             raise CardError(path, "file", problem) from None
         return parse_card(card, source=str(path))
     raise CardError(path, "file", "neither a JSON nor a PNG character card — "
-                                  "use a card exported as .json or .png")
+                                  "use a card exported as .json, .png or .charx")
 
 
 def read_png_card(data: bytes, source: str = "") -> dict:
@@ -166,6 +175,10 @@ def save_card(character: Character, path) -> None:
     suffix = path.suffix.lower()
     if suffix == ".json":
         payload = (json.dumps(card_dict(character), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    elif suffix == ".charx":
+        from runtime.characters.charx import charx_bytes
+
+        payload = charx_bytes(card_dict(character, V3), character)
     elif suffix == ".png":
         try:
             payload = _card_png(character)
@@ -173,7 +186,7 @@ def save_card(character: Character, path) -> None:
             raise CardError(path, "avatar_png", f"not a readable image ({error}) — "
                                                 "set avatar_png to PNG bytes, or None for a placeholder") from None
     else:
-        raise CardError(path, "file", f"unsupported suffix {path.suffix!r} — save as .json or .png")
+        raise CardError(path, "file", f"unsupported suffix {path.suffix!r} — save as .json, .png or .charx")
     # Write beside and rename, so a crash never leaves half a card where a good one was.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -197,11 +210,19 @@ def _card_png(character: Character) -> bytes:
     def encode(card: dict) -> str:
         return base64.b64encode(json.dumps(card, ensure_ascii=False).encode("utf-8")).decode("ascii")
 
-    info = PngInfo()
-    # Readers prefer ccv3; chara is the V2 fallback older apps understand.
-    info.add_text("ccv3", encode(card_dict(character, V3)))
-    info.add_text("chara", encode(card_dict(character, V2)))
+    # Readers prefer ccv3; chara is the V2 fallback older apps understand. An unchanged card keeps the
+    # chunks it was read with, even a 'chara' that disagrees with its 'ccv3' (V2-only apps keep seeing it).
+    texts = {"ccv3": encode(card_dict(character, V3)), "chara": encode(card_dict(character, V2))}
+    if character.raw and card_dict(character) == character.raw:
+        texts.update(character.carried.get("png_texts") or {})
     avatar = character.avatar_png or placeholder_avatar(character.name)
+    try:
+        return png_chunks.with_texts(avatar, [("ccv3", texts["ccv3"]), ("chara", texts["chara"])])
+    except png_chunks.NotPng:
+        pass  # another image format, or a damaged PNG: Pillow re-encodes (or says what is wrong)
+    info = PngInfo()
+    info.add_text("ccv3", texts["ccv3"])
+    info.add_text("chara", texts["chara"])
     with Image.open(io.BytesIO(avatar)) as image:
         image.load()
         if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):

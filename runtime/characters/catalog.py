@@ -42,7 +42,7 @@ class Catalog:
         self.pm.hook.register_characters(register=register)
         if self.folder.is_dir():
             for path in sorted(self.folder.iterdir()):
-                if path.suffix.lower() not in {".json", ".png"}:
+                if path.suffix.lower() not in {".json", ".png", ".charx"}:
                     continue
                 try:
                     register(load_card(path))
@@ -87,7 +87,8 @@ class Catalog:
         source = Path(path)
         character = load_card(source)  # raises CardError before anything is written
         self.folder.mkdir(parents=True, exist_ok=True)
-        suffix = ".png" if source.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" else ".json"
+        head = source.read_bytes()[:8]
+        suffix = ".png" if head == b"\x89PNG\r\n\x1a\n" else ".charx" if head[:4] == b"PK\x03\x04" else ".json"
         target = self.folder / f"{character.id}{suffix}"
         for stale in self.folder.glob(f"{character.id}.*"):
             if stale != target:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from runtime.characters import lorebook, macros
+from runtime.characters.lorebook import AFTER, AN_BOTTOM, AN_TOP, AT_DEPTH, BEFORE, EM_BOTTOM, EM_TOP, Injection
 from runtime.errors import PersonaeError
 
 # How many recent messages are scanned for lorebook keywords when the card sets no scan_depth.
 LORE_SCAN_MESSAGES = 4
+# SillyTavern's default world-info budget: a quarter of the prompt (the book's token_budget overrides it).
+LORE_BUDGET_SHARE = 0.25
+AUTHORS_NOTE_DEPTH = 4
 
 
 class PromptTooSmall(PersonaeError, ValueError):
@@ -19,10 +25,12 @@ class PromptParts:
     """The pieces of a prompt, in the order they are given up when the budget is short."""
 
     card: str
-    lore: list[str] = field(default_factory=list)
+    lore: list = field(default_factory=list)  # Injections (a plain str is lore after the card), best first
     examples: list[list[dict]] = field(default_factory=list)  # example dialogues as user/assistant turns
     history: list[dict] = field(default_factory=list)
     post_history: str = ""
+    card_head: int = 0  # where the card's instruction ends: lore placed before the character goes there
+    authors_note: str = ""
 
     def messages(self) -> list[dict]:
         """The chat messages these parts make.
@@ -32,15 +40,46 @@ class PromptParts:
         as transcript lines; the post-history instruction at the end of the system prompt, where a
         system message after the user's turn was read back verbatim as the reply.
         """
+        lore = sorted((i if isinstance(i, Injection) else Injection(i, AFTER) for i in self.lore),
+                      key=lambda i: i.order)
+        placed = {p: [i.content for i in lore if i.position == p] for p in (BEFORE, AFTER, EM_TOP, EM_BOTTOM,
+                                                                             AN_TOP, AN_BOTTOM)}
         # What never changes for a character comes first (card, examples), the triggered lore after it:
         # chats with one character then share the longest prompt prefix, which the generator prefills once.
-        system = self.card + (f"\n\n{self.post_history}" if self.post_history else "")
+        system = self.card
+        if placed[BEFORE]:
+            head = min(self.card_head, len(system))
+            system = system[:head] + "\n\n" + "\n".join(placed[BEFORE]) + system[head:]
+        if self.post_history:
+            system += "\n\n" + self.post_history
         messages = [{"role": "system", "content": system}]
+        if placed[EM_TOP]:
+            messages.append({"role": "system", "content": "\n".join(placed[EM_TOP])})
         # Marked, so hooks and tools can tell the card's example turns from the chat (templates ignore the key).
         messages += [{**m, "example": True} for block in self.examples for m in block]
-        if self.lore:
-            messages.append({"role": "system", "content": "What you know:\n" + "\n".join(self.lore)})
-        return messages + self.history
+        if placed[EM_BOTTOM]:
+            messages.append({"role": "system", "content": "\n".join(placed[EM_BOTTOM])})
+        if placed[AFTER]:
+            messages.append({"role": "system", "content": "What you know:\n" + "\n".join(placed[AFTER])})
+        in_chat = [i for i in lore if i.position == AT_DEPTH]
+        note = "\n".join(placed[AN_TOP] + [self.authors_note.strip()] * bool(self.authors_note.strip())
+                         + placed[AN_BOTTOM])
+        if note:
+            in_chat.append(Injection(note, AT_DEPTH, AUTHORS_NOTE_DEPTH, "system"))
+        return messages + _at_depth(self.history, in_chat)
+
+
+def _at_depth(history: list[dict], injections: list[Injection]) -> list[dict]:
+    """History with in-chat injections: depth 0 after the last message, depth N before the last N."""
+    out = list(history)
+    groups: dict[tuple[int, int], list[str]] = {}
+    for injection in injections:
+        depth = min(injection.depth, len(history))
+        groups.setdefault((depth, lorebook.ROLES.index(injection.role)), []).append(injection.content)
+    # Deepest first, so the positions of the shallower ones are still counted from the end.
+    for (depth, role), texts in sorted(groups.items(), key=lambda g: (-g[0][0], g[0][1])):
+        out.insert(len(out) - depth, {"role": lorebook.ROLES[role], "content": "\n".join(texts)})
+    return out
 
 
 def count_tokens(tokenizer, messages: list[dict]) -> int:
@@ -56,14 +95,19 @@ def _fits(tokenizer, parts: PromptParts, budget: int) -> bool:
 
 
 def _safe_messages(tokenizer, parts: PromptParts) -> list[dict]:
-    """Messages, with the lore folded into the system prompt if the template refuses a second system message."""
+    """Messages, with later system messages folded into the first if the template refuses them."""
     messages = parts.messages()
-    if parts.lore:
+    if sum(m["role"] == "system" for m in messages) > 1:
         try:
             tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception:  # templates that allow only one leading system message
-            lore = "\n\nWhat you know:\n" + "\n".join(parts.lore)
-            folded = PromptParts(parts.card + lore, [], parts.examples, parts.history, parts.post_history)
+            # Everything but the lore placed before the character goes into the one system prompt.
+            kept = [i for i in parts.lore if isinstance(i, Injection) and i.position == BEFORE]
+            extra = [i.content if isinstance(i, Injection) else i for i in parts.lore
+                     if not (isinstance(i, Injection) and i.position == BEFORE)]
+            tail = "\n\n".join(t for t in ("\n".join(extra), parts.authors_note.strip(), parts.post_history) if t)
+            folded = PromptParts(parts.card + ("\n\n" + tail if tail else ""), kept, parts.examples,
+                                 parts.history, card_head=parts.card_head)
             return folded.messages()
     return messages
 
@@ -75,25 +119,55 @@ def _truncate_tokens(tokenizer, text: str, keep: int, from_start: bool) -> str:
     return tokenizer.decode(kept)
 
 
-def build_messages(character, history: list[dict], tokenizer, budget: int, user: str = "User") -> list[dict]:
+def build_messages(character, history: list[dict], tokenizer, budget: int, user: str = "User", *,
+                   group: list[str] | None = None, authors_note: str = "", seed: int | None = None,
+                   now: datetime | None = None, idle_since: datetime | None = None,
+                   recursive_lore: bool = False) -> list[dict]:
     """Chat messages for the next reply: never over `budget` tokens.
 
     `history` holds role/content dicts, oldest first, ending with the user's new message. When the
     budget is short, the oldest history goes first, then example dialogues, then lorebook entries,
-    and only then is the card itself shortened.
+    and only then is the card itself shortened. `group` names every character in a group channel;
+    `seed` makes {{random}}/{{roll}} and lore probabilities reproducible.
     """
     if budget < 16:
         raise PromptTooSmall(f"a prompt budget of {budget} tokens is too small; raise context_tokens")
     history = [{"role": m["role"], "content": m["content"]} for m in history]
-    # The card's own scan_depth (applied by triggered_lore) can narrow this further.
-    recent_texts = [m["content"] for m in history[-LORE_SCAN_MESSAGES:]]
-    parts = PromptParts(
+    context = macros.MacroContext(group=list(group or []), now=now, idle_since=idle_since, history=history,
+                                  seed=seed)
+    with macros.active(context):
+        parts = _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore)
+        return _fit(parts, tokenizer, budget)
+
+
+def _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore) -> PromptParts:
+    """Every piece of the prompt, before any is given up."""
+    def render(text):
+        return character.render(text, user)
+
+    def tokens(text):
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # The card's own scan_depth and token_budget override these.
+    settings = lorebook.ScanSettings(
+        scan_depth=LORE_SCAN_MESSAGES, token_budget=max(int(budget * LORE_BUDGET_SHARE), 1),
+        recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history))
+    fired = lorebook.scan(character.character_book, [m["content"] for m in history], settings, render, tokens)
+    lore = lorebook.injections(fired, render)
+    note = lorebook.depth_prompt(character.extensions, render)
+    return PromptParts(
         card=character.system_text(user),
-        lore=[character.render(entry.content, user) for entry in character.triggered_lore(recent_texts)],
+        lore=([note] if note else []) + lore,
         examples=character.example_dialogues(user),
         history=history,
         post_history=character.post_history(user),
+        card_head=len(character.instruction(user)),
+        authors_note=render(authors_note),
     )
+
+
+def _fit(parts: PromptParts, tokenizer, budget: int) -> list[dict]:
+    """Give parts up until the messages fit the budget."""
     # Give things up in order until the prompt fits: old history, examples, lore, then the card.
     while not _fits(tokenizer, parts, budget) and len(parts.history) > 1:
         parts.history.pop(0)

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from runtime.characters import macros
 from runtime.characters.card import Character
 from runtime.characters.prompt import build_messages
 from runtime.chat.weights import WeightsLease
@@ -179,14 +180,31 @@ class Engine:
         self.weights.adopt_packaged(character)
         return self.weights.acquire(WeightsRef(character.id, version))
 
-    def greeting(self, character, user_name: str = "User", index: int = 0) -> str:
-        """The character's first message (or an alternate greeting), with macros filled in."""
-        greetings = character.greetings(user_name)
+    def greeting(self, character, user_name: str = "User", index: int = 0, group: list[str] = ()) -> str:
+        """The character's first message (or an alternate greeting), with macros filled in.
+
+        `group` names the characters of a group channel: V3 group_only_greetings lead, {{group}} names them.
+        """
+        with macros.active(macros.MacroContext(group=list(group))):
+            greetings = character.greetings(user_name, group=bool(group))
         return greetings[index % len(greetings)] if greetings else ""
+
+    def group_names(self, turn: Turn, character) -> list[str]:
+        """Names of every character bound to the turn's channel when there are several (a group channel)."""
+        bound = self.store.bound_characters(turn.platform, turn.channel, turn.user_id)
+        if len(bound) < 2:
+            return []
+        names = []
+        for cid in bound:
+            try:
+                names.append(self.catalog.get(cid).display_name)
+            except KeyError:  # a binding to a character since removed
+                continue
+        return names if character.display_name in names else [character.display_name, *names]
 
     def log_greeting(self, turn: Turn, character) -> dict | None:
         """Log the first message of a new conversation so the history starts with it."""
-        text = self.greeting(character, turn.user_name)
+        text = self.greeting(character, turn.user_name, group=self.group_names(turn, character))
         if not text:
             return None
         conversation = self.store.conversation_id(turn.platform, turn.channel, character.id)
@@ -292,6 +310,8 @@ class Engine:
             base.tokenizer,
             budget - sampling.max_new_tokens,
             user=turn.user_name,
+            group=self.group_names(turn, character),
+            idle_since=_idle_since(history),
         )
         self.pm.hook.prompt_messages(character=character, messages=messages, turn=turn)
         input_ids = list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -358,3 +378,14 @@ def _meta(message: dict) -> dict:
         return json.loads(message.get("meta") or "{}") or {}
     except ValueError:
         return {}
+
+
+def _idle_since(history: list[dict]):
+    """When the user spoke before their newest message ({{idle_duration}}), or None."""
+    from datetime import datetime
+
+    spoken = [m.get("created") for m in history[:-1] if m.get("role") == "user" and m.get("created")]
+    try:
+        return datetime.fromisoformat(spoken[-1]) if spoken else None
+    except (TypeError, ValueError):
+        return None

@@ -70,11 +70,44 @@ def show_character(name, as_json):
 
 @characters.command(name="import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--lore", "lore", type=click.Path(exists=True, dir_okay=False),
+              help="Also attach this SillyTavern world-info (lorebook) JSON file.")
 @friendly_errors
-def import_character(path):
-    """Import a Character Card (V1/V2/V3, JSON or PNG)."""
-    character = _catalog().import_card(path)
+def import_character(path, lore):
+    """Import a Character Card (V1/V2/V3: JSON, PNG or .charx)."""
+    from runtime.characters import lorebook
+
+    if lore:
+        from runtime.characters.worldinfo import load_world_info
+
+        load_world_info(lore)  # a bad lorebook fails before the card is imported
+    catalog = _catalog()
+    character = catalog.import_card(path)
     click.echo(f"Imported {character.name} as '{character.id}'")
+    for warning in lorebook.unsupported(character.character_book):
+        click.echo(f"warning: {warning}", err=True)
+    if lore:
+        _attach_lore(catalog, character.id, lore, replace=False)
+
+
+@characters.command(name="import-lore")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "name", required=True, help="The character to attach the lorebook to.")
+@click.option("--replace", is_flag=True, help="Replace the character's lorebook instead of adding to it.")
+@friendly_errors
+def import_lore(path, name, replace):
+    """Attach a SillyTavern world-info (lorebook) JSON file to a character."""
+    _attach_lore(_catalog(), name, path, replace)
+
+
+def _attach_lore(catalog, name, path, replace):
+    from runtime.characters.worldinfo import attach_file
+
+    character, warnings = attach_file(catalog, name, path, replace)
+    count = len((character.character_book or {}).get("entries") or [])
+    click.echo(f"Attached {path} to '{character.id}': {count} lorebook entries now")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @characters.command(name="export")
@@ -82,7 +115,7 @@ def import_character(path):
 @click.argument("path", type=click.Path(dir_okay=False))
 @friendly_errors
 def export_character(name, path):
-    """Export a character as a card file (.json or .png)."""
+    """Export a character as a card file (.json, .png or .charx)."""
     target = _catalog().export_card(name, path)
     click.echo(f"Wrote {target}")
 
