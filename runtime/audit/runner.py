@@ -11,7 +11,7 @@ from pathlib import Path
 
 from runtime.audit.probes import Probe, character_probes, probe_set
 from runtime.audit.report import write_report
-from runtime.audit.scorers import BaseIdentity, ScoringContext, collect_scorers
+from runtime.audit.scorers import BaseIdentity, ScoringContext, collect_scorers, other_voices
 from runtime.audit.store import AuditStore
 from runtime.audit.verdicts import ALIGNED, MINOR_VERDICT, MISALIGNED, score_reply
 from runtime.chat.engine import Turn
@@ -86,7 +86,8 @@ def build_context(engine, character, base_answers: dict | None = None) -> Scorin
     if base is not None:
         identity = BaseIdentity.from_tokenizer(base.tokenizer)
     return ScoringContext(character=character, base=identity, base_answers=dict(base_answers or {}),
-                          config=audit_config(engine.settings))
+                          config=audit_config(engine.settings),
+                          others=other_voices(engine.catalog.characters.values(), character))
 
 
 def _submit(generator, request):
@@ -261,9 +262,13 @@ def _record_in_registry(engine, character_id: str, version, result: AuditReport)
 
 
 def score_replies(character, items: list, context: ScoringContext | None = None, pm=None,
-                  base: BaseIdentity | None = None) -> list[dict]:
-    """Score replies made anywhere: items of {"prompt", "reply", "turn"?}; one result per item."""
-    context = context or ScoringContext(character=character, base=base or BaseIdentity())
+                  base: BaseIdentity | None = None, others=()) -> list[dict]:
+    """Score replies made anywhere: items of {"prompt", "reply", "turn"?}; one result per item.
+
+    `others` are the catalog's other characters: the voice check asks whether a reply is closer to one of them.
+    """
+    context = context or ScoringContext(character=character, base=base or BaseIdentity(),
+                                        others=other_voices(others, character))
     scorers = collect_scorers(pm)
     card = {p.question.strip().lower(): p for p in character_probes(character)}
     context.prepare([item.get("reply") for item in items if isinstance(item, dict)])

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
 
+from runtime.audit import style, voice_model
 from runtime.audit.embeddings import EmbeddingsUnavailable, available, embed
 from runtime.audit.probes import character_traits
 
@@ -166,6 +166,7 @@ class ScoringContext:
     base_answers: dict = field(default_factory=dict)  # probe question -> the bare base model's reply
     config: dict = field(default_factory=dict)  # the [audit] settings table
     user: str = "User"
+    others: dict = field(default_factory=dict)  # other characters in the catalog: name -> their lines
     _voice: object = None
     _generic: object = None
     _vectors: dict = field(default_factory=dict)
@@ -174,10 +175,7 @@ class ScoringContext:
 
     def voice_texts(self) -> list[str]:
         """The character's own voice: greetings and example replies."""
-        texts = list(self.character.greetings(self.user))
-        for block in self.character.example_dialogues(self.user):
-            texts += [m["content"] for m in block if m["role"] == "assistant" and m["content"].strip()]
-        return [t for t in texts if t.strip()] or [self.character.render(self.character.description, self.user)]
+        return character_lines(self.character, self.user)
 
     def fact_texts(self) -> list[str]:
         """What the card says about the character (description, personality, scenario)."""
@@ -196,6 +194,22 @@ class ScoringContext:
             self._generic = _embed_cached(tuple(self.generic_texts()))
         return self._voice, self._generic
 
+    def voice_refs(self) -> dict:
+        """The card's voice prepared once: style profiles, distinctive words, embeddings of every voice."""
+        cache = self._style_cache
+        if "refs" not in cache:
+            own, generic = self.voice_texts(), self.generic_texts()
+            others = {**voice_model.stock_voices(), **{n: t for n, t in self.others.items() if t}}
+            facts = [s for t in self.fact_texts() for s in re.split(r"(?<=[.!?])\s+", t) if len(s.split()) > 3]
+            refs = {"own_style": style.profile(own), "generic_style": style.profile(generic + facts),
+                    "other_styles": {n: style.profile(t) for n, t in others.items()},
+                    "markers": style.markers(own, generic, " ".join(self.fact_texts())), "own_vectors": None}
+            if available():
+                refs["own_vectors"], refs["generic_vectors"] = self.references()
+                refs["other_vectors"] = dict(zip(others, _embed_many([tuple(t) for t in others.values()])))
+            cache["refs"] = refs
+        return cache["refs"]
+
     def prepare(self, replies) -> None:
         """Embed many replies in one batch ahead of scoring (much faster than one at a time)."""
         texts = list(dict.fromkeys(_embed_key(r) for r in replies))
@@ -212,15 +226,39 @@ class ScoringContext:
 
 
 _REFERENCE_CACHE: dict = {}
+_REFERENCE_LIMIT = 1024  # sets of texts: every voice of a large catalog, kept across audits
 
 
 def _embed_cached(texts: tuple):
     """Reference embeddings, kept per process (the same card is scored again and again)."""
-    if texts not in _REFERENCE_CACHE:
-        if len(_REFERENCE_CACHE) > 64:
+    return _embed_many([texts])[0]
+
+
+def _embed_many(groups: list[tuple]) -> list:
+    """Embeddings of several sets of texts, the ones not cached yet embedded in one batch."""
+    missing = [g for g in dict.fromkeys(groups) if g not in _REFERENCE_CACHE]
+    if missing:
+        if len(_REFERENCE_CACHE) + len(missing) > _REFERENCE_LIMIT:
             _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[texts] = embed(list(texts))
-    return _REFERENCE_CACHE[texts]
+        vectors = embed([t for g in missing for t in g])
+        start = 0
+        for group in missing:
+            _REFERENCE_CACHE[group] = vectors[start:start + len(group)]
+            start += len(group)
+    return [_REFERENCE_CACHE[g] for g in groups]
+
+
+def character_lines(character, user: str = "User") -> list[str]:
+    """A character's own voice: greetings and example replies (the description if it has neither)."""
+    texts = list(character.greetings(user))
+    for block in character.example_dialogues(user):
+        texts += [m["content"] for m in block if m["role"] == "assistant" and m["content"].strip()]
+    return [t for t in texts if t.strip()] or [character.render(character.description, user)]
+
+
+def other_voices(characters, exclude) -> dict:
+    """{name: lines} of every character but `exclude` (the confusion check's other voices)."""
+    return {c.name: character_lines(c) for c in characters if c.id != exclude.id}
 
 
 def _embed_key(reply) -> str:
@@ -341,104 +379,67 @@ def _tells(text: str) -> list[str]:
     return found
 
 
-_CONTRACTION = re.compile(r"\b\w+(?:'|’)(?:m|s|re|ve|ll|d|t)\b", re.I)
-_EMOTICON = re.compile(r"(?:^|\s)[:;]-?[()DPp](?=\s|$)|[\U0001F300-\U0001FAFF\u2600-\u27BF]")
-# How far apart a character and plain text must be on a feature for it to say anything.
-_FEATURE_SPREAD = {"caps": 0.05, "exclaim": 0.25, "sentence_words": 0.25, "ornate": 0.15, "footnote": 0.25,
-                   "action": 0.25, "contractions": 0.03}
-# Markers a character uses now and then: their absence says nothing, their presence is voice.
-_OPTIONAL_MARKERS = ("action", "footnote")
-
-
-def style_features(text: str) -> dict:
-    """Surface features of a voice: shouting, exclamations, ornament, footnotes, sentence length."""
-    words = re.findall(r"[A-Za-z][A-Za-z'’]*", text)
-    n_words = max(1, len(words))
-    sentences = [s for s in re.split(r"[.!?]+(?:\s|$)|\n+", text) if re.search(r"[A-Za-z]", s)]
-    n_sentences = max(1, len(sentences))
-    return {
-        "caps": sum(1 for w in words if len(w) > 1 and w.isupper()) / n_words,
-        "exclaim": min(2.0, text.count("!") / n_sentences),
-        "sentence_words": math.log(max(1.0, n_words / n_sentences)),
-        "ornate": min(2.0, len(re.findall(r"[;—–]|\s-\s", text)) / n_sentences),
-        "footnote": 1.0 if re.search(r"(?:^|\n)\s*\*\s+[^*\n]+$", text, re.M) else 0.0,
-        "action": 1.0 if re.search(r"\*[^*\n]{2,}\*", text) else 0.0,
-        "contractions": len(_CONTRACTION.findall(text)) / n_words,
-        "emoticon": 1.0 if _EMOTICON.search(text) else 0.0,
-    }
-
-
-def _mean_features(texts: list[str]) -> dict:
-    rows = [style_features(t) for t in texts if t.strip()] or [style_features("")]
-    return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
-
-
-def voice_profile(context: ScoringContext) -> dict:
-    """Per feature: (plain text's mean, the character's mean), for features that tell them apart."""
-    cache = context._style_cache
-    if "profile" not in cache:
-        own = _mean_features(context.voice_texts())
-        # Plain text: a generic assistant, and the card's own facts told in the third person.
-        facts = [s for t in context.fact_texts() for s in re.split(r"(?<=[.!?])\s+", t) if len(s.split()) > 3]
-        plain = _mean_features(context.generic_texts() + facts)
-        cache["profile"] = {
-            k: (plain[k], own[k]) for k in _FEATURE_SPREAD if abs(own[k] - plain[k]) >= _FEATURE_SPREAD[k]
-        }
-        cache["emoticons"] = own["emoticon"] > 0
-    return cache
-
-
-def voice_style(text: str, context: ScoringContext) -> float:
-    """Where a reply's style sits between plain text (0) and the character's own lines (1)."""
-    cache = voice_profile(context)
-    features = style_features(text)
-    positions = []
-    for key, (plain, own) in cache["profile"].items():
-        position = min(1.2, max(0.0, (features[key] - plain) / (own - plain)))
-        if key in _OPTIONAL_MARKERS and position == 0.0:
-            continue
-        positions.append(position)
-    return sum(positions) / len(positions) if positions else 1.0
-
-
 def voice(reply, probe, context: ScoringContext) -> dict:
-    """Closeness to the character's own text against a generic assistant's (all-MiniLM-L6-v2), and style."""
+    """The card's voice against the reply: style, its own words, the nearest other voice, assistant mode.
+
+    A small logistic model (runtime.audit.voice_model) weighs card-relative features: closeness to the
+    character's own lines against a plain assistant's and other voices' (all-MiniLM-L6-v2), distance
+    from the card's casing, punctuation, emoji and sentence length, its recurring words, and explainer
+    or list-shaped phrasing.
+    """
     text, _ = as_text(reply)
     if not text.strip():
         return _result(closeness=0.0, style=0.0)
-    tells = _tells(text)
-    closeness = None
+    values, evidence, tells = voice_features(text, context)
+    odds = voice_model.probabilities(values)
+    config = context.config
+    if odds["misaligned"] >= float(config.get("voice_misaligned", 0.5)):
+        penalty = MAJOR
+    elif odds["aligned"] < float(config.get("voice_aligned", 0.5)):
+        penalty = MINOR
+    else:
+        penalty = NONE
+    reasons = _voice_reasons(values, evidence, tells) if penalty != NONE else []
+    if penalty != NONE and not reasons:
+        reasons = [f"not in the character's voice (p={odds['aligned']:.2f})"]
+    extra = {"closeness": round(-values["emb_confusion"], 3) if evidence.get("nearest_voice") else None,
+             "style": round(values["style_own"], 3), "assistant_tells": len(tells),
+             "p_aligned": round(odds["aligned"], 3), "p_misaligned": round(odds["misaligned"], 3)}
+    return _result(penalty, reasons, **extra)
 
+
+def voice_features(text: str, context: ScoringContext) -> tuple[dict, dict, list[str]]:
+    """(the voice model's features, evidence for reasons, assistant phrases) of one reply's text."""
+    tells = _tells(text)
+    refs = context.voice_refs()
+    vector = None
     try:
-        voice_refs, generic_refs = context.references()
-        vector = context.vector(text)
-        own = sorted((voice_refs @ vector).tolist(), reverse=True)[:3]
-        generic = sorted((generic_refs @ vector).tolist(), reverse=True)[:3]
-        closeness = sum(own) / len(own) - sum(generic) / len(generic)
+        if refs.get("own_vectors") is not None:
+            vector = context.vector(text)
     except EmbeddingsUnavailable as error:
         log.debug("closeness skipped: %s", error)
-    style = voice_style(text, context)
-    emoticon = not voice_profile(context)["emoticons"] and bool(_EMOTICON.search(text))
-    config = context.config
-    reasons, penalty = [], NONE
+    values, evidence = voice_model.features(text, refs, vector, tells=len(tells))
+    return values, evidence, tells
+
+
+def _voice_reasons(values: dict, evidence: dict, tells: list[str]) -> list[str]:
+    """Why a reply is off-voice, in words, from the features that say so."""
+    reasons = []
     if tells:
         reasons.append("sounds like a generic assistant (" + "; ".join(repr(t) for t in tells[:3]) + ")")
-    generic_cut = float(config.get("generic_closeness", -0.1))
-    style_cut = float(config.get("voice_style", 0.4))
-    if len(tells) >= 2 or (tells and closeness is not None and closeness < generic_cut):
-        penalty = MAJOR
-    elif closeness is not None and closeness < generic_cut and style < style_cut:
-        penalty = MAJOR
-        reasons.append(f"closer to a generic assistant than to the character (margin {closeness:+.2f})")
-    elif tells or style < style_cut or emoticon:
-        penalty = MINOR
-        if style < style_cut:
-            reasons.append(f"not in the character's voice (style {style:.2f} of 1)")
-        if emoticon:
-            reasons.append("uses emoticons the character never uses")
-    extra = {"closeness": round(closeness, 3) if closeness is not None else None, "style": round(style, 3),
-             "assistant_tells": len(tells)}
-    return _result(penalty, reasons, **extra)
+    if values["list_shaped"]:
+        reasons.append("answers with a list, as an assistant would")
+    if values["encyclopedic"] >= 0.5:
+        reasons.append("explains like an encyclopedia")
+    if evidence.get("other_voice", 0) > 0 and evidence.get("nearest_voice"):
+        reasons.append(f"closer to another voice ({evidence['nearest_voice']}) than to the character's own lines")
+    elif values["emb_generic"] > values["emb_own"]:
+        reasons.append("closer to a plain assistant than to the character's own lines")
+    if values["style_confusion"] > 0 and evidence.get("nearest_style"):
+        reasons.append(f"its style is nearer {evidence['nearest_style']} than the character's")
+    if evidence.get("style_gaps"):
+        reasons.append("unlike the character's lines in " + ", ".join(g.replace("_", " ") for g in evidence["style_gaps"]))
+    return reasons
 
 
 def judge(reply, probe, context: ScoringContext) -> dict:

@@ -137,6 +137,7 @@ def score_command(card, replies, as_json):
     """
     from runtime.audit import score_replies
     from runtime.audit.scorers import BaseIdentity
+    from runtime.cli.characters import _catalog
     from runtime.plugins import get_plugin_manager
 
     character = _character(card)
@@ -145,7 +146,7 @@ def score_command(card, replies, as_json):
     good, bad = _read_replies(replies)
     config = settings()
     results = score_replies(character, [item for _, item in good], pm=get_plugin_manager(config.plugins_dir),
-                            base=BaseIdentity.for_settings(config))
+                            base=BaseIdentity.for_settings(config), others=_catalog().characters.values())
     rows = [{"line": number, "verdict": r["verdict"], "reasons": r["reasons"], "leakage": r["leakage"],
              "closeness": r.get("closeness"), "turn": r.get("turn")} for (number, _), r in zip(good, results)]
     rows += [{"line": number, "error": message} for number, message in bad]

@@ -52,3 +52,26 @@ def test_audit_benchmarks(real_base, make_engine):
         {"metric": "scoring only: replies/s (labelled set)", "value": round(len(rows) / scoring, 1)},
     ])
     assert single.verdicts and len(full.verdicts) >= 50
+
+
+def test_scoring_speed_on_the_generalisation_set():
+    """Replies scored per second (no generation) over the 312-reply set, each against the whole catalog."""
+    from runtime.audit import score_replies
+    from runtime.audit.embeddings import load_model
+    from runtime.characters import load_card
+
+    folder = LABELS.parent / "audit_generalisation"
+    cards = {p.stem: load_card(p) for p in sorted((folder / "cards").glob("*.json"))}
+    builtins = [load_card(p) for p in sorted((LABELS.parents[2] / "plugins" / "characters" / "cards").glob("*.json"))]
+    load_model()
+    sets = {cid: [json.loads(line) for line in (folder / "replies" / f"{cid}.jsonl").read_text().splitlines()]
+            for cid in cards}
+    score_replies(cards["kai"], sets["kai"][:2], others=builtins + list(cards.values()))  # reference caches warm
+    started = time.perf_counter()
+    scored = sum(len(score_replies(cards[cid], rows, others=builtins + list(cards.values()))) for cid, rows in sets.items())
+    seconds = time.perf_counter() - started
+    report("audit-scoring", [
+        {"metric": "scoring only: replies/s (312 replies, 12 characters, 15-card catalog)",
+         "value": round(scored / seconds, 1), "target": ">= 20"},
+    ])
+    assert scored == sum(len(rows) for rows in sets.values())
