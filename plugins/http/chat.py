@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from urllib.parse import unquote
 
@@ -16,6 +17,10 @@ from runtime.refs import WeightsRef
 PLATFORM = "http"
 CONVERSATION_HEADER = "x-personae-conversation"
 USER_NAME_HEADER = "x-personae-user-name"
+# What a client sees of a bug: the server's log has the traceback.
+GENERATION_FAILED = "generating the reply failed; the server's log has the details"
+
+log = logging.getLogger("personae.http")
 
 
 # --- model names -----------------------------------------------------------------------------
@@ -74,8 +79,10 @@ def model_list(engine, created: int) -> list[dict]:
 # --- requests to turns -----------------------------------------------------------------------
 
 
-def make_turn(engine, body, headers, character, version, regenerate: bool = False):
+def make_turn(engine, body, headers, character, version, regenerate: bool = False, limits=None):
     """The engine Turn of a request: who, which conversation, which history, which sampling."""
+    if limits is not None:
+        limits.check_messages(body.messages)
     user = (body.user or "").strip()
     conversation = (headers.get(CONVERSATION_HEADER) or "").strip()[:200]
     chat = [m for m in body.messages if m.role in ("user", "assistant")]
@@ -119,12 +126,12 @@ def start_reply(engine, turn, character, regenerate: bool):
     return engine.reply(turn)
 
 
-async def begin(engine, metrics, body, headers, regenerate: bool = False):
+async def begin(engine, metrics, body, headers, regenerate: bool = False, limits=None):
     """Resolve, validate and start a reply; errors become OpenAI-shaped API errors."""
     from starlette.concurrency import run_in_threadpool
 
     character, version = resolve_model(engine, body.model)
-    turn = make_turn(engine, body, headers, character, version, regenerate)
+    turn = make_turn(engine, body, headers, character, version, regenerate, limits)
     try:
         return await run_in_threadpool(start_reply, engine, turn, character, regenerate)
     except PersonaeError as error:  # busy, nothing to re-roll, a version the registry refuses, no room
@@ -206,9 +213,10 @@ async def complete(metrics, body, reply, started: float) -> dict:
     except asyncio.CancelledError:
         reply.cancel()
         raise
-    except Exception as error:
+    except Exception:
         metrics.failed(reply.character.id, "error")
-        raise APIError(500, f"generating the reply failed: {error}", type="server_error") from None
+        log.exception("generating reply %s failed", reply.user_message["id"])
+        raise APIError(500, GENERATION_FAILED, type="server_error") from None
     finally:
         metrics.in_flight.dec()
     record(metrics, reply, bridge, started)
@@ -247,9 +255,10 @@ async def stream(metrics, body, reply, started: float):
         try:
             async for text in bridge:
                 yield event({"content": text})
-        except Exception as error:
+        except Exception:
             metrics.failed(reply.character.id, "error")
-            error_body = {"message": f"generating the reply failed: {error}", "type": "server_error",
+            log.exception("generating reply %s failed", reply.user_message["id"])
+            error_body = {"message": GENERATION_FAILED, "type": "server_error",
                           "param": None, "code": None}
             yield f"data: {json.dumps({'error': error_body})}\n\n"
             completed = True
