@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from runtime.characters.card import CardError, Character
-from runtime.characters.card_files import load_card, save_card
+from runtime.characters.card_files import load_card, save_card, shrunk_card_png
 from runtime.errors import NotFound
 
 
@@ -87,17 +86,24 @@ class Catalog:
         source = Path(path)
         character = load_card(source)  # raises CardError before anything is written
         self.folder.mkdir(parents=True, exist_ok=True)
-        suffix = ".png" if source.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" else ".json"
-        target = self.folder / f"{character.id}{suffix}"
+        data = source.read_bytes()
+        png = data[:8] == b"\x89PNG\r\n\x1a\n"
+        # A large avatar is stored downscaled: every catalog load decodes it.
+        payload = (shrunk_card_png(data) if png else None) or data
+        target = self.folder / f"{character.id}{'.png' if png else '.json'}"
         for stale in self.folder.glob(f"{character.id}.*"):
             if stale != target:
                 stale.unlink()
         handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".part")
-        with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(payload)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)  # no tmp*.part left behind, whatever went wrong
+            raise
         self.reload()
         return self.get(character.id)
 
