@@ -139,11 +139,25 @@ def _refresh(scheduler) -> None:
     scheduler.wakeup()
 
 
+def _sweep_training(engine) -> None:
+    """Staging folders and 'running' rows of runs whose process died (killed server, power cut)."""
+    from runtime.training.runs import sweep_stale
+
+    try:
+        swept = sweep_stale(engine.settings, engine.store)
+    except OSError as error:  # a read-only data dir must not stop the server
+        log.warning("could not sweep stale training leftovers: %s", error)
+        return
+    if swept:
+        log.info("swept leftovers of interrupted training runs: %s", ", ".join(swept))
+
+
 def start_scheduler(engine, persistent: bool = True):
     """Start the background scheduler of a serving process: persisted schedules and plugins' jobs."""
     from apscheduler.triggers.interval import IntervalTrigger
 
     settings = engine.settings
+    _sweep_training(engine)
     scheduler = _scheduler(settings, persistent)
     _engines["current"] = engine
     registered = []

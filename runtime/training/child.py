@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from runtime.training.config import TrainingError
+from runtime.training.lifeline import PARENT_VARIABLE, child_setup
 from runtime.training.runs import training_dir, update_run
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -33,13 +34,15 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
     }, default=str))
     threads = max(1, int(config.subprocess_threads or 1))
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}, "TOKENIZERS_PARALLELISM": "false",
-           "PERSONAE_TRAINING_THREADS": str(threads)}
+           "PERSONAE_TRAINING_THREADS": str(threads), PARENT_VARIABLE: str(os.getpid())}
     nice = int(config.nice)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "runtime.training.worker", "--request", str(request)],
+            # Its own process group (a Ctrl-C meant for the server is not its), but its life tied to ours:
+            # if this process is killed, even with SIGKILL, the kernel kills the child too.
             stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None,  # chats keep the CPU first
+            preexec_fn=child_setup(os.getpid(), nice),
         )
         update_run(engine.store, run_id, pid=process.pid, phase="loading")
         try:
