@@ -182,6 +182,7 @@ def start_scheduler(engine, persistent: bool = True):
 
 def run_now(engine, character: str, method: str | None = None, *, force: bool = False, timeout: float | None = None):
     """Run a character's retraining now through the scheduler (its schedule's settings, if it has one); wait."""
+    character = engine.catalog.resolve(character)
     scheduler = _schedulers.get(id(engine))
     if scheduler is None or not scheduler.running:
         scheduler = start_scheduler(engine, persistent=False)
@@ -190,7 +191,6 @@ def run_now(engine, character: str, method: str | None = None, *, force: bool = 
         schedule = next((s for s in list_schedules(engine.settings) if s["character"] == character), None)
     except Exception:  # noqa: BLE001 - no schedule store yet
         pass
-    engine.catalog.get(character)  # unknown names fail here, clearly
     kwargs = {
         "character": character,
         "method": method or (schedule or {}).get("method") or (engine.settings.training or {}).get("method", "lora"),
