@@ -35,10 +35,31 @@ def describe_errors(app) -> None:
                     operation["responses"] = {**operation.get("responses", {}),
                                               **_error_responses(path, method)}
                     operation["responses"].pop("422", None)
+                    _success(path, operation)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+# What a 200 really is where it is not JSON (schemathesis checks the Content-Type against these).
+SUCCESS_TYPES = {
+    "/metrics": {"text/plain": {"schema": {"type": "string"}}},
+    "/v1/characters/{character_id}/avatar.png": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    "/v1/characters/{character_id}/audits/{name}": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+}
+STREAMING = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def _success(path: str, operation: dict) -> None:
+    """Document the 200's real media types: files, metrics, and the SSE stream chat may answer."""
+    ok = operation.get("responses", {}).get("200")
+    if ok is None:
+        return
+    if path in SUCCESS_TYPES:
+        ok["content"] = SUCCESS_TYPES[path]
+    elif path in ("/v1/chat/completions", "/v1/regenerate"):
+        ok["content"] = {**ok.get("content", {}), **STREAMING}
 
 
 def _error_responses(path: str, method: str) -> dict:
