@@ -24,9 +24,9 @@ chat: setup
 test: setup
 	$(PY) -m pytest -q
 
-# The slow hostile-input checks at full size (schemathesis: a few hundred generated requests).
+# The slow hostile-input checks at full size: schemathesis (hundreds of requests), SIGKILL mid-stream.
 stress: setup
-	PERSONAE_STRESS=1 $(PY) -m pytest -q tests/test_http_schemathesis.py
+	PERSONAE_STRESS=1 $(PY) -m pytest -q tests/test_http_schemathesis.py tests/test_crash_streams.py
 
 bench: setup
 	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench -q -s

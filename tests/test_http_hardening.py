@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import pytest
@@ -161,3 +163,29 @@ def test_metrics_have_fine_ttft_buckets_and_request_latency(server):
     assert 'personae_http_request_seconds_count{route="/v1/models",status="200"} 1.0' in text
     httpx.get(server.url + "/no/such/path/abc123")
     assert "abc123" not in httpx.get(server.url + "/metrics").text  # raw paths never become labels
+
+
+def test_health_answers_while_every_worker_thread_is_busy(server, engine, monkeypatch):
+    release, entered = threading.Event(), []
+
+    def stuck(turn):  # a reply stuck in the worker threads (a slow prompt, a slow disk)
+        entered.append(1)
+        release.wait(60)
+        raise RuntimeError("released")
+
+    monkeypatch.setattr(engine, "reply", stuck)
+    clients = [threading.Thread(target=chat, args=(server,), kwargs={"messages": hi()}, daemon=True)
+               for _ in range(45)]  # more than anyio's 40 worker threads
+    for client in clients:
+        client.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(entered) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(entered) == 40  # every worker thread is taken
+        health = httpx.get(server.url + "/healthz", timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+    finally:
+        release.set()
+        for client in clients:
+            client.join(30)
