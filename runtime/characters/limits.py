@@ -6,6 +6,8 @@ import json
 import math
 import re
 
+from runtime.errors import PersonaeError
+
 MAX_CARD_FILE_BYTES = 32 * 1024 * 1024  # a PNG card with a large avatar; anything bigger is not a card
 MAX_CARD_JSON_BYTES = 4 * 1024 * 1024  # the card's own JSON (a 10 MB description is refused)
 MAX_NAME_CHARS = 128
@@ -99,8 +101,8 @@ def too_deep(value, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-class JSONProblem(ValueError):
-    """Card JSON that parses to something no card may hold; the message says what."""
+class JSONProblem(PersonaeError, ValueError):
+    """Card JSON that parses to something no card may hold; the message says what (load_card makes it a CardError)."""
 
 
 def _no_constant(name: str):
