@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from runtime.characters import CardError, Catalog, load_card, parse_card
-from runtime.characters import limits
+from runtime.characters import CardError, Catalog, limits, load_card, parse_card
 
 
 def v2(**fields) -> dict:

@@ -23,7 +23,7 @@ class Limits:
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
 
     @classmethod
-    def of(cls, table: dict) -> "Limits":
+    def of(cls, table: dict) -> Limits:
         """The limits of a [plugins.http] table; a value that is not a positive whole number is a config error."""
         from runtime.config import ConfigError
 

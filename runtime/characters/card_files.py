@@ -14,6 +14,7 @@ import secrets
 import warnings
 from pathlib import Path
 
+from runtime.characters import limits
 from runtime.characters.card import (
     PNG_SIGNATURE,
     SPEC_VERSIONS,
@@ -28,7 +29,6 @@ from runtime.characters.card import (
     Character,
     parse_card,
 )
-from runtime.characters import limits
 
 # --- Reading -----------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ def name_problem(name: str) -> str | None:
         return problem
     bad = _NAME_FORBIDDEN.search(name)
     if bad:
-        return (f"contains the control character {ascii(bad.group())} — names may not hold control, "
+        return (f"contains the control character {bad.group()!a} — names may not hold control, "
                 "escape or text-direction characters")
     return None
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from runtime.cli.common import UsageProblem, character_id, friendly_errors, settings, weights_ref
+from runtime.cli.common import (
+    UsageProblem,
+    character_id,
+    friendly_errors,
+    settings,
+    weights_ref,
+)
 
 
 def _light_base(config):
