@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.personae-installed
 
-.PHONY: setup chat test bench clean
+.PHONY: setup chat test bench stress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ chat: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The slow hostile-input checks at full size: schemathesis (hundreds of requests), SIGKILL mid-stream.
+stress: setup
+	PERSONAE_STRESS=1 $(PY) -m pytest -q tests/test_http_schemathesis.py tests/test_crash_streams.py
 
 bench: setup
 	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench -q -s

@@ -139,11 +139,25 @@ def _refresh(scheduler) -> None:
     scheduler.wakeup()
 
 
+def _sweep_training(engine) -> None:
+    """Staging folders and 'running' rows of runs whose process died (killed server, power cut)."""
+    from runtime.training.runs import sweep_stale
+
+    try:
+        swept = sweep_stale(engine.settings, engine.store)
+    except OSError as error:  # a read-only data dir must not stop the server
+        log.warning("could not sweep stale training leftovers: %s", error)
+        return
+    if swept:
+        log.info("swept leftovers of interrupted training runs: %s", ", ".join(swept))
+
+
 def start_scheduler(engine, persistent: bool = True):
     """Start the background scheduler of a serving process: persisted schedules and plugins' jobs."""
     from apscheduler.triggers.interval import IntervalTrigger
 
     settings = engine.settings
+    _sweep_training(engine)
     scheduler = _scheduler(settings, persistent)
     _engines["current"] = engine
     registered = []
@@ -168,6 +182,7 @@ def start_scheduler(engine, persistent: bool = True):
 
 def run_now(engine, character: str, method: str | None = None, *, force: bool = False, timeout: float | None = None):
     """Run a character's retraining now through the scheduler (its schedule's settings, if it has one); wait."""
+    character = engine.catalog.resolve(character)
     scheduler = _schedulers.get(id(engine))
     if scheduler is None or not scheduler.running:
         scheduler = start_scheduler(engine, persistent=False)
@@ -176,7 +191,6 @@ def run_now(engine, character: str, method: str | None = None, *, force: bool = 
         schedule = next((s for s in list_schedules(engine.settings) if s["character"] == character), None)
     except Exception:  # noqa: BLE001 - no schedule store yet
         pass
-    engine.catalog.get(character)  # unknown names fail here, clearly
     kwargs = {
         "character": character,
         "method": method or (schedule or {}).get("method") or (engine.settings.training or {}).get("method", "lora"),

@@ -150,6 +150,9 @@ class FakeDiscord:
         if (method, route) == ("POST", "/channels/{id}/webhooks"):
             if self.deny_webhooks:
                 return 403, {"message": "Missing Permissions", "code": 50013}
+            if re.search("discord|clyde", body["name"], re.IGNORECASE):  # as Discord answers
+                return 400, {"message": "Invalid Form Body", "code": 50035, "errors": {"name": {"_errors": [
+                    {"code": "USERNAME_INVALID_CONTAINS", "message": "Username cannot contain \"discord\""}]}}}
             webhook = {"id": str(self.snowflake()), "type": 1, "guild_id": str(GUILD_ID), "channel_id": str(ids[0]),
                        "name": body["name"], "avatar": "a1b2c3" if body.get("avatar") else None,
                        "token": f"hook-token-{len(self.webhooks)}", "application_id": str(APP_ID),
@@ -165,6 +168,8 @@ class FakeDiscord:
             author = {"id": webhook["id"], "username": body.get("username") or webhook["name"],
                       "avatar": webhook["avatar"], "discriminator": "0000", "bot": True}
             if (method, route) == ("POST", "/webhooks/{id}/{token}"):
+                if re.search("discord|clyde", body.get("username") or "", re.IGNORECASE):
+                    return 400, {"message": "Invalid Form Body", "code": 50035}
                 channel = int(call.params.get("thread_id") or webhook["channel_id"])
                 return 200, self.message(channel, author, body, webhook_id=webhook["id"])
             if (method, route) == ("PATCH", "/webhooks/{id}/{token}/messages/{id}"):

@@ -109,3 +109,61 @@ def test_prompts_of_one_character_share_everything_before_the_triggered_lore(tok
     shared = next(i for i, (a, b) in enumerate(zip(with_lore, without)) if a != b)
     card_and_examples = len(tokenizer.apply_chat_template(asks[1][:5], tokenize=True, return_dict=False))
     assert shared >= card_and_examples - 3  # only the template's closing tokens can differ
+
+
+def _reference_history(tokenizer, character, turns, budget):
+    """The history the one-message-at-a-time trimming kept (the old, quadratic algorithm)."""
+    from runtime.characters.prompt import PromptParts, _fits
+
+    parts = PromptParts(card=character.system_text("Ann"), history=[dict(m) for m in turns],
+                        post_history=character.post_history("Ann"))
+    while not _fits(tokenizer, parts, budget) and len(parts.history) > 1:
+        parts.history.pop(0)
+        while len(parts.history) > 1 and parts.history[0]["role"] != "user":
+            parts.history.pop(0)
+    return parts.history
+
+
+@pytest.mark.parametrize("budget", [90, 150, 260, 420, 700, 1200])
+def test_trimming_keeps_what_dropping_one_at_a_time_kept(tokenizer, budget):
+    # No lorebook, no examples: only the history is trimmed, so both ways must agree exactly.
+    card = {**CARD, "data": {**CARD["data"], "mes_example": "", "character_book": None}}
+    character = parse_card(card)
+    turns = history(25)
+    turns[7]["content"] = "a much longer question " * 30  # uneven lengths: the estimate is not exact
+    messages = build_messages(character, turns, tokenizer, budget, user="Ann")
+    kept = [m for m in messages if m["role"] in ("user", "assistant")]
+    assert kept == _reference_history(tokenizer, character, turns, budget)
+    assert count_tokens(tokenizer, messages) <= budget
+
+
+def test_trimming_counts_the_prompt_a_few_times_not_once_per_message(tokenizer, monkeypatch):
+    calls = []
+    original = tokenizer.apply_chat_template
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "apply_chat_template", counted)
+    character = parse_card(CARD)
+    counts = {}
+    for n in (50, 400):  # 101 and 801 messages
+        calls.clear()
+        messages = build_messages(character, history(n), tokenizer, 300, user="Ann")
+        counts[n] = len(calls)
+        assert count_tokens(tokenizer, messages) <= 300 + 0 and messages[-2]["content"] == "Tell me about the kraken."
+    # The old loop counted once per dropped message (800 here); now a binary search at most.
+    assert counts[400] <= 2 * counts[50] and counts[400] < 60, counts
+
+
+def test_a_thousand_constant_lore_entries_are_cut_by_the_budget_in_few_counts(tokenizer, monkeypatch):
+    entries = [{"keys": [], "content": f"fact {i}: the reef has {i} rocks", "constant": True} for i in range(1000)]
+    card = {**CARD, "data": {**CARD["data"], "character_book": {"entries": entries}}}
+    calls = []
+    original = tokenizer.apply_chat_template
+    monkeypatch.setattr(tokenizer, "apply_chat_template", lambda *a, **k: calls.append(1) or original(*a, **k))
+    messages = build_messages(parse_card(card), history(2), tokenizer, 600, user="Ann")
+    assert count_tokens(tokenizer, messages) <= 600
+    assert "fact 0:" in messages[0]["content"] and "fact 999:" not in messages[0]["content"]
+    assert len(calls) < 80, len(calls)

@@ -106,6 +106,12 @@ class Post:
             del self.messages[len(chunks):], self._shown[len(chunks):]
 
 
+def webhook_name_allowed(name: str) -> bool:
+    """False for names Discord refuses as webhook usernames (containing "discord" or "clyde")."""
+    folded = name.casefold()
+    return "discord" not in folded and "clyde" not in folded and bool(name.strip())
+
+
 class Speaker:
     """Finds (and caches) how each character speaks in each channel."""
 
@@ -121,10 +127,19 @@ class Speaker:
         if not parent.permissions_for(parent.guild.me).manage_webhooks:
             await self._notify_missing_permission(parent)
             return PlainVoice(channel, character)
+        if not webhook_name_allowed(character.name):
+            # Discord refuses webhook names containing "discord" or "clyde": speak as the bot instead.
+            return PlainVoice(channel, character)
         try:
             webhook = await self._webhook(parent, character)
         except discord.Forbidden:
             await self._notify_missing_permission(parent)
+            return PlainVoice(channel, character)
+        except discord.HTTPException as error:
+            if error.status >= 500:
+                raise
+            log.warning("Discord refused a webhook for %s in channel %s (%s); it speaks as the bot",
+                        character.id, parent.id, error.text or error.status)
             return PlainVoice(channel, character)
         return WebhookVoice(webhook, character, channel if isinstance(channel, discord.Thread) else None)
 
@@ -132,20 +147,18 @@ class Speaker:
         key = (channel.id, character.id)
         if key in self._webhooks:
             return self._webhooks[key]
-        cached = self.tables.webhook(channel.id, character.id)
-        if cached:
-            webhook = discord.Webhook.partial(cached[0], cached[1], client=self.bot)
-        else:
-            webhook = await self._find_or_create(channel, character)
-            self.tables.remember_webhook(channel.id, character.id, webhook.id, webhook.token)
+        # Only the id is remembered across restarts; the token is fetched again from Discord.
+        webhook = await self._find_or_create(channel, character, self.tables.webhook(channel.id, character.id))
+        self.tables.remember_webhook(channel.id, character.id, webhook.id)
         self._webhooks[key] = webhook
         return webhook
 
-    async def _find_or_create(self, channel, character) -> discord.Webhook:
+    async def _find_or_create(self, channel, character, known_id: int | None = None) -> discord.Webhook:
         """Reuse this bot's webhook for the character if the channel has one, else create it."""
         name = character.name[:80]
-        for webhook in await channel.webhooks():
-            if webhook.token and webhook.user and webhook.user.id == self.bot.user.id and webhook.name == name:
+        ours = [w for w in await channel.webhooks() if w.token and w.user and w.user.id == self.bot.user.id]
+        for webhook in ours:
+            if webhook.id == known_id or webhook.name == name:
                 return webhook
         log.info("creating a webhook for %s in channel %s", character.id, channel.id)
         return await channel.create_webhook(name=name, avatar=character.avatar_png or None,

@@ -31,6 +31,12 @@ def m002_channel_prompts(db: sqlite_utils.Database) -> None:
     db["discord_channel_prompts"].create({"channel_id": str, "text": str, "updated": str}, pk="channel_id")
 
 
+@migrations(name="m003_no_webhook_tokens")
+def m003_no_webhook_tokens(db: sqlite_utils.Database) -> None:
+    """Webhook tokens are secrets: no longer stored (the bot finds them again through Discord's API)."""
+    db.execute("update discord_webhooks set webhook_token = ''")
+
+
 class DiscordTables:
     """Reads and writes of the plugin's tables through the shared store."""
 
@@ -39,18 +45,19 @@ class DiscordTables:
         store.apply_migrations(migrations)
 
     # --- webhooks ---
-    def webhook(self, channel_id: int, character: str) -> tuple[int, str] | None:
-        """The cached (webhook id, token) for a channel and character."""
+    def webhook(self, channel_id: int, character: str) -> int | None:
+        """The remembered webhook id for a channel and character (its token is never stored)."""
         rows = self.store.query(
             "select webhook_id, webhook_token from discord_webhooks where channel_id = ? and character = ?",
             [str(channel_id), character],
         )
-        return (int(rows[0]["webhook_id"]), rows[0]["webhook_token"]) if rows else None
+        return int(rows[0]["webhook_id"]) if rows else None
 
-    def remember_webhook(self, channel_id: int, character: str, webhook_id: int, token: str) -> None:
+    def remember_webhook(self, channel_id: int, character: str, webhook_id: int) -> None:
+        # The token stays in memory only: anyone who reads personae.db could post as the character.
         self.store.write(lambda: self.store.db["discord_webhooks"].upsert(
             {"channel_id": str(channel_id), "character": character, "webhook_id": str(webhook_id),
-             "webhook_token": token, "created": now()}, pk=("channel_id", "character")))
+             "webhook_token": "", "created": now()}, pk=("channel_id", "character")))
 
     def forget_webhook(self, channel_id: int, character: str) -> None:
         self.store.write(lambda: self.store.db.execute(

@@ -16,7 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plugins.http import auth, chat
 from plugins.http.errors import APIError, validation_error
+from plugins.http.limits import BodyLimit, Limits
 from plugins.http.metrics import Metrics
+from plugins.http.openai_doc import describe_errors
 from plugins.http.openai_schema import ChatCompletionRequest, FeedbackRequest
 from runtime.audit.report import latest_report_files
 from runtime.characters import placeholder_avatar
@@ -43,7 +45,11 @@ def create_app(engine, settings, keys: list[str] | None = None):
     app = FastAPI(title="Personae", summary="Characters behind an OpenAI-compatible API", version="1")
     app.state.engine, app.state.settings, app.state.keys = engine, settings, keys
     metrics = app.state.metrics = Metrics(engine)
+    limits = app.state.limits = Limits.of(settings.plugin_settings("http"))
     created = int(time.time())
+    # Outermost: a body over the limit is refused before anything parses it.
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(metrics.timing_middleware())
 
     cors = settings.plugin_settings("http").get("cors_origins")
     if cors:
@@ -99,7 +105,7 @@ def create_app(engine, settings, keys: list[str] | None = None):
 
     async def respond(body, request: Request, regenerate: bool):
         started = time.perf_counter()
-        replies = await chat.begin(engine, metrics, body, request.headers, regenerate)
+        replies = await chat.begin(engine, metrics, body, request.headers, regenerate, limits)
         tokens = chat.TokenText(engine.base.tokenizer)
         if body.stream:
             return ReplyStreamingResponse(chat.stream(metrics, body, replies, started, tokens),
@@ -192,8 +198,9 @@ def create_app(engine, settings, keys: list[str] | None = None):
 
     app.include_router(api)
 
+    # async: answered on the event loop even when every worker thread is busy with replies.
     @app.get("/healthz")
-    def healthz():
+    async def healthz():
         generator = engine.generator_started
         return {"status": "ok", "characters": len(engine.catalog.names()), "model_loaded": generator is not None,
                 "queue_depth": getattr(generator, "queue_depth", 0), "auth": bool(keys)}
@@ -203,4 +210,5 @@ def create_app(engine, settings, keys: list[str] | None = None):
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    describe_errors(app)
     return app

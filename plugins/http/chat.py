@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from urllib.parse import unquote
 
@@ -17,6 +18,10 @@ from runtime.refs import WeightsRef
 PLATFORM = "http"
 CONVERSATION_HEADER = "x-personae-conversation"
 USER_NAME_HEADER = "x-personae-user-name"
+# What a client sees of a bug: the server's log has the traceback.
+GENERATION_FAILED = "generating the reply failed; the server's log has the details"
+
+log = logging.getLogger("personae.http")
 
 
 # --- model names -----------------------------------------------------------------------------
@@ -75,7 +80,7 @@ def model_list(engine, created: int) -> list[dict]:
 # --- requests to turns -----------------------------------------------------------------------
 
 
-def make_turn(engine, body, headers, character, version, regenerate: bool = False):
+def make_turn(engine, body, headers, character, version, regenerate: bool = False, limits=None):
     """The engine Turn of a request: who, which conversation, which history, which sampling."""
     problem = body.problem()
     if problem is not None:
@@ -83,6 +88,8 @@ def make_turn(engine, body, headers, character, version, regenerate: bool = Fals
     if body.n > engine.settings.max_batch:
         raise APIError(400, f"n={body.n} is more choices than this server generates at once (max_batch is "
                        f"{engine.settings.max_batch}); ask for at most {engine.settings.max_batch}", param="n")
+    if limits is not None:
+        limits.check_messages(body.messages)
     user = (body.user or "").strip()
     conversation = (headers.get(CONVERSATION_HEADER) or "").strip()[:200]
     chat = [m for m in body.messages if m.role in ("user", "assistant")]
@@ -127,12 +134,12 @@ def start_replies(engine, turn, character, regenerate: bool, n: int):
     return engine.replies(turn, n)
 
 
-async def begin(engine, metrics, body, headers, regenerate: bool = False):
+async def begin(engine, metrics, body, headers, regenerate: bool = False, limits=None):
     """Resolve, validate and start the replies (one per choice); errors become OpenAI-shaped API errors."""
     from starlette.concurrency import run_in_threadpool
 
     character, version = resolve_model(engine, body.model)
-    turn = make_turn(engine, body, headers, character, version, regenerate)
+    turn = make_turn(engine, body, headers, character, version, regenerate, limits)
     try:
         return await run_in_threadpool(start_replies, engine, turn, character, regenerate, body.n)
     except PersonaeError as error:  # busy, nothing to re-roll, a version the registry refuses, no room
@@ -272,10 +279,11 @@ async def complete(metrics, body, replies, started: float, tokens) -> dict:
     except asyncio.CancelledError:
         cancel(choices)
         raise
-    except Exception as error:
+    except Exception:
         cancel(choices)
         metrics.failed(replies[0].character.id, "error")
-        raise APIError(500, f"generating the reply failed: {error}", type="server_error") from None
+        log.exception("generating reply %s failed", replies[0].user_message["id"])
+        raise APIError(500, GENERATION_FAILED, type="server_error") from None
     finally:
         metrics.in_flight.dec()
     for choice in choices:
@@ -353,10 +361,11 @@ async def stream(metrics, body, replies, started: float, tokens):
                     record(metrics, choice, started)
                     yield event(choice, {}, choice.finish_reason(), choice.logprobs(),
                                 personae_message_id=choice.message_id)
-        except Exception as error:
+        except Exception:
             cancel(choices)
             metrics.failed(first.character.id, "error")
-            error_body = {"message": f"generating the reply failed: {error}", "type": "server_error",
+            log.exception("generating reply %s failed", first.user_message["id"])
+            error_body = {"message": GENERATION_FAILED, "type": "server_error",
                           "param": None, "code": None}
             yield f"data: {json.dumps({'error': error_body})}\n\n"
             completed = True

@@ -76,7 +76,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: Union[str, list[str], None] = None
-    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT, description="0 <= seed < 2**63")
     n: int = Field(default=1, ge=1, le=128)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -140,5 +140,7 @@ class FeedbackRequest(BaseModel):
             digits = value.removeprefix("chatcmpl-")
             if not digits.isdigit():
                 raise ValueError("message_id must be personae_message_id (a number) or 'chatcmpl-NUMBER'")
-            return int(digits)
+            value = int(digits.lstrip("0")[:20] or "0")  # longer than 20 digits is out of range anyway
+        if not 1 <= value < 2**63:
+            raise ValueError("message_id must be between 1 and 2**63 - 1 (a personae_message_id)")
         return value

@@ -9,6 +9,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from runtime.characters import macros
+from runtime.characters import limits
 from runtime.errors import PersonaeError
 
 V1, V2, V3 = "chara_card_v1", "chara_card_v2", "chara_card_v3"
@@ -50,9 +51,10 @@ class CardError(PersonaeError, ValueError):
     """A card file that cannot be imported; message names the file and the field."""
 
     def __init__(self, source, field: str, problem: str):
-        self.source = str(source) if source else "<card>"
-        self.field = field
-        self.problem = " ".join(str(problem).split())  # one line, whatever the cause said
+        # Printable: a card's file name or text must not reach a terminal as escape codes.
+        self.source = limits.printable(str(source)) if source else "<card>"
+        self.field = limits.printable(field)
+        self.problem = limits.printable(" ".join(str(problem).split()))  # one line, whatever the cause said
         super().__init__(f"{self.source}: field '{field}': {self.problem}")
 
 
@@ -126,8 +128,12 @@ class Character:
         """Slug of the name ([a-z0-9-]); the key for this character everywhere."""
         ascii_name = unicodedata.normalize("NFKD", self.name).encode("ascii", "ignore").decode()
         slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+        digest = hashlib.sha1(self.name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        if len(slug) > limits.MAX_ID_CHARS:
+            # Ids name files: bounded, and still unique through the hash of the whole name.
+            slug = slug[:limits.MAX_ID_CHARS - 9].rstrip("-") + "-" + digest
         # Names with no latin letters still need a stable, unique key.
-        return slug or "character-" + hashlib.sha1(self.name.encode()).hexdigest()[:8]
+        return slug or "character-" + digest
 
     @property
     def display_name(self) -> str:
@@ -262,6 +268,8 @@ def parse_card(data: dict, source: str = "") -> Character:
     source = source or "<card>"
     if not isinstance(data, dict):
         raise CardError(source, "(card)", f"is a JSON {_json_type(data)}, not an object — a card is a JSON object")
+    if limits.too_deep(data):  # before any copy.deepcopy, which recurses
+        raise CardError(source, "(card)", f"objects or lists nest deeper than the limit of {limits.MAX_DEPTH}")
     spec = data.get("spec")
     if spec is None:
         spec, fields, prefix = V1, data, ""
@@ -279,6 +287,9 @@ def parse_card(data: dict, source: str = "") -> Character:
     if not name or not name.strip():
         problem = "missing" if name is None else "empty"
         raise CardError(source, prefix + "name", f"{problem} — every card needs a name")
+    problem = limits.name_problem(name)
+    if problem:
+        raise CardError(source, prefix + "name", problem)
     values = {key: _text(fields.get(key), source, prefix + key) for key in STRING_FIELDS}
     for key in LIST_FIELDS:
         values[key] = _string_list(fields.get(key), source, prefix + key)
@@ -302,21 +313,28 @@ def _json_type(value) -> str:
         type(value), type(value).__name__)
 
 
-def _text(value, source: str, where: str) -> str:
+def _text(value, source: str, where: str, limit: int = limits.MAX_TEXT_CHARS) -> str:
     """A text field (null means empty)."""
     if value is not None and not isinstance(value, str):
-        raise CardError(source, where, f"must be text, got a {_json_type(value)} ({value!r:.30}) — put it in quotes")
+        raise CardError(source, where, f"must be text, got a {_json_type(value)} ({limits._short(value)}) — "
+                                       "put it in quotes")
+    problem = limits.text_problem(value or "", limit)
+    if problem:
+        raise CardError(source, where, problem)
     return value or ""
 
 
-def _string_list(value, source: str, where: str) -> list[str]:
+def _string_list(value, source: str, where: str, most: int = limits.MAX_LIST_ITEMS,
+                 limit: int = limits.MAX_TEXT_CHARS) -> list[str]:
     """A list of strings from a card (null means empty)."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise CardError(source, where, f"must be a list of strings, got a {_json_type(value)} — use [\"...\"]")
+    if len(value) > most:
+        raise CardError(source, where, f"has {len(value)} items, more than the limit of {most} — remove some")
     for i, item in enumerate(value):
-        _text(item, source, f"{where}[{i}]")
+        _text(item, source, f"{where}[{i}]", limit)
     return list(value)
 
 
@@ -330,13 +348,17 @@ def _check_book(book, source: str, where: str) -> dict | None:
     entries = book.get("entries", [])
     if not isinstance(entries, list):
         raise CardError(source, where + ".entries", f"must be a list, got a {_json_type(entries)} — use [...]")
+    if len(entries) > limits.MAX_LORE_ENTRIES:
+        raise CardError(source, where + ".entries", f"has {len(entries)} entries, more than the limit of "
+                                                    f"{limits.MAX_LORE_ENTRIES} — split the lorebook")
     for i, entry in enumerate(entries):
         here = f"{where}.entries[{i}]"
         if not isinstance(entry, dict):
             raise CardError(source, here, f"must be an object, got a {_json_type(entry)} — "
                                           "use {\"keys\": [...], \"content\": \"...\"}")
-        _string_list(entry.get("keys"), source, here + ".keys")
-        _string_list(entry.get("secondary_keys"), source, here + ".secondary_keys")
+        _string_list(entry.get("keys"), source, here + ".keys", limits.MAX_LORE_KEYS, limits.MAX_KEY_CHARS)
+        _string_list(entry.get("secondary_keys"), source, here + ".secondary_keys", limits.MAX_LORE_KEYS,
+                     limits.MAX_KEY_CHARS)
         _text(entry.get("content"), source, here + ".content")
     return copy.deepcopy(book)
 
@@ -354,16 +376,30 @@ def _check_personae(extensions: dict, source: str, where: str) -> None:
         raise CardError(source, where + ".generation", "must be an object — use e.g. {\"temperature\": 0.8}")
     for key, value in (generation or {}).items():
         here = f"{where}.generation.{key}"
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
-                   "presence_penalty") and not number:
-            raise CardError(source, here, f"must be a number, got {value!r:.30} — e.g. 0.8")
-        if key in ("top_k", "repeat_last_n") and not (number and value == int(value) and value >= -1):
-            raise CardError(source, here, f"must be a whole number, got {value!r:.30} — e.g. 40")
-        if key == "max_new_tokens" and not (number and value == int(value) and value > 0):
-            raise CardError(source, here, f"must be a positive whole number, got {value!r:.30} — e.g. 200")
         if key == "stop":
-            _string_list([value] if isinstance(value, str) else value, source, here)
+            _string_list([value] if isinstance(value, str) else value, source, here, 16, 200)
+        elif key in GENERATION_KEYS:
+            problem = limits.number_problem(key, value)
+            if problem:
+                raise CardError(source, here, problem)
+    weights = personae.get("weights")
+    if weights is not None:
+        _check_weights(weights, source, where + ".weights")
     for name in ("probes", "traits"):
         if personae.get(name) is not None and not isinstance(personae[name], list):
             raise CardError(source, f"{where}.{name}", f"must be a list, got a {_json_type(personae[name])} — use [...]")
+
+
+def _check_weights(weights, source: str, where: str) -> None:
+    """The card's own weights folder: a relative path inside the card's folder or package."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not isinstance(weights, str) or not weights.strip():
+        raise CardError(source, where, "must be a folder name relative to the card, e.g. \"weights\"")
+    text_problem = limits.text_problem(weights, 1_000)
+    if text_problem or "\x00" in weights:
+        raise CardError(source, where, text_problem or "contains a NUL character")
+    posix, windows = PurePosixPath(weights), PureWindowsPath(weights)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
+        raise CardError(source, where, f"{weights!r:.60} leaves the card's folder — weights must be a folder "
+                                       "inside the card's own folder or package, e.g. \"weights\"")

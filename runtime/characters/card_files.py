@@ -11,9 +11,11 @@ import json
 import os
 import re
 import secrets
+import warnings
 from pathlib import Path
 
 from runtime.characters import png_chunks
+from runtime.characters import limits
 from runtime.characters.card import (
     PNG_SIGNATURE,
     SPEC_VERSIONS,
@@ -36,6 +38,10 @@ def load_card(path) -> Character:
     """Read a card file; JSON or PNG is told by content, not by suffix."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > limits.MAX_CARD_FILE_BYTES:
+            raise CardError(path, "file", f"is {size} bytes, more than the limit of {limits.MAX_CARD_FILE_BYTES} "
+                                          "— this is not a character card")
         data = path.read_bytes()
     except OSError as error:
         raise CardError(path, "file", f"cannot be read ({error.strerror}) — check the path") from None
@@ -53,8 +59,8 @@ def load_card(path) -> Character:
         return read_charx(data, source=str(path))
     if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
         try:
-            card = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            card = limits.loads(data.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError and JSONProblem are ValueErrors
             problem = f"not valid JSON ({error}) — fix the file or export the card again"
             raise CardError(path, "file", problem) from None
         return parse_card(card, source=str(path))
@@ -68,10 +74,17 @@ def read_png_card(data: bytes, source: str = "") -> dict:
 
     source = source or "<png>"
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # Pillow only warns of images over 89 megapixels; _check_avatar_size refuses them.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as image:
             if image.format != "PNG":
                 raise CardError(source, "file", f"is {image.format}, not PNG — export the card as .png")
+            _check_avatar_size(image, source)
+            # The first chunk of each name wins, as in SillyTavern (Pillow keeps the last one).
             chunks = {key.lower(): value for key, value in image.text.items()}  # .text reads all chunks
+            chunks.update(first_text_chunks(data))
     except CardError:
         raise
     except Exception as error:  # Pillow raises many kinds for damaged files
@@ -87,21 +100,77 @@ def read_png_card(data: bytes, source: str = "") -> dict:
     except (binascii.Error, ValueError):
         raise CardError(source, f"png:{key}", "not valid base64 — export the card again") from None
     try:
-        card = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        card = limits.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as error:
         raise CardError(source, f"png:{key}", f"not valid JSON ({error}) — export the card again") from None
     if not isinstance(card, dict):
         raise CardError(source, f"png:{key}", "is not a JSON object — export the card again")
     return card
 
 
+def first_text_chunks(data: bytes) -> dict[str, str]:
+    """Each tEXt chunk's keyword (lowercased) -> text, the first of each name only."""
+    found: dict[str, str] = {}
+    position = len(PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        body = data[position + 8:position + 8 + length]
+        if kind == b"IEND" or len(body) < length:
+            break
+        if kind == b"tEXt" and b"\x00" in body:
+            keyword, _, text = body.partition(b"\x00")
+            found.setdefault(keyword.decode("latin-1").lower(), text.decode("latin-1"))
+        position += 12 + length  # length, type, data, CRC
+    return found
+
+
+def _check_avatar_size(image, source) -> None:
+    """Refuse images too large to decode safely (decompression bombs), before decoding them."""
+    width, height = image.size
+    if width * height > limits.MAX_AVATAR_PIXELS:
+        raise CardError(source, "avatar", f"is {width}x{height} pixels, more than the limit of "
+                                          f"{limits.MAX_AVATAR_PIXELS} pixels — use a smaller image")
+
+
 def _strip_png_text(data: bytes) -> bytes:
-    """The avatar image re-encoded without the card chunks, so stale cards don't travel with it."""
+    """The avatar image re-encoded without the card chunks, at most AVATAR_SIDE pixels a side."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if max(image.size) > limits.AVATAR_SIDE:
+            image = _downscaled(image)
         out = io.BytesIO()
         image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _downscaled(image):
+    """A copy at most AVATAR_SIDE pixels a side (aspect kept)."""
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGBA")
+    image = image.copy()
+    image.thumbnail((limits.AVATAR_SIDE, limits.AVATAR_SIDE))
+    return image
+
+
+def shrunk_card_png(data: bytes) -> bytes | None:
+    """A PNG card with its avatar downscaled to AVATAR_SIDE and its card chunks kept, or None if small enough."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(io.BytesIO(data)) as image:
+        if max(image.size) <= limits.AVATAR_SIDE:
+            return None
+        image.load()
+        small = _downscaled(image)
+    info = PngInfo()
+    for key, text in first_text_chunks(data).items():
+        if key in ("ccv3", "chara"):
+            info.add_text(key, text)
+    out = io.BytesIO()
+    small.save(out, format="PNG", pnginfo=info)
     return out.getvalue()
 
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from runtime.cli.common import UsageProblem, friendly_errors, settings
+from runtime.cli.common import (
+    UsageProblem,
+    character_id,
+    friendly_errors,
+    settings,
+    weights_ref,
+)
 
 
 def _light_base(config):
@@ -73,7 +79,9 @@ def list_versions(name, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    versions = _registry(need_base=False).versions(name)
+    registry = _registry(need_base=False)
+    name = character_id(name, registry) if name else None
+    versions = registry.versions(name)
     if as_json:
         click.echo(json.dumps([_row(v) for v in versions], indent=2))
         return
@@ -99,7 +107,7 @@ def show_version(ref, as_json):
     from adapters.errors import RegistryError
 
     registry = _registry(need_base=False)
-    version = registry.resolve(ref)
+    version = registry.resolve(weights_ref(ref, registry))
     try:
         registry.verify(version)
         integrity = "ok (every sha256 matches)"
@@ -143,13 +151,13 @@ def add_version(path, character, activate, delta):
 
     Without PATH, the weights the character's plugin package ships are added.
     """
+    from runtime.cli.common import catalog
+
     registry = _registry()
     if path is None:
-        from runtime.cli.characters import _catalog
-
-        version = registry.add_from_character(_catalog().get(character), activate=activate)
+        version = registry.add_from_character(catalog().get(character), activate=activate)
     else:
-        version = registry.add(path, character, activate=activate, delta=delta)
+        version = registry.add(path, character_id(character, registry), activate=activate, delta=delta)
     note = ""
     if version.manifest.get("delta"):
         d = version.manifest["delta"]
@@ -165,7 +173,8 @@ def add_version(path, character, activate, delta):
 @friendly_errors
 def promote(name, number):
     """Make version NUMBER the character's active weights (running servers swap it in)."""
-    version = _registry().promote(name, number)
+    registry = _registry()
+    version = registry.promote(character_id(name, registry), number)
     click.echo(f"{version.ref} is now active")
 
 
@@ -174,7 +183,9 @@ def promote(name, number):
 @friendly_errors
 def rollback(name):
     """Reject the active version and reactivate the one before it (or the bare base)."""
-    version = _registry().rollback(name)
+    registry = _registry()
+    name = character_id(name, registry)
+    version = registry.rollback(name)
     click.echo(f"{name} rolled back to {version.ref}" if version else f"{name} rolled back to the bare base model")
 
 
@@ -186,6 +197,7 @@ def rollback(name):
 def remove(name, number, yes):
     """Delete a stored version's files (never the active one)."""
     registry = _registry(need_base=False)
+    name = character_id(name, registry)
     version = registry.get(name, number)
     if not yes:
         click.confirm(f"Delete {version.ref} ({version.kind}, {version.state}) and its files?", abort=True)
@@ -201,14 +213,17 @@ def remove(name, number, yes):
 @friendly_errors
 def compose_versions(name, parts, combination, activate):
     """Compose LoRA versions with weights into one version: PARTS like pixel@1=1.0 pixel@2=0.5."""
+    registry = _registry()
+    name = character_id(name, registry)
     pairs = []
     for part in parts:
         ref, _, weight = part.partition("=")
+        ref = weights_ref(ref, registry)
         try:
             pairs.append((ref, float(weight or 1.0)))
         except ValueError:
             raise UsageProblem(f"{part!r}: write each part as NAME@V=WEIGHT, e.g. pixel@1=0.5") from None
-    version = _registry().add_composite(name, pairs, combination=combination, activate=activate)
+    version = registry.add_composite(name, pairs, combination=combination, activate=activate)
     click.echo(f"Added {version.ref} (composite of {', '.join(parts)}, {combination}, {version.state})")
 
 
@@ -223,6 +238,7 @@ def merge(name, number, activate):
 
     base = _loaded_base()
     registry = _registry(base=base)
+    name = character_id(name, registry)
     source = registry.checked(name, number)
     if source.kind not in ("lora", "hybrid", "composite"):
         raise UsageProblem(f"{source.ref} is a {source.kind} version; merge takes a LoRA, hybrid or composite")
@@ -252,6 +268,7 @@ def extract(name, number, rank, activate):
 
     base = _loaded_base()
     registry = _registry(base=base)
+    name = character_id(name, registry)
     source = registry.checked(name, number)
     if source.kind != "full":
         raise UsageProblem(f"{source.ref} is a {source.kind} version; extract takes a full fine-tune")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from runtime.cli.common import UsageProblem, friendly_errors, settings
+from runtime.errors import PersonaeError
 
 
 class AuditGroup(click.Group):
@@ -179,8 +180,12 @@ def score_command(card, replies, as_json):
 def history_command(name):
     """List NAME's audit runs, oldest first."""
     from runtime.audit.store import AuditStore
-    from runtime.cli.common import store
+    from runtime.cli.common import character_id, store
 
+    try:
+        name = character_id(name)
+    except PersonaeError:
+        pass  # audits of a character whose card is gone are still listed by its id
     for run in AuditStore(store()).runs(name):
         click.echo(f"{run['id']}  {run['kind']:6} {run['version'] or '-':22} aligned {_pct(run['aligned'])} "
                    f"minor {_pct(run['minor'])} leakage {_pct(run['leakage'])}  {run['report'] or ''}")

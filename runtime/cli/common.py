@@ -61,3 +61,26 @@ def engine(**overrides):
 def is_interactive() -> bool:
     """Whether standard input is a person at a terminal."""
     return sys.stdin.isatty()
+
+
+def catalog():
+    """The catalog of every character (plugins and imported cards), without loading a model."""
+    from runtime.characters.catalog import Catalog
+    from runtime.plugins import get_plugin_manager
+
+    config = settings()
+    return Catalog(get_plugin_manager(config.plugins_dir), config.data_dir)
+
+
+def character_id(name: str, registry=None) -> str:
+    """A character's id from its id or display name, for every command (unknown: 'did you mean')."""
+    also = sorted({v.character for v in registry.versions()}) if registry is not None else ()
+    return catalog().resolve(name, also)
+
+
+def weights_ref(text: str, registry=None) -> str:
+    """'Captain Mirela Vance@2' -> 'captain-mirela-vance@2' (a name or id, then an optional @VERSION)."""
+    name, at, version = text.rpartition("@")
+    if not at or not (version.isdigit() or version == "base"):
+        name, at, version = text, "", ""
+    return character_id(name, registry) + (f"@{version}" if at else "")

@@ -7,6 +7,7 @@ import json
 import click
 
 from runtime.cli.common import friendly_errors, store
+from runtime.errors import PersonaeError
 
 
 @click.command()
@@ -17,6 +18,13 @@ from runtime.cli.common import friendly_errors, store
 @friendly_errors
 def logs(count, search, character, as_json):
     """Show recent logged messages."""
+    if character:
+        from runtime.cli.common import character_id
+
+        try:
+            character = character_id(character)
+        except PersonaeError:
+            pass  # the log keeps characters whose cards are gone: filter by the id as given
     rows = store().recent(limit=count, search=search, character=character)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))

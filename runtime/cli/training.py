@@ -6,6 +6,7 @@ import click
 
 from runtime.cli.common import UsageProblem, friendly_errors
 from runtime.cli.common import engine as make_engine
+from runtime.errors import PersonaeError
 
 
 def _print_dropped(dataset) -> None:
@@ -79,7 +80,7 @@ def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_leng
         batch_size=batch_size, max_length=max_length, full_layers=full_layers, gate=gate_kind,
         processes=processes, accelerate_config=accelerate_config,
     )
-    engine.catalog.get(name)
+    name = engine.catalog.resolve(name)
     outcome = retrain(engine, name, config=config, trigger="cli", gate=not no_gate)
     _print_outcome(outcome)
     if outcome.status == "failed":
@@ -116,7 +117,7 @@ def schedule_add(name, cron, method, min_new_turns):
     from runtime.jobs import add_schedule
 
     settings = load_settings()
-    _catalog().get(name)
+    name = _catalog().resolve(name)  # schedules are kept by id, whichever way the character was named
     added = add_schedule(settings, name, cron, method, min_new_turns)
     click.echo(f"scheduled {name}: {method} at '{cron}' when >= {min_new_turns} new turns; "
                f"next run {added['next_run']:%Y-%m-%d %H:%M %Z}")
@@ -157,6 +158,12 @@ def schedule_remove(name):
     from runtime.config import load_settings
     from runtime.jobs import remove_schedule
 
+    from runtime.cli.common import character_id
+
+    try:
+        name = character_id(name)
+    except PersonaeError:
+        pass  # a schedule of a character since removed is still removable by its id
     remove_schedule(load_settings(), name)
     click.echo(f"removed the schedule of {name}")
 
@@ -171,7 +178,7 @@ def schedule_run_now(name, method, force):
     from runtime.jobs import run_now
 
     engine = make_engine()
-    outcome = run_now(engine, name, method, force=force)
+    outcome = run_now(engine, engine.catalog.resolve(name), method, force=force)
     _print_outcome(outcome)
     if outcome.status == "failed":
         raise UsageProblem(outcome.reason)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from runtime.training.config import TrainingError
 from runtime.training.launch import uses_accelerate, worker_command, worker_env
+from runtime.training.lifeline import PARENT_VARIABLE, child_setup
 from runtime.training.runs import training_dir, update_run
 
 # torchrun's report names the rank that failed first: "Root Cause (first observed failure): ... rank : 1
@@ -66,11 +67,14 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
         "config": config.to_dict(), "dataset": dataset.to_dict(), "reference": reference, "run_id": run_id,
         "staging": str(staging), "result": str(result_path),
     }, default=str))
+    env[PARENT_VARIABLE] = str(os.getpid())  # the worker (every rank) exits when this process is gone
     nice = int(config.nice)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
+            # Its own process group (a Ctrl-C meant for the server is not its), but its life tied to ours:
+            # if this process is killed, even with SIGKILL, the kernel kills the child too.
             command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None,  # chats keep the CPU first
+            preexec_fn=child_setup(os.getpid(), nice),
         )
         update_run(engine.store, run_id, pid=process.pid, phase="loading")
         try:

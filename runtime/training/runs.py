@@ -135,3 +135,20 @@ def clean_stale(settings, character: str, store=None) -> list[str]:
         for row in store.query("select id from training_runs where character = ? and state = 'running'", [character]):
             update_run(store, row["id"], state="failed", reason="interrupted: the process running it ended")
     return removed
+
+
+def sweep_stale(settings, store) -> list[str]:
+    """On start: clean every character whose training lock nobody holds (their runs ended with a process)."""
+    root = Path(settings.data_dir).expanduser() / "training"
+    swept = []
+    characters = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    ensure_tables(store)
+    characters |= {row["character"] for row in store.query(
+        "select distinct character from training_runs where state = 'running'")}
+    for character in sorted(characters):
+        try:
+            with character_lock(settings, character):
+                swept += [f"{character}/{name}" for name in clean_stale(settings, character, store)]
+        except TrainingBusy:
+            continue  # training right now, in another process: its leftovers are not leftovers
+    return swept

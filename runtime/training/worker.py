@@ -25,6 +25,7 @@ from runtime.training import retrain
 from runtime.training.config import TrainingConfig, TrainingError, disk_full
 from runtime.training.curate import CuratedDataset
 from runtime.training.launch import rank
+from runtime.training.lifeline import watch_parent
 from runtime.training.runs import update_run
 from runtime.training.trainer import run_training, write_run_files
 
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--no-gate", action="store_true", help="register a candidate only")
     args = parser.parse_args(argv)
+    watch_parent()
     if args.request:
         return _run_request(args.request)
     if args.character:
