@@ -197,7 +197,8 @@ def test_admins_set_show_and_clear_a_channel_prompt_addition(make_engine, tiny_b
     assert rows(engine, "select * from discord_channel_prompts") == []
     assert rows(engine, "select name from _sqlite_migrations where migration_set = 'personae.discord' "
                         "order by name") == [{"name": "m001_webhooks_messages_notices"},
-                                             {"name": "m002_channel_prompts"}]
+                                             {"name": "m002_channel_prompts"},
+                                             {"name": "m003_no_webhook_tokens"}]
 
 
 # --- stop and re-roll buttons ---------------------------------------------------------------------------

@@ -105,10 +105,10 @@ def test_feedback_on_an_impossible_message_id_is_a_400(server, message_id):
 
 
 def test_a_bug_is_a_500_without_internals(server, engine, monkeypatch, caplog):
-    def broken(turn):
+    def broken(turn, n=1):
         raise RuntimeError("secret /internal/path detail")
 
-    monkeypatch.setattr(engine, "reply", broken)
+    monkeypatch.setattr(engine, "replies", broken)
     response = chat(server, messages=hi())
     assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
     assert "secret" not in response.text and "internal/path" not in response.text and "Traceback" not in response.text
@@ -168,12 +168,12 @@ def test_metrics_have_fine_ttft_buckets_and_request_latency(server):
 def test_health_answers_while_every_worker_thread_is_busy(server, engine, monkeypatch):
     release, entered = threading.Event(), []
 
-    def stuck(turn):  # a reply stuck in the worker threads (a slow prompt, a slow disk)
+    def stuck(turn, n=1):  # a reply stuck in the worker threads (a slow prompt, a slow disk)
         entered.append(1)
         release.wait(60)
         raise RuntimeError("released")
 
-    monkeypatch.setattr(engine, "reply", stuck)
+    monkeypatch.setattr(engine, "replies", stuck)
     clients = [threading.Thread(target=chat, args=(server,), kwargs={"messages": hi()}, daemon=True)
                for _ in range(45)]  # more than anyio's 40 worker threads
     for client in clients:

@@ -120,7 +120,9 @@ def test_the_scheduler_sweeps_on_start(make_engine, tiny_base):
 def test_a_child_whose_parent_is_gone_before_it_starts_exits(tmp_path):
     # The race prctl cannot cover: the parent died between fork and exec. The watchdog covers it too.
     code = "from runtime.training.lifeline import watch_parent; import time; watch_parent(0.05); time.sleep(30)"
-    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "PERSONAE_TRAINING_PARENT": "1"}  # not our parent
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a serving process that has already exited
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "PERSONAE_TRAINING_PARENT": str(gone.pid)}
     started = time.monotonic()
     process = subprocess.run([sys.executable, "-c", code], env=env, timeout=25)
     assert process.returncode == 1 and time.monotonic() - started < 25

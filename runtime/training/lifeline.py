@@ -35,10 +35,19 @@ def watch_parent(poll_seconds: float = 1.0) -> threading.Thread | None:
         return None
     parent = int(wanted)
 
+    def alive() -> bool:
+        try:
+            os.kill(parent, 0)  # the serving process, whether it is our parent or our launcher's (ranks)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def watch() -> None:
         while True:
-            if os.getppid() != parent:
-                os._exit(1)  # our parent died; its staging folder is swept when training next starts
+            if not alive():
+                os._exit(1)  # the serving process died; its staging folder is swept when training next starts
             threading.Event().wait(poll_seconds)
 
     thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
