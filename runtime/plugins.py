@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = (
     "plugins.http",
     "plugins.audit",
     "plugins.local",
+    "plugins.vllm",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -80,6 +80,7 @@ class ReplyStream:
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
+        self.served_by: dict = {}  # which backend / endpoint produced it, when a backend says (logged in meta)
 
     # --- producer side (the worker) ---
     def push(self, piece: str) -> None:
