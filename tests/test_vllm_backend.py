@@ -234,3 +234,35 @@ def test_a_dead_endpoint_is_taken_out_and_the_live_one_serves(make_engine, real_
         assert json.loads(reply.message["meta"])["endpoint"] == vllm_server.url
     pool = engine.generator.pool
     assert [e.alive for e in pool.endpoints] == [False, True] and "connection refused" in pool.endpoints[0].error
+
+
+@pytest.mark.real_model
+def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server, loras, tmp_path):
+    second = start_server(real_base.folder, tmp_path / "second-logs")
+    try:
+        engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url, second.url], retry_dead=600)
+        engine.weights.registry.add(loras["v1"], "pixel", activate=True)
+        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=64) for i in range(4)]
+        by_endpoint = {r.stream.served_by["endpoint"] for r in replies}
+        assert by_endpoint == {vllm_server.url, second.url}  # least outstanding spreads them
+        assert "pixel@1" in served_models(second.url)  # every endpoint got the adapter it needed
+        pieces = [iter(r) for r in replies]
+        firsts = [next(p, "") for p in pieces]
+        assert all(r.stream.finish_reason is None for r in replies)
+        os.killpg(second.process.pid, 9)  # the second server dies mid-stream
+        for reply, rest, first in zip(replies, pieces, firsts):
+            if reply.stream.served_by["endpoint"] == second.url:
+                with pytest.raises(PersonaeError) as error:
+                    "".join(rest)
+                message = one_line_error(error)
+                assert second.url in message and "went away mid-reply" in message and reply.message is None
+                # The user's message stays in the log; nothing was half-logged for the reply.
+                assert engine.store.message(reply.user_message["id"]) is not None
+            else:
+                assert first + "".join(rest) and reply.message is not None
+        assert [e.alive for e in engine.generator.pool.endpoints] == [True, False]
+        after = chat(engine, "pixel", "after", max_new_tokens=8)  # the rest serve on
+        after.result()
+        assert json.loads(after.message["meta"])["endpoint"] == vllm_server.url
+    finally:
+        second.stop()

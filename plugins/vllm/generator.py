@@ -95,8 +95,13 @@ class VllmGenerator:
             self.local().load_adapter(name, folder)
             return
         self._adapters[name] = folder
-        for endpoint in self.pool.candidates():
-            self._load_on(endpoint, name)
+        try:
+            for endpoint in self.pool.candidates():
+                self._load_on(endpoint, name)
+        except VllmRefused as refused:  # e.g. a composite above --max-lora-rank: still servable here
+            del self._adapters[name]
+            self._serve_locally(name, f"vLLM refused it: {refused}")
+            self.local().load_adapter(name, folder)
 
     def _serve_locally(self, name: str, reason: str) -> None:
         self._local[name] = reason
@@ -181,32 +186,21 @@ class VllmGenerator:
     def _send(self, request: Request) -> ReplyStream:
         busy = None
         for endpoint in self.pool.candidates():
-            if request.adapter != BASE_ADAPTER:
-                if request.adapter not in self._adapters:
-                    raise VllmRefused(f"weights {request.adapter} are not loaded into the vLLM backend")
-                self._load_on(endpoint, request.adapter)
-                if not endpoint.alive:
-                    continue
-            model = endpoint.model if request.adapter == BASE_ADAPTER else vllm_name(request.adapter)
             self.pool.acquire(endpoint)
             try:
-                response = self.client.send(
-                    self.client.build_request("POST", endpoint.url + "/v1/completions",
-                                              json=completion_body(request, model)), stream=True)
-            except httpx.TransportError as error:
+                response = self._post(endpoint, request)
+            except BaseException:
                 self.pool.release(endpoint)
-                self.pool.mark_dead(endpoint, error)
+                raise
+            if response is None:  # the endpoint is down: taken out, try the next
+                self.pool.release(endpoint)
                 continue
             if response.status_code in (429, 503):  # vLLM (or a proxy before it) is overloaded
                 busy = GeneratorBusy(retry_after=float(response.headers.get("retry-after", 1) or 1))
-                response.read()
-                response.close()
-                self.pool.release(endpoint)
+                self._discard(response, endpoint)
                 continue
             if response.status_code != 200:
-                response.read()
-                response.close()
-                self.pool.release(endpoint)
+                self._discard(response, endpoint)
                 raise VllmRefused(f"vLLM at {endpoint.url} refused the request ({server_message(response)})")
             stream = ReplyStream(request)
             stream.served_by = {"backend": "vllm", "endpoint": endpoint.url}
@@ -216,6 +210,37 @@ class VllmGenerator:
         if busy is not None:
             raise busy
         raise self.pool.unavailable()
+
+    def _post(self, endpoint: Endpoint, request: Request) -> httpx.Response | None:
+        """Open the streamed completion (its adapter loaded there first); None when the endpoint is down."""
+        for attempt in range(2):
+            if request.adapter != BASE_ADAPTER:
+                if request.adapter not in self._adapters:
+                    raise VllmRefused(f"weights {request.adapter} are not loaded into the vLLM backend")
+                self._load_on(endpoint, request.adapter)
+                if not endpoint.alive:
+                    return None
+            model = endpoint.model if request.adapter == BASE_ADAPTER else vllm_name(request.adapter)
+            try:
+                response = self.client.send(
+                    self.client.build_request("POST", endpoint.url + "/v1/completions",
+                                              json=completion_body(request, model)), stream=True)
+            except httpx.TransportError as error:
+                self.pool.mark_dead(endpoint, error)
+                return None
+            if response.status_code == 404 and attempt == 0 and request.adapter != BASE_ADAPTER:
+                # The server restarted since we loaded the adapter there: load it again, once.
+                response.read()
+                response.close()
+                endpoint.adapters.discard(model)
+                continue
+            return response
+        return response
+
+    def _discard(self, response: httpx.Response, endpoint: Endpoint) -> None:
+        response.read()
+        response.close()
+        self.pool.release(endpoint)
 
     def _read(self, endpoint: Endpoint, response: httpx.Response, stream: ReplyStream) -> None:
         """Move a server-sent-events reply into the stream; a caller who leaves closes the request."""
@@ -261,12 +286,14 @@ class VllmGenerator:
             stream.finish("error" if error else (reason or "stop"), error)
 
     def close(self) -> None:
-        """Stop using the servers (and stop the one we started); replies in flight end with an error."""
+        """Unload our adapters and stop using the servers (stopping one we started); replies in flight end."""
         if self._closed:
             return
         self._closed = True
         if self._fallback is not None:
             self._fallback.close()
+        for name in list(self._adapters):  # servers may outlive us: leave them as we found them
+            self.unload_adapter(name)
         self.client.close()
         if self.server is not None:
             self.server.stop()
