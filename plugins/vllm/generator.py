@@ -47,6 +47,14 @@ def completion_body(request: Request, model: str) -> dict:
     }
     if s.seed:  # 0 means "random each run", as locally
         body["seed"] = s.seed
+    # Settings newer SamplingSettings carry, where vLLM has the same knob (repeat_last_n and the local
+    # degeneration guard have none: vLLM's repetition penalty looks at the whole prompt and reply; logprobs
+    # are not carried back yet).
+    for ours, theirs in (("top_k", "top_k"), ("min_p", "min_p"), ("frequency_penalty", "frequency_penalty"),
+                         ("presence_penalty", "presence_penalty")):
+        value = getattr(s, ours, None)
+        if value is not None:
+            body[theirs] = value if ours != "top_k" or value > 0 else -1  # our 0 = off is vLLM's -1
     return body
 
 
