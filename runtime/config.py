@@ -49,8 +49,8 @@ class Settings:
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1, mps."})
     backend: str = field(
         default="local",
-        metadata={"help": "Who generates: 'local' (this process's batching generator) or a backend a plugin "
-                          "registers (register_backends)."},
+        metadata={"help": "Who generates: 'local' (this process's batching generator), 'vllm' (vLLM servers, "
+                          "[plugins.vllm]) or a backend a plugin registers (register_backends)."},
     )
     threads: int = field(default=0, metadata={"help": "torch threads for serving; 0 = torch's default."})
     plugins_dir: str = field(

@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "plugins.http",
     "plugins.audit",
     "plugins.local",
+    "plugins.vllm",
 )
 
 _manager: pluggy.PluginManager | None = None

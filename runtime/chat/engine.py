@@ -362,7 +362,7 @@ class Engine:
             completion_tokens=stream.completion_tokens,
             ttft_ms=round(ttft * 1000, 1) if ttft is not None else None,
             latency_ms=round((stream.finished_at - stream.request.submitted) * 1000, 1),
-            meta={"finish_reason": stream.finish_reason,
+            meta={"finish_reason": stream.finish_reason, "backend": self.settings.backend, **stream.served_by,
                   **({"degenerate": stream.degenerate} if stream.degenerate else {})},
         )
 

@@ -98,6 +98,16 @@ def list_versions(name, as_json):
     Console().print(table)
 
 
+def serving(version) -> str:
+    """Which backends can serve a version: vLLM loads plain PEFT LoRA only."""
+    config = version.folder / "adapter_config.json"
+    if version.kind == "full":
+        return "local only (a full fine-tune; vLLM would need it materialised as a model of its own)"
+    if config.is_file() and json.loads(config.read_text()).get("modules_to_save"):
+        return "local only (vLLM refuses LoRA adapters with modules_to_save; backend vllm answers it locally)"
+    return "local, vllm (loaded at run time)"
+
+
 @adapters.command(name="show")
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Output the manifest as JSON.")
@@ -114,7 +124,8 @@ def show_version(ref, as_json):
     except RegistryError as error:
         integrity = f"DAMAGED: {error}"
     if as_json:
-        click.echo(json.dumps({**_row(version), "integrity": integrity, "manifest": version.manifest}, indent=2))
+        click.echo(json.dumps({**_row(version), "integrity": integrity, "serving": serving(version),
+                               "manifest": version.manifest}, indent=2))
         return
     manifest = version.manifest
     click.echo(f"{version.ref}  {version.kind}  {version.state}{'  (' + version.reason + ')' if version.reason else ''}")
@@ -136,6 +147,7 @@ def show_version(ref, as_json):
         click.echo(f"audit:     {json.dumps(version.audit)}")
     for file, entry in sorted(manifest.get("files", {}).items()):
         click.echo(f"  {file:32} {_size(entry['bytes']):>10}  sha256:{entry['sha256'][:16]}…")
+    click.echo(f"serving:   {serving(version)}")
     click.echo(f"integrity: {integrity}")
 
 

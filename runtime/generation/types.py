@@ -98,6 +98,7 @@ class ReplyStream:
         self.finish_reason: str | None = None  # stop, length, degenerate, cancelled, error
         self.degenerate: str | None = None  # why the guard stopped it (finish_reason "degenerate")
         self.error: BaseException | None = None
+        self.served_by: dict = {}  # which backend / endpoint produced it, when a backend says (logged in meta)
 
     # --- producer side (the worker) ---
     def push(self, piece: str) -> None:

