@@ -28,10 +28,11 @@ def vllm_engine(make_engine, base, **table):
     return make_engine(base, backend="vllm", plugins={"vllm": table})
 
 
-def chat(engine, character, channel, max_new_tokens=24, text="Ahoy there! Who are you?"):
+def chat(engine, character, channel, max_new_tokens=24, text="Ahoy there! Who are you?", min_new_tokens=0):
     return engine.reply(Turn(platform="test", channel=channel, user_id=channel, user_name="Ann", text=text,
                              character=engine.catalog.get(character),
-                             sampling={"temperature": 0, "max_new_tokens": max_new_tokens}))
+                             sampling={"temperature": 0, "max_new_tokens": max_new_tokens,
+                                       "min_new_tokens": min_new_tokens}))
 
 
 def one_line_error(error) -> str:
@@ -242,7 +243,8 @@ def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server
     try:
         engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url, second.url], retry_dead=600)
         engine.weights.registry.add(loras["v1"], "pixel", activate=True)
-        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=64) for i in range(4)]
+        # Long enough that none can end before the kill (min_tokens reaches vLLM as its own field).
+        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=64, min_new_tokens=64) for i in range(4)]
         by_endpoint = {r.stream.served_by["endpoint"] for r in replies}
         assert by_endpoint == {vllm_server.url, second.url}  # least outstanding spreads them
         assert "pixel@1" in served_models(second.url)  # every endpoint got the adapter it needed
