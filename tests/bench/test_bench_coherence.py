@@ -36,6 +36,8 @@ TURNS = [
      "Would you cook it for me?", "Okay, see you later!"],
 ]
 BEFORE = {"min_p": 0, "top_k": 0, "repeat_last_n": -1, "guard": False}  # this runtime's sampling until now
+# Read at import: the tests' isolated environment clears PERSONAE_* variables before a test runs.
+CONVERSATIONS = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "4"))
 
 
 def play(engine, character, sampling_extra: dict, conversations: int) -> list[dict]:
@@ -107,7 +109,7 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def test_bench_coherence(real_base, make_engine):
-    conversations = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "4"))
+    conversations = CONVERSATIONS
     engine = make_engine(real_base, max_new_tokens=80)
     engine.generator  # started before the clock
     results, transcripts, started = {}, [], time.perf_counter()
