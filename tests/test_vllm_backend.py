@@ -244,7 +244,7 @@ def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server
         engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url, second.url], retry_dead=600)
         engine.weights.registry.add(loras["v1"], "pixel", activate=True)
         # Long enough that none can end before the kill (min_tokens reaches vLLM as its own field).
-        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=64, min_new_tokens=64) for i in range(4)]
+        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=400, min_new_tokens=400) for i in range(4)]
         by_endpoint = {r.stream.served_by["endpoint"] for r in replies}
         assert by_endpoint == {vllm_server.url, second.url}  # least outstanding spreads them
         assert "pixel@1" in served_models(second.url)  # every endpoint got the adapter it needed
