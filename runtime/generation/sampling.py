@@ -106,16 +106,18 @@ class RowSampler:
             token = int(torch.argmax(scores, dim=-1)[0])
         else:
             token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.rng)[0, 0])
-        self.last_probability = float(torch.softmax(logits[0], dim=-1)[token])
+        # The model's own distribution (before penalties, temperature and truncation, like vLLM's logprobs),
+        # computed once for the guard and, when asked, the request's logprobs.
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+        self.last_probability = float(logprobs[token].exp())
         if self.top_logprobs is not None:
-            self.scored = self._logprobs(logits[0], token)
+            self.scored = self._logprobs(logprobs, token)
         return token
 
-    def _logprobs(self, logits, token: int) -> TokenLogprob:
-        """The model's own log-probabilities (before penalties, temperature and truncation, like vLLM's default)."""
+    def _logprobs(self, logprobs, token: int) -> TokenLogprob:
+        """The chosen token's log-probability and the top alternatives, from the model's log-softmax."""
         import torch
 
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
         top = []
         if self.top_logprobs:
             values, indices = torch.topk(logprobs, int(self.top_logprobs))
