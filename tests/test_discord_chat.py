@@ -327,3 +327,32 @@ def test_smollm2_answers_a_reply_to_an_old_thread_with_a_file_and_the_channel_pr
         assert shown["content"] == row["text"] and buttons(shown) == [REROLL_ID]
     assert fake.interaction_answers()[-1] == "Re-rolled Pixel's last reply; both versions are kept."
     assert_no_pings(fake)
+
+
+def test_a_reroll_of_a_reply_in_a_thread_sees_that_thread_and_the_channel_prompt_counts(
+        make_engine, tiny_base, prompt_spy):
+    engine = make_engine(tiny_base, history_turns=4)
+    engine.store.bind("discord", str(CHANNEL_ID), "pixel")
+    spy = prompt_spy(engine)
+
+    async def scenario(h):
+        await h.command("character", "prompt", user="mod", text="Answer in rhyme.")
+        await h.message("Pixel, my favourite colour is teal")
+        old_reply = h.fake.messages[max(h.fake.messages)]
+        for text in ("Pixel, what is the weather like?", "Pixel, tell me a joke", "Pixel, sing a song"):
+            await h.message(text, author="bob")
+        await h.message("Why that colour?", reply_to=old_reply)
+        asked = spy.prompts[-1]
+        await h.command("regenerate")
+        return asked, spy.prompts[-1]
+
+    asked, rerolled = run(engine, {**FAST, "max_new_tokens": 6}, scenario)
+    # The re-roll answers the same thread the reply did, not the channel's latest log.
+    assert chat(rerolled) == chat(asked)
+    assert chat(rerolled)[-1]["content"] == "Why that colour?"
+    assert "my favourite colour is teal" in [m["content"] for m in chat(rerolled)]
+    # The channel's prompt is part of the system prompt the budget was fitted to.
+    assert rerolled[0]["content"].endswith("Answer in rhyme.") and asked[0]["content"] == rerolled[0]["content"]
+    first, swipe = rows(engine, "select * from messages where role = 'assistant' and reply_to = "
+                                "(select max(id) from messages where role = 'user') order by id")
+    assert swipe["swipe_of"] == first["id"]

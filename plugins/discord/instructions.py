@@ -1,18 +1,15 @@
-"""Per-channel prompt additions set by admins, added to every prompt there (a prompt_messages hook)."""
+"""Per-channel prompt additions set by admins, added to every prompt there (inside its token budget)."""
 
 from __future__ import annotations
 
 import discord
 
-from plugins.discord.identity import PLATFORM
-from runtime.hookspecs import hookimpl
-
-# Kept short: the addition is added after the prompt was fitted to its token budget.
+# Kept short: it is part of every prompt in the channel, and the history gives way to it.
 MAX_PROMPT_CHARS = 1000
 
 
 class ChannelPrompts:
-    """Registered on the engine's plugins while a bot runs; threads use their parent's addition."""
+    """The additions of a bot's channels; threads use their parent's addition."""
 
     def __init__(self, bot):
         self.bot = bot
@@ -22,13 +19,7 @@ class ChannelPrompts:
         parent = channel.parent_id if isinstance(channel, discord.Thread) else None
         return self.bot.tables.channel_prompt([channel.id, parent])
 
-    @hookimpl
-    def prompt_messages(self, character, messages, turn):
-        if turn.platform != PLATFORM or not messages or messages[0]["role"] != "system":
-            return
-        channel = self.bot.get_channel(int(turn.channel)) if turn.channel.isdigit() else None
-        row = self.for_channel(channel) if channel is not None else self.bot.tables.channel_prompt([turn.channel])
-        if row:
-            # With the character's own instructions, so every chat template accepts it.
-            addition = character.render(row["text"], turn.user_name).strip()
-            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{addition}"}
+    def addition(self, channel) -> str:
+        """The text a Turn in this channel carries as its prompt_addition (empty when none is set)."""
+        row = self.for_channel(channel) if channel is not None else None
+        return row["text"] if row else ""
