@@ -350,7 +350,7 @@ def test_a_reroll_of_a_reply_in_a_thread_sees_that_thread_and_the_channel_prompt
     # The re-roll answers the same thread the reply did, not the channel's latest log.
     assert chat(rerolled) == chat(asked)
     assert chat(rerolled)[-1]["content"] == "Why that colour?"
-    assert "my favourite colour is teal" in [m["content"] for m in chat(rerolled)]
+    assert "Pixel, my favourite colour is teal" in [m["content"] for m in chat(rerolled)]  # out of the 4-message log
     # The channel's prompt is part of the system prompt the budget was fitted to.
     assert rerolled[0]["content"].endswith("Answer in rhyme.") and asked[0]["content"] == rerolled[0]["content"]
     first, swipe = rows(engine, "select * from messages where role = 'assistant' and reply_to = "

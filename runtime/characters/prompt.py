@@ -205,13 +205,14 @@ def build_messages(character, history: list[dict], tokenizer, budget: int, user:
     context = macros.MacroContext(group=list(group or []), now=now, idle_since=idle_since, history=history,
                                   seed=seed)
     with macros.active(context):
-        parts = _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore)
+        parts = _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore, context)
         parts.authors_note_depth = max(0, int(authors_note_depth))
         parts.addition = character.render(addition, user).strip() if addition.strip() else ""
         return _fit(parts, tokenizer, budget)
 
 
-def _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore) -> PromptParts:
+def _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore,
+           context: macros.MacroContext) -> PromptParts:
     """Every piece of the prompt, before any is given up."""
     def render(text):
         return character.render(text, user)
@@ -222,9 +223,11 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
     # The card's own scan_depth and token_budget override these.
     settings = lorebook.ScanSettings(
         scan_depth=LORE_SCAN_MESSAGES, token_budget=max(int(budget * LORE_BUDGET_SHARE), 1),
-        recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history))
+        recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history),
+        prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"])
     fired = lorebook.scan(character.character_book, [m["content"] for m in history], settings, render, tokens)
     lore = lorebook.injections(fired, render)
+    context.outlets.update(lorebook.outlets(fired, render))  # before the card is rendered: {{outlet::x}} is in it
     note = lorebook.depth_prompt(character.extensions, render)
     return PromptParts(
         card=character.system_text(user),
