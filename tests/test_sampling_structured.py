@@ -91,3 +91,13 @@ def test_the_json_mask_lets_only_valid_json_through_and_ends_it(tiny_base):
     text = tokenizer.decode(ids[len(prompt):])
     reply = json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name} in {text!r}"))
     assert reply["mood"] in ("happy", "sad") and isinstance(reply["ok"], bool) and set(reply) == {"mood", "ok"}, text
+
+
+def test_the_vllm_backend_sends_seed_zero_logit_bias_and_response_format_on():
+    from plugins.vllm.generator import completion_body
+    from runtime.generation.types import Request
+
+    fmt = {"type": "json_object"}
+    body = completion_body(Request([1, 2], sampled(seed=0, logit_bias={7: -100.0}, response_format=fmt)), "m")
+    assert body["seed"] == 0 and body["logit_bias"] == {"7": -100.0} and body["response_format"] == fmt
+    assert "seed" not in completion_body(Request([1], sampled(seed=None)), "m")  # random: vLLM picks
