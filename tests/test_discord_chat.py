@@ -198,7 +198,8 @@ def test_admins_set_show_and_clear_a_channel_prompt_addition(make_engine, tiny_b
     assert rows(engine, "select name from _sqlite_migrations where migration_set = 'personae.discord' "
                         "order by name") == [{"name": "m001_webhooks_messages_notices"},
                                              {"name": "m002_channel_prompts"},
-                                             {"name": "m003_no_webhook_tokens"}]
+                                             {"name": "m003_no_webhook_tokens"},
+                                             {"name": "m004_channel_notes"}]
 
 
 # --- stop and re-roll buttons ---------------------------------------------------------------------------
@@ -356,3 +357,31 @@ def test_a_reroll_of_a_reply_in_a_thread_sees_that_thread_and_the_channel_prompt
     first, swipe = rows(engine, "select * from messages where role = 'assistant' and reply_to = "
                                 "(select max(id) from messages where role = 'user') order by id")
     assert swipe["swipe_of"] == first["id"]
+
+
+def test_admins_set_a_channel_authors_note_that_goes_in_at_its_depth(make_engine, tiny_base, prompt_spy):
+    engine = make_engine(tiny_base)
+    engine.store.bind("discord", str(CHANNEL_ID), "pixel")
+    spy = prompt_spy(engine)
+
+    async def scenario(h):
+        await h.command("character", "note", user="alice", text="[It is raining.]")
+        await h.command("character", "note", user="mod", text="[{{char}} is sleepy; {{user}} is cold.]", depth=1)
+        await h.message("Pixel, hello")
+        await h.message("Pixel, how are you?")
+        in_channel = spy.prompts[-1]
+        await h.message("Pixel, hello from the thread", channel_id=THREAD_ID)
+        in_thread = spy.prompts[-1]
+        await h.command("character", "note", user="mod")  # no text: clear
+        await h.message("Pixel, and now?")
+        return in_channel, in_thread, spy.prompts[-1], h.fake.interaction_answers()
+
+    in_channel, in_thread, cleared, answers = run(engine, FAST, scenario)
+    assert answers[0].startswith("Changing this channel's author's note needs the Manage Channels permission")
+    assert answers[1].startswith(f"Characters in <#{CHANNEL_ID}> now get this author's note 1 messages from the end")
+    note = {"role": "system", "content": "[Pixel is sleepy; Alice is cold.]"}
+    # Depth 1: right before the newest message, as SillyTavern places its Author's Note.
+    tail = [m for m in in_channel if not m.get("example")][-2:]
+    assert tail[0] == note and tail[1]["role"] == "user" and tail[1]["content"].endswith("how are you?")
+    assert note in in_thread  # a thread follows its channel
+    assert note not in cleared and answers[-1].startswith(f"Cleared the author's note of <#{CHANNEL_ID}>")

@@ -259,11 +259,14 @@ class PersonaeBot(discord.Client):
             log.warning("could not answer message %s: %s", message.id, error)
 
     def turn(self, channel, user, text: str, character, platform_message_id=None, history=None):
-        """An engine Turn for a Discord channel and user ({{user}} is their display name), with the channel's prompt."""
+        """An engine Turn for a Discord channel and user ({{user}} is their display name), with the channel's
+        prompt addition and author's note."""
+        note, depth = self.channel_prompts.note(channel)
         return Turn(platform=PLATFORM, channel=str(channel.id), user_id=user_key(user), text=text,
                     user_name=getattr(user, "display_name", None) or str(user), character=character,
                     platform_message_id=platform_message_id, sampling=self.config.sampling, history=history,
-                    prompt_addition=self.channel_prompts.addition(channel))
+                    prompt_addition=self.channel_prompts.addition(channel), authors_note=note,
+                    authors_note_depth=depth)
 
     async def answer(self, message: discord.Message, character, text: str) -> None:
         # A reply to an older message continues that thread: it joins the history (None: the log as usual).
