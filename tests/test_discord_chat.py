@@ -319,6 +319,7 @@ def test_smollm2_answers_a_reply_to_an_old_thread_with_a_file_and_the_channel_pr
     history = [m["content"] for m in chat(prompt)]
     assert history[-3:-1] == ["Pixel, my favourite game is Tetris", fake.messages[int(old_reply["id"])]["content"]]
     assert history[-1].startswith("[file notes.txt]\nThe arcade password is PINEAPPLE.\n[end of notes.txt]")
+    assert [m["content"] for m in chat(spy.prompts[-1])] == history  # the re-roll answers the same thread
     replies = rows(engine, "select * from messages where role = 'assistant' order by id")
     answer, swipe = replies[-2:]
     assert answer["platform_message_id"] == str(reply_id) and swipe["swipe_of"] == answer["id"]
