@@ -117,3 +117,13 @@ def test_outlet_entries_go_where_the_card_names_their_outlet(tiny_base):
     assert "ELSEWHERE" not in str(messages)  # an outlet the card does not name goes nowhere
     quiet = build_messages(card, [{"role": "user", "content": "Hi"}], tiny_base.tokenizer, 900)
     assert "{{outlet" not in quiet[0]["content"] and "Ada keeps a diary.\n\nShe is kind." in quiet[0]["content"]
+
+
+def test_reverse_depth_counts_from_the_start_of_the_chat(tiny_base):
+    card = parse_card({"spec": "chara_card_v3", "spec_version": "3.0", "data": {
+        "name": "Ada", "character_book": {"entries": [
+            {"keys": [], "content": "@@reverse_depth 1\nOPENING", "constant": True, "enabled": True}]}}})
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(5)]
+    messages = build_messages(card, history, tiny_base.tokenizer, 900)
+    chat = [m["content"] for m in messages if not m.get("example")][1:]
+    assert chat[:3] == ["m0", "OPENING", "m1"]  # after the first message, however long the chat is

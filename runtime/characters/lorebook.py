@@ -27,7 +27,7 @@ MAX_RECURSION_STEPS = 3
 DECORATORS = {
     "activate", "dont_activate", "depth", "role", "scan_depth", "position", "additional_keys",
     "exclude_keys", "activate_only_after", "activate_only_every", "ignore_on_max_context",
-    "keep_activate_after_match", "dont_activate_after_match",
+    "keep_activate_after_match", "dont_activate_after_match", "reverse_depth",
 }
 FOREVER = 10 ** 9  # a sticky or cooldown that never ends (@@keep_activate_after_match, @@dont_activate_after_match)
 GROUP_WEIGHT = 100  # SillyTavern's default weight of an entry in its inclusion group
@@ -76,6 +76,7 @@ class Entry:
     cooldown: int = 0  # cannot fire again for this many messages after it fired (after its sticky ends)
     delay: int = 0  # cannot fire before the chat has this many messages
     outlet: str = ""  # position 7: where {{outlet::NAME}} stands in the card
+    reverse_depth: int | None = None  # @@reverse_depth N: N messages from the chat's start (depth = length - N)
 
 
 @dataclass
@@ -181,6 +182,8 @@ def _apply_decorators(entry: Entry, decorators: dict[str, str]) -> None:
         entry.force = False
     if decorators.get("depth", "").strip().isdigit():
         entry.position, entry.depth = AT_DEPTH, int(decorators["depth"])
+    if decorators.get("reverse_depth", "").strip().isdigit():
+        entry.position, entry.reverse_depth = AT_DEPTH, int(decorators["reverse_depth"])
     if decorators.get("role", "").strip().lower() in ROLES:
         entry.role = decorators["role"].strip().lower()
     if decorators.get("scan_depth", "").strip().isdigit():
@@ -474,15 +477,19 @@ def outlets(fired: list[Entry], render=lambda s: s) -> dict[str, str]:
             for name, group in found.items()}
 
 
-def injections(fired: list[Entry], render=lambda s: s) -> list[Injection]:
-    """Fired entries as prompt injections, ranked in admission order (the first is dropped last); outlets aside."""
+def injections(fired: list[Entry], render=lambda s: s, chat_length: int = 0) -> list[Injection]:
+    """Fired entries as prompt injections, ranked in admission order (the first is dropped last); outlets aside.
+
+    `chat_length` (messages) turns a V3 @@reverse_depth into a depth: the spec's `@@depth length - N`.
+    """
     out = []
     for rank, entry in enumerate(fired):
         if entry.position == OUTLET:
             continue
+        depth = entry.depth if entry.reverse_depth is None else max(chat_length - entry.reverse_depth, 0)
         content = render(entry.content).strip()
         if content:
-            out.append(Injection(content, entry.position, entry.depth, entry.role, entry.insertion_order, rank))
+            out.append(Injection(content, entry.position, depth, entry.role, entry.insertion_order, rank))
     return out
 
 

@@ -226,7 +226,7 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
         recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history),
         prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"])
     fired = lorebook.scan(character.character_book, [m["content"] for m in history], settings, render, tokens)
-    lore = lorebook.injections(fired, render)
+    lore = lorebook.injections(fired, render, chat_length=len(history))
     context.outlets.update(lorebook.outlets(fired, render))  # before the card is rendered: {{outlet::x}} is in it
     note = lorebook.depth_prompt(character.extensions, render)
     return PromptParts(
