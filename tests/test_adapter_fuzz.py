@@ -114,7 +114,7 @@ def snapshot(registry):
     return [(v.number, v.state, v.manifest.get("content_sha256")) for v in registry.versions()], files
 
 
-@settings(max_examples=60 if not os.environ.get("PERSONAE_STRESS") else 400, deadline=None,
+@settings(max_examples=30 if not os.environ.get("PERSONAE_STRESS") else 400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(damaged=damage())
 def test_fuzzed_adapter_folders_are_refused_cleanly_and_change_nothing(registry, lora, tmp_path_factory, damaged):

@@ -28,7 +28,7 @@ from runtime.store import Store
 
 TESTS = Path(__file__).parent
 MOMENTS = 20 if os.environ.get("PERSONAE_STRESS") else 3
-TRAINING_MOMENTS = 20 if os.environ.get("PERSONAE_STRESS") else 2  # a process start and a short training each
+TRAINING_MOMENTS = 20 if os.environ.get("PERSONAE_STRESS") else 1  # a process start and a short training each
 TRAINING = {"max_steps": 4, "max_length": 64, "batch_size": 2}
 SEED = int(os.environ.get("PERSONAE_CRASH_SEED") or time.time_ns() % 100_000)
 
