@@ -92,8 +92,10 @@ def detect_kind(folder: Path) -> str:
     if config.is_file():
         try:
             data = json.loads(config.read_text())
-        except ValueError as error:
-            raise RegistryError(f"{config}: not valid JSON ({error})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            raise RegistryError(f"{config}: not valid JSON ({str(error)[:200]})") from None
+        if not isinstance(data, dict):
+            raise RegistryError(f"{config}: expected a JSON object, got {type(data).__name__}")
         if data.get("peft_type", "LORA") != "LORA":
             raise RegistryError(f"{folder}: PEFT type {data.get('peft_type')!r} is not supported; use LoRA")
         return "hybrid" if data.get("modules_to_save") else "lora"

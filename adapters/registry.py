@@ -20,7 +20,7 @@ from sqlite_utils import Migrations
 from adapters.character import weights_from_character
 from adapters.convert import compose_files
 from adapters.errors import IncompatibleAdapter, IntegrityError, PickledWeights, RegistryError  # noqa: F401
-from adapters.full_delta import DELTA_FILE, encode_delta
+from adapters.full_delta import DELTA_FILE, ENCODINGS, encode_delta
 from adapters.manifest import (
     FORMAT,
     KINDS,
@@ -79,6 +79,7 @@ class Version:
     created: str = ""
     reason: str = ""
     audit: dict = field(default_factory=dict)
+    reused: bool = False  # add() found these very weights already stored and returned that version
 
     @property
     def ref(self) -> str:
@@ -266,21 +267,31 @@ class Registry:
             "parent": parent if parent is not None else manifest.get("parent"), "reason": reason,
             "audit": json.dumps(manifest.get("audit") or {}), "metrics": json.dumps(manifest.get("metrics") or {}),
         }
-        self.store.write(lambda: self.store.db["adapter_versions"].insert(row, replace=True))
-        self._event(character, number, "add", reason=reason)
 
-    def _event(self, character, number, action, previous=None, reason=""):
-        self.store.write(lambda: self.store.db["adapter_events"].insert({
-            "character": character, "number": number, "action": action, "previous": previous, "at": now(),
-            "reason": reason,
-        }))
+        def insert():  # the row and its event in one transaction: a crash keeps both or neither
+            # Plain SQL: sqlite_utils' insert() commits by itself, which would split the transaction.
+            self.store.db.execute(f"insert or replace into adapter_versions ({', '.join(row)}) "
+                                  f"values ({', '.join('?' for _ in row)})", list(row.values()))
+            self._event_sql(character, number, "add", reason=reason)
 
-    def _set_state(self, character, number, state, reason="", previous=None):
-        self.store.write(lambda: self.store.db.execute(
+        self.store.write(insert)
+
+    def _event_sql(self, character, number, action, previous=None, reason=""):
+        self.store.db.execute(
+            "insert into adapter_events (character, number, action, previous, at, reason) values (?, ?, ?, ?, ?, ?)",
+            [character, number, action, previous, now(), reason],
+        )
+
+    def _state_sql(self, character, number, state, reason="", previous=None):
+        """A state change and its event, inside the caller's transaction."""
+        self.store.db.execute(
             "update adapter_versions set state = ?, reason = ?, updated = ? where character = ? and number = ?",
             [state, reason, now(), character, number],
-        ))
-        self._event(character, number, state, previous=previous, reason=reason)
+        )
+        self._event_sql(character, number, state, previous=previous, reason=reason)
+
+    def _set_state(self, character, number, state, reason="", previous=None):
+        self.store.write(self._state_sql, character, number, state, reason, previous)
 
     def _next_number(self, character: str) -> int:
         rows = self.store.query("select max(number) as n from adapter_versions where character = ?", [character])
@@ -307,13 +318,19 @@ class Registry:
         return skipped
 
     def add(self, source_folder, character: str, *, kind=None, parent=None, training=None, data_hash=None,
-            metrics=None, activate=False, delta="auto", extra=None) -> Version:
-        """Store a folder as the character's next version (atomic: temp folder, fsync, rename, manifest last)."""
+            metrics=None, activate=False, delta="auto", extra=None, dedup=True) -> Version:
+        """Store a folder as the character's next version (atomic: temp folder, fsync, rename, manifest last).
+
+        dedup: when the character already has a version of these very files (not a failed one), that version
+        is returned (reused=True) instead of a second copy.
+        """
         source = Path(source_folder).expanduser()
         if not NAME.match(character or ""):
             raise RegistryError(f"{character!r} is not a valid character id (lowercase letters, digits, - _ .)")
         if not source.exists():
             raise RegistryError(f"{source}: no such folder")
+        if delta not in ENCODINGS:
+            raise RegistryError(f"delta encoding {delta!r} is not one of {', '.join(ENCODINGS)}")
         skipped = refuse_pickles(source)
         kind = kind or detect_kind(source)
         if kind not in KINDS:
@@ -324,6 +341,12 @@ class Registry:
             check_fingerprint(source, read_manifest(source).get("base_fingerprint"), self.base_fingerprint)
         if parent is not None:
             self.get(character, parent)
+        same = self._same_weights(character, source) if dedup else None
+        if same is not None:
+            log.info("%s holds the same files as %s; not stored again", source, same.ref)
+            version = self.promote(character, same.number) if activate and same.state != "active" else same
+            version.reused = True
+            return version
         with self._file_lock():
             number = self._next_number(character)
             home = self.root / character
@@ -370,6 +393,21 @@ class Registry:
             version = self.promote(character, number)
         return version
 
+    def _same_weights(self, character: str, source: Path) -> Version | None:
+        """A stored version (not failed or removed) of exactly the files `add` would take from source."""
+        versions = [v for v in self.versions(character) if v.state != "failed"]
+        if not versions:
+            return None
+        wanted = source_hash(source)
+        for version in versions:
+            if version.manifest.get("source_sha256") != wanted:
+                continue
+            try:
+                return self.verify(version)
+            except (IntegrityError, IncompatibleAdapter):
+                continue  # damaged since: store a sound copy instead of pointing at it
+        return None
+
     def add_from_character(self, character, activate: bool = False) -> Version:
         """Register the weights a character plugin ships (once: the same files are not stored twice)."""
         folder = weights_from_character(character)
@@ -407,9 +445,14 @@ class Registry:
             previous = self.active(character)
             if previous is not None and previous.number == version.number:
                 return version
-            if previous is not None:
-                self._set_state(character, previous.number, "retired", f"replaced by {number}")
-            self._set_state(character, number, "active", previous=previous.number if previous else None)
+
+            def swap():  # one transaction: a crash leaves the old version active or the new one, never none
+                for row in self.store.db.execute("select number from adapter_versions where character = ? and "
+                                                 "state = 'active' and number != ?", [character, number]).fetchall():
+                    self._state_sql(character, row[0], "retired", f"replaced by {number}")
+                self._state_sql(character, number, "active", previous=previous.number if previous else None)
+
+            self.store.write(swap)
             version = self.get(character, number)
         self._announce(character, version, previous)
         return version
@@ -434,9 +477,13 @@ class Registry:
                 if candidate and candidate[0]["state"] == "retired":
                     target = event["number"]
                     break
-            self._set_state(character, current.number, "rejected", "rolled back")
-            if target is not None:
-                self._set_state(character, target, "active", f"rollback from {current.number}", current.number)
+
+            def swap():  # one transaction, as in promote
+                self._state_sql(character, current.number, "rejected", "rolled back")
+                if target is not None:
+                    self._state_sql(character, target, "active", f"rollback from {current.number}", current.number)
+
+            self.store.write(swap)
             version = self.get(character, target) if target is not None else None
         self._announce(character, version, current)
         return version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -13,6 +14,7 @@ from runtime.models.base import fingerprint_folder
 from runtime.models.formats import PICKLE_SUFFIXES
 from runtime.models.peft_files import PREFIX as PEFT_PREFIX  # how PEFT names its tensors
 
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 CONVERT_HINT = (
     "convert them to safetensors in a trusted environment (load, then "
     "`save_pretrained(folder, safe_serialization=True)`) and add that folder"
@@ -20,18 +22,78 @@ CONVERT_HINT = (
 
 
 def read_header(path: Path) -> dict:
-    """A safetensors file's header {name: {dtype, shape, data_offsets}} read without loading tensors."""
+    """A safetensors file's header {name: {dtype, shape, data_offsets}} read without loading tensors.
+
+    The safetensors library checks it first (every tensor's dtype and shape match its byte range, the
+    ranges cover the file exactly), so a header claiming huge shapes or bytes it lacks is refused here.
+    """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     try:
+        with safe_open(str(path), framework="numpy"):
+            pass
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             if length > 100_000_000:
                 raise ValueError("header length is implausible")
             header = json.loads(handle.read(length))
-    except (struct.error, ValueError, UnicodeDecodeError) as error:
+    except (struct.error, ValueError, UnicodeDecodeError, SafetensorError, OSError) as error:
         raise RegistryError(f"{path}: not a readable safetensors file ({error}); re-export it") from None
     header.pop("__metadata__", None)
     return header
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; RegistryError naming the file when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise RegistryError(f"{path}: not valid JSON ({str(error)[:200]}); re-export the adapter") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: expected a JSON object, got {type(data).__name__}; re-export the adapter")
+    return data
+
+
+def _is_text_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def check_lora_config(path: Path, config: dict) -> None:
+    """The fields of adapter_config.json that loading relies on have the types PEFT expects."""
+    problems = []
+    targets = config.get("target_modules")
+    if targets is not None and not (isinstance(targets, str) or _is_text_list(targets)):
+        problems.append(f"target_modules is {targets!r:.60}, not a module name, list of names or regex")
+    elif isinstance(targets, str) and targets != "all-linear":
+        try:
+            re.compile(targets)
+        except (re.error, RecursionError, OverflowError) as error:
+            problems.append(f"target_modules {targets!r:.60} is not a valid regex ({error})")
+    saved = config.get("modules_to_save")
+    if saved is not None and not _is_text_list(saved):
+        problems.append(f"modules_to_save is {saved!r:.60}, not a list of module names")
+    rank = config.get("r", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank <= 65536:
+        problems.append(f"r is {rank!r:.60}, not a rank between 1 and 65536")
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha != alpha or abs(alpha) > 1e6:
+        problems.append(f"lora_alpha is {alpha!r:.60}, not a number")
+    for name in ("rank_pattern", "alpha_pattern"):
+        if config.get(name) is not None and not isinstance(config.get(name), dict):
+            problems.append(f"{name} is {config.get(name)!r:.60}, not a table")
+    if problems:
+        raise RegistryError(f"{path}: {'; '.join(problems)}; re-export the adapter with PEFT's save_pretrained")
+
+
+def refuse_symlinks_out(folder: Path) -> None:
+    """Refuse links that lead out of the folder: adding must never copy a file from elsewhere."""
+    folder = Path(folder)
+    inside = folder.resolve()
+    for path in folder.iterdir():
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise RegistryError(f"{path}: a link to {os.readlink(path)}, outside the adapter folder; copy the "
+                                f"real file into the folder (e.g. `cp -L`) and add that")
 
 
 def refuse_pickles(folder: Path) -> list[str]:
@@ -41,6 +103,8 @@ def refuse_pickles(folder: Path) -> list[str]:
     weights (e.g. a Trainer's training_args.bin) is left behind, not copied.
     """
     folder = Path(folder)
+    if folder.is_dir():
+        refuse_symlinks_out(folder)
     if folder.is_file():
         if folder.suffix in PICKLE_SUFFIXES:
             raise PickledWeights(f"{folder}: pickled weights are never loaded; {CONVERT_HINT}")
@@ -118,7 +182,8 @@ def _shape_problems(items: list[tuple[str, list, list]]) -> str:
 def check_lora(folder: Path, shapes: dict) -> dict:
     """Target modules and tensor shapes of a PEFT LoRA folder against the base shapes."""
     config_path = folder / "adapter_config.json"
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path)
+    check_lora_config(config_path, config)
     modules = base_modules(shapes)
     missing = missing_targets(config.get("target_modules"), modules)
     missing += [m for m in (config.get("modules_to_save") or []) if not any(_matches(m, x) for x in modules)]
@@ -133,6 +198,9 @@ def check_lora(folder: Path, shapes: dict) -> dict:
     for key, entry in read_header(weights).items():
         name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
         shape = entry["shape"]
+        if entry["dtype"] not in FLOAT_DTYPES:  # PEFT would cast or fail; never what was trained
+            raise RegistryError(f"{weights}: tensor {key} is {entry['dtype']}, not a floating type "
+                                f"({', '.join(FLOAT_DTYPES)}); re-export the adapter")
         match = re.match(r"(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?\.weight$", name)
         if match:
             module, part = match.groups()
@@ -145,7 +213,7 @@ def check_lora(folder: Path, shapes: dict) -> dict:
                 "lora_A": (1, in_features), "lora_B": (0, out_features),
                 "lora_embedding_A": (1, out_features), "lora_embedding_B": (0, in_features),
             }[part]
-            if len(shape) != 2 or shape[expected[0]] != expected[1]:
+            if len(shape) != 2 or shape[expected[0]] != expected[1] or shape[1 - expected[0]] > max(base_shape):
                 wrong.append((f"{module}.{part}", shape, base_shape))
         else:
             name = name.replace(".modules_to_save.default", "")
@@ -163,7 +231,7 @@ def check_lora(folder: Path, shapes: dict) -> dict:
 
 def check_full(folder: Path, shapes: dict, base) -> None:
     """Architecture and tensor shapes of a full model folder (or a stored delta) against the base."""
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     wanted = base_config(base)
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
         if key in config and key in wanted and config[key] != wanted[key]:

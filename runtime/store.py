@@ -124,8 +124,20 @@ class Store:
         """Run a write in one transaction under the store's lock, with clear errors."""
         with self._lock:
             try:
-                with self.db.conn:
-                    return function(*args, **kwargs)
+                if self.db.conn.in_transaction:  # a write inside a write: a savepoint of the outer one
+                    with self.db.atomic():
+                        return function(*args, **kwargs)
+                # An explicit transaction: sqlite_utils commits each statement by itself otherwise, and a
+                # crash between two statements of one write would keep half of it. IMMEDIATE takes the
+                # write lock up front (waiting up to the busy timeout), so a read-then-write never deadlocks.
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = function(*args, **kwargs)
+                except BaseException:
+                    self.db.conn.rollback()
+                    raise
+                self.db.conn.commit()
+                return result
             except sqlite3.DatabaseError as error:
                 raise StoreError(self._explain(error)) from None
 

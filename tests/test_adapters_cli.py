@@ -28,7 +28,9 @@ def test_cli_lifecycle(run, tiny_base, tmp_path):
     lora = train_tiny_lora(tiny_base, tmp_path / "lora")
     assert "No stored versions" in run("list")
     assert "Added pixel@1 (lora, candidate)" in run("add", lora, "--character", "pixel")
-    assert "Added pixel@2 (lora, active)" in run("add", lora, "--character", "pixel", "--activate")
+    assert "Already stored as pixel@1 (lora, candidate)" in run("add", lora, "--character", "pixel")
+    lora2 = train_tiny_lora(tiny_base, tmp_path / "lora2", seed=1)
+    assert "Added pixel@2 (lora, active)" in run("add", lora2, "--character", "pixel", "--activate")
     rows = json.loads(run("list", "pixel", "--json"))
     assert [(r["number"], r["state"]) for r in rows] == [(1, "candidate"), (2, "active")]
     assert "pixel@1" in run("list") and "active" in run("list", "pixel")

@@ -73,7 +73,7 @@ def test_promote_rollback_remove_and_subscribers(registry, trained):
     registry.pm = PM()
     registry.subscribe(lambda character, version: seen.append((character, version and version.number)))
     for _ in range(3):
-        registry.add(trained["lora"], "pixel")
+        registry.add(trained["lora"], "pixel", dedup=False)  # three copies, deliberately
     assert registry.active("pixel") is None
     registry.promote("pixel", 1)
     registry.promote("pixel", 2)
@@ -93,7 +93,7 @@ def test_promote_rollback_remove_and_subscribers(registry, trained):
     registry.remove("pixel", 1)
     assert not (registry.root / "pixel" / "1").exists()
     assert [v.number for v in registry.versions("pixel")] == [2, 3]
-    assert registry.add(trained["lora"], "pixel").number == 4  # numbers are never reused
+    assert registry.add(trained["lora"], "pixel", dedup=False).number == 4  # numbers are never reused
     registry.reject("pixel", 4, "audit: leakage up")
     assert registry.get("pixel", 4).state == "rejected" and registry.get("pixel", 4).reason == "audit: leakage up"
     registry.set_audit("pixel", 3, {"aligned": 0.9})
@@ -107,7 +107,7 @@ def test_promote_rollback_remove_and_subscribers(registry, trained):
 
 def test_activate_on_add_and_mark_failed_falls_back(registry, trained):
     registry.add(trained["lora"], "quill", activate=True)
-    registry.add(trained["lora"], "quill", activate=True)
+    registry.add(trained["lora"], "quill", activate=True, dedup=False)
     assert registry.active("quill").number == 2
     registry.mark_failed("quill", 2, "failed to load")
     assert registry.get("quill", 2).state == "failed" and registry.active("quill").number == 1
@@ -117,7 +117,7 @@ def test_activate_on_add_and_mark_failed_falls_back(registry, trained):
 
 def test_tampered_and_truncated_files_fail_the_hash_check(registry, trained):
     first = registry.add(trained["lora"], "pixel")
-    second = registry.add(trained["lora"], "pixel")
+    second = registry.add(trained["lora"], "pixel", dedup=False)
     weights = first.folder / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF
@@ -254,7 +254,7 @@ def test_process_killed_mid_add_leaves_registry_consistent(registry, trained, tm
     assert not list((registry.root / "pixel").glob(".tmp-*"))
     assert [v.number for v in restarted.versions("pixel")] == [1] and restarted.active("pixel").number == 1
     restarted.verify(restarted.active("pixel"))
-    assert restarted.add(trained["lora"], "pixel").number == 2
+    assert restarted.add(trained["lora"], "pixel", dedup=False).number == 2
 
 
 def test_finished_folder_missing_from_database_is_recovered(registry, trained):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # FastAPI resolves endpoint annotations from module globals, so these imports live here; this
 # module is imported only when the server starts, never by `personae --help`.
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -49,6 +49,8 @@ def create_app(engine, settings, keys: list[str] | None = None):
     created = int(time.time())
     # Outermost: a body over the limit is refused before anything parses it.
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    # Outside the body limit: a client without a key learns nothing, not even the limit.
+    app.add_middleware(auth.KeyCheck, keys=keys)
     app.add_middleware(metrics.timing_middleware())
 
     cors = settings.plugin_settings("http").get("cors_origins")
@@ -84,13 +86,7 @@ def create_app(engine, settings, keys: list[str] | None = None):
         return await api_error(request, APIError(500, "internal error; the server's log has the details",
                                                  type="server_error"))
 
-    def check_key(request: Request) -> None:
-        if not auth.authorised(request.headers.get("authorization"), keys):
-            raise APIError(401, "a valid API key is required: send 'Authorization: Bearer KEY' with a key "
-                           f"from {auth.KEYS_VARIABLE}", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-    api = APIRouter(dependencies=[Depends(check_key)])
+    api = APIRouter()  # keys are checked for every path but the public ones by auth.KeyCheck
 
     # --- the OpenAI API --------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 
 from runtime.errors import PersonaeError
@@ -67,5 +68,40 @@ def authorised(header: str | None, keys: list[str]) -> bool:
     if not header or not header.lower().startswith("bearer "):
         return False
     given = header[7:].strip().encode()
-    # Constant-time comparison: no timing hint about how much of a key matched.
-    return any(hmac.compare_digest(given, key.encode()) for key in keys)
+    # Constant-time comparison against every key (no early exit): no timing hint about how much of a key
+    # matched, nor which key it was.
+    matches = [hmac.compare_digest(given, key.encode()) for key in keys]
+    return any(matches)
+
+
+# Reachable without a key: probes, the page (it asks for the key itself and holds no data), its static
+# files and FastAPI's description of the API. Every other path, including routes added later, needs a key.
+PUBLIC_PATHS = frozenset({"/healthz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PREFIXES = ("/static/",)
+REFUSAL = ("a valid API key is required: send 'Authorization: Bearer KEY' with a key from " + KEYS_VARIABLE)
+
+
+def is_public(path: str) -> bool:
+    """Whether a request path is served without a key."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+class KeyCheck:
+    """ASGI middleware: a 401 for every non-public path without a valid key, before the body is read."""
+
+    def __init__(self, app, keys: list[str]):
+        self.app, self.keys = app, list(keys)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.keys or is_public(scope.get("path", "")) \
+                or scope.get("method") == "OPTIONS":  # CORS preflights carry no key by design
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or ()).get(b"authorization")
+        if authorised(header.decode("latin-1") if header is not None else None, self.keys):
+            return await self.app(scope, receive, send)
+        payload = json.dumps({"error": {"message": REFUSAL, "type": "invalid_request_error", "param": None,
+                                        "code": "invalid_api_key"}}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})

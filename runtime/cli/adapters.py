@@ -170,6 +170,9 @@ def add_version(path, character, activate, delta):
         version = registry.add_from_character(catalog().get(character), activate=activate)
     else:
         version = registry.add(path, character_id(character, registry), activate=activate, delta=delta)
+    if version.reused:
+        click.echo(f"Already stored as {version.ref} ({version.kind}, {version.state}): the same files; nothing added")
+        return
     note = ""
     if version.manifest.get("delta"):
         d = version.manifest["delta"]
