@@ -89,6 +89,25 @@ def test_an_unseen_degenerate_reply_is_resampled_once(make_engine, tiny_base):
     assert off.stream.text == shown.stream.text  # same seed, same first attempt
 
 
+def test_platforms_that_show_the_reply_whole_let_the_guard_resample(make_engine, tiny_base):
+    """HTTP without stream and Discord without streaming hand the reply over whole (StreamedReply(whole=True))."""
+    import asyncio
+
+    from runtime.chat.streaming import StreamedReply
+
+    engine = make_engine(tiny_base)
+    pixel = engine.catalog.get("pixel")
+
+    async def collect(whole):
+        stream = StreamedReply(lambda: engine.reply(_turn(pixel, f"whole-{whole}")), whole=whole)
+        return [piece async for piece in stream], stream.reply
+
+    pieces, whole = asyncio.run(collect(True))
+    assert whole.stream.resampled and pieces == [whole.stream.text] and whole.message is not None
+    pieces, streamed = asyncio.run(collect(False))
+    assert streamed.stream.resampled is None and "".join(pieces) == streamed.stream.text
+
+
 def test_dry_penalises_the_token_that_would_continue_a_repeat():
     import torch
 
@@ -118,3 +137,32 @@ def test_dry_is_off_by_default_and_set_per_request(make_engine, tiny_base):
     dry = next(p for p in processors if isinstance(p, DryPenalty))
     newline = tiny_base.tokenizer.encode("\n", add_special_tokens=False)
     assert dry.multiplier == 0.8 and set(newline) <= dry.breakers
+
+
+@pytest.mark.real_model
+def test_on_smollm2_a_reply_said_again_is_resampled_when_unseen_and_cut_when_shown(make_engine, real_base):
+    """The same prompt and seed give the same reply; told that reply came before, the guard catches the copy."""
+    from dataclasses import replace
+
+    from runtime.chat.engine import Turn
+    from runtime.generation.guard import copy_signal
+
+    engine = make_engine(real_base, max_new_tokens=60)
+    mara = engine.catalog.get("captain-mara-voss")
+    first = engine.reply(Turn(platform="t", channel="c", user_id="u", text="Who are you?", character=mara,
+                              sampling={"seed": 5}))
+    said = first.result()
+    assert first.stream.finish_reason in ("stop", "length") and len(said.split()) >= 8, said
+    request = first.stream.request  # the attempt that produced `said` (its seed, if the guard re-sampled)
+
+    again = engine.generator.submit(replace(request, sampling=replace(request.sampling), earlier=[said]))
+    text = again.result()
+    assert again.resampled and again.resampled.startswith("copy:"), (again.resampled, text)
+    assert text.strip() != said.strip()
+    if again.finish_reason != "degenerate":  # the second try is new text, not the first said again
+        assert not copy_signal(text, [said])
+
+    shown = engine.generator.submit(replace(request, sampling=replace(request.sampling), earlier=[said]))
+    pieces = list(shown)  # printed as it comes: too late to re-sample, so cut and marked
+    assert shown.resampled is None and shown.finish_reason == "degenerate" and shown.degenerate.startswith("copy:")
+    assert said.startswith("".join(pieces).strip()[:40])

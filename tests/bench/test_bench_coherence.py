@@ -14,6 +14,8 @@ before (this runtime's sampling before issue 20: repetition penalty over the who
 top_k, no guard), all on the same prompts and seeds.
 
     PERSONAE_BENCH=1 PERSONAE_COHERENCE_CONVERSATIONS=20 python -m pytest tests/bench/test_bench_coherence.py -s
+
+PERSONAE_COHERENCE_CHARACTERS=pixel,... plays only those (one process per character runs them side by side).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ VARIANTS = {"now": {}, "dry": {"dry_multiplier": 0.8},
 # Read at import: the tests' isolated environment clears PERSONAE_* variables before a test runs.
 CONVERSATIONS = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "4"))
 CHOSEN = os.environ.get("PERSONAE_COHERENCE_VARIANTS", "now,before").split(",")
-NAME = "coherence" if CHOSEN == ["now", "before"] else "coherence_" + "_".join(CHOSEN)
+ONLY = [c for c in os.environ.get("PERSONAE_COHERENCE_CHARACTERS", "").split(",") if c]  # default: every one
+NAME = "_".join(["coherence", *([] if CHOSEN == ["now", "before"] else CHOSEN), *ONLY])
 THREADS = int(os.environ.get("PERSONAE_COHERENCE_THREADS", "0"))  # torch threads; 0 = torch's default
 
 
@@ -124,6 +127,8 @@ def test_bench_coherence(real_base, make_engine):
     engine.generator  # started before the clock
     results, transcripts, started = {}, [], time.perf_counter()
     for character in engine.catalog.characters.values():
+        if ONLY and character.id not in ONLY:
+            continue
         results[character.id] = {}
         for variant in CHOSEN:
             replies = play(engine, character, variant, conversations)
