@@ -104,7 +104,7 @@ class Settings:
                           "when this reaches the batch where bf16 beats fp32 here (measured once)."},
     )
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting; past that callers get 'busy'."})
-    seed: int = field(default=0, metadata={"help": "Seed for sampling; 0 = random each run."})
+    seed: int = field(default=-1, metadata={"help": "Seed for sampling; -1 = random each reply (0 is a seed too)."})
     training: dict = field(default_factory=dict, metadata={"help": "[training] table: see the README."})
     audit: dict = field(default_factory=dict, metadata={"help": "[audit] table: see the README."})
     plugins: dict = field(

@@ -94,6 +94,18 @@ def make_engine(isolated_environment):
 
 
 @pytest.fixture
+def server(engine):
+    """A live loopback HTTP server (tests/http_server.py) over the test module's own `engine` fixture."""
+    from http_server import LiveServer
+
+    live = LiveServer(engine)
+    try:
+        yield live
+    finally:
+        live.close()
+
+
+@pytest.fixture
 def generator(tiny_base):
     """Build batching generators on the tiny model; all closed after the test."""
     from runtime.generation.batching import BatchingGenerator

@@ -455,8 +455,9 @@ class Harness:
 
     async def command(self, command: str, subcommand: str | None = None, /, user: str = "alice",
                       channel_id: int = CHANNEL_ID, wait: bool = True, **options) -> dict:
-        """INTERACTION_CREATE for a slash command (optionally a subcommand) with string options."""
-        opts = [{"name": key, "type": 3, "value": value} for key, value in options.items()]
+        """INTERACTION_CREATE for a slash command (optionally a subcommand) with string or integer options."""
+        opts = [{"name": key, "type": 4 if isinstance(value, int) else 3, "value": value}
+                for key, value in options.items()]
         if subcommand:
             opts = [{"name": subcommand, "type": 1, "options": opts}]
         guild = channel_id != DM_CHANNEL_ID

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from runtime.characters import CardError, Catalog, limits, load_card, parse_card
+from runtime.characters import CardError, Catalog, limits, load_card, lorebook, parse_card
 
 
 def v2(**fields) -> dict:
@@ -216,7 +216,8 @@ def test_fuzzed_card_dicts_give_a_character_or_a_card_error(fields, wrapped):
         assert str(error).startswith("<card>: field '")
         return
     assert character.name.strip() and len(character.id) <= limits.MAX_ID_CHARS
-    character.system_text(), character.greetings(), character.triggered_lore(["hello"]), character.example_dialogues()
+    character.system_text(), character.greetings(), character.example_dialogues()
+    lorebook.scan(character.character_book, ["hello"])
 
 
 @FUZZ

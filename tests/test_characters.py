@@ -18,6 +18,7 @@ from runtime.characters import (
     LoreEntry,
     card_dict,
     load_card,
+    lorebook,
     parse_card,
     read_png_card,
     save_card,
@@ -369,7 +370,7 @@ def test_lore_entries_parsed():
 
 def test_lore_triggering():
     character = parse_card(copy.deepcopy(V2_CARD))
-    content = lambda texts: [e.content for e in character.triggered_lore(texts)]  # noqa: E731
+    content = lambda texts: [e.content for e in lorebook.scan(character.character_book, texts)]  # noqa: E731
     assert content(["nothing here"]) == ["Always: it is cold."]  # constant only
     # Priority first (Storm 9, lighthouse 1, constant 0), case-insensitive by default.
     assert content(["the LIGHTHOUSE in a Storm"]) == [
@@ -382,7 +383,6 @@ def test_lore_triggering():
     # scan_depth 2: only the last two texts are scanned.
     assert "The lighthouse is 200 years old." not in content(["lighthouse", "b", "c"])
     assert "The lighthouse is 200 years old." in content(["a", "lighthouse", "c"])
-    assert "The lighthouse is 200 years old." in content("one lighthouse text")  # a str is one text
 
 
 def test_generation_settings():
@@ -541,5 +541,5 @@ def test_builtin_json_matches_png_and_source_of_truth():
 
 def test_builtin_lore_triggers():
     mara = next(c for c in _builtin_characters() if c.id == "captain-mara-voss")
-    names = [e.name for e in mara.triggered_lore(["Who is Teague?"])]
+    names = [e.name for e in lorebook.scan(mara.character_book, ["Who is Teague?"])]
     assert names == ["Bosun Teague"]

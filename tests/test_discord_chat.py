@@ -198,7 +198,8 @@ def test_admins_set_show_and_clear_a_channel_prompt_addition(make_engine, tiny_b
     assert rows(engine, "select name from _sqlite_migrations where migration_set = 'personae.discord' "
                         "order by name") == [{"name": "m001_webhooks_messages_notices"},
                                              {"name": "m002_channel_prompts"},
-                                             {"name": "m003_no_webhook_tokens"}]
+                                             {"name": "m003_no_webhook_tokens"},
+                                             {"name": "m004_channel_notes"}]
 
 
 # --- stop and re-roll buttons ---------------------------------------------------------------------------
@@ -318,6 +319,7 @@ def test_smollm2_answers_a_reply_to_an_old_thread_with_a_file_and_the_channel_pr
     history = [m["content"] for m in chat(prompt)]
     assert history[-3:-1] == ["Pixel, my favourite game is Tetris", fake.messages[int(old_reply["id"])]["content"]]
     assert history[-1].startswith("[file notes.txt]\nThe arcade password is PINEAPPLE.\n[end of notes.txt]")
+    assert [m["content"] for m in chat(spy.prompts[-1])] == history  # the re-roll answers the same thread
     replies = rows(engine, "select * from messages where role = 'assistant' order by id")
     answer, swipe = replies[-2:]
     assert answer["platform_message_id"] == str(reply_id) and swipe["swipe_of"] == answer["id"]
@@ -327,3 +329,60 @@ def test_smollm2_answers_a_reply_to_an_old_thread_with_a_file_and_the_channel_pr
         assert shown["content"] == row["text"] and buttons(shown) == [REROLL_ID]
     assert fake.interaction_answers()[-1] == "Re-rolled Pixel's last reply; both versions are kept."
     assert_no_pings(fake)
+
+
+def test_a_reroll_of_a_reply_in_a_thread_sees_that_thread_and_the_channel_prompt_counts(
+        make_engine, tiny_base, prompt_spy):
+    engine = make_engine(tiny_base, history_turns=4)
+    engine.store.bind("discord", str(CHANNEL_ID), "pixel")
+    spy = prompt_spy(engine)
+
+    async def scenario(h):
+        await h.command("character", "prompt", user="mod", text="Answer in rhyme.")
+        await h.message("Pixel, my favourite colour is teal")
+        old_reply = h.fake.messages[max(h.fake.messages)]
+        for text in ("Pixel, what is the weather like?", "Pixel, tell me a joke", "Pixel, sing a song"):
+            await h.message(text, author="bob")
+        await h.message("Why that colour?", reply_to=old_reply)
+        asked = spy.prompts[-1]
+        await h.command("regenerate")
+        return asked, spy.prompts[-1]
+
+    asked, rerolled = run(engine, {**FAST, "max_new_tokens": 6}, scenario)
+    # The re-roll answers the same thread the reply did, not the channel's latest log.
+    assert chat(rerolled) == chat(asked)
+    assert chat(rerolled)[-1]["content"] == "Why that colour?"
+    assert "Pixel, my favourite colour is teal" in [m["content"] for m in chat(rerolled)]  # out of the 4-message log
+    # The channel's prompt is part of the system prompt the budget was fitted to.
+    assert rerolled[0]["content"].endswith("Answer in rhyme.") and asked[0]["content"] == rerolled[0]["content"]
+    first, swipe = rows(engine, "select * from messages where role = 'assistant' and reply_to = "
+                                "(select max(id) from messages where role = 'user') order by id")
+    assert swipe["swipe_of"] == first["id"]
+
+
+def test_admins_set_a_channel_authors_note_that_goes_in_at_its_depth(make_engine, tiny_base, prompt_spy):
+    engine = make_engine(tiny_base)
+    engine.store.bind("discord", str(CHANNEL_ID), "pixel")
+    spy = prompt_spy(engine)
+
+    async def scenario(h):
+        await h.command("character", "note", user="alice", text="[It is raining.]")
+        await h.command("character", "note", user="mod", text="[{{char}} is sleepy; {{user}} is cold.]", depth=1)
+        await h.message("Pixel, hello")
+        await h.message("Pixel, how are you?")
+        in_channel = spy.prompts[-1]
+        await h.message("Pixel, hello from the thread", channel_id=THREAD_ID)
+        in_thread = spy.prompts[-1]
+        await h.command("character", "note", user="mod")  # no text: clear
+        await h.message("Pixel, and now?")
+        return in_channel, in_thread, spy.prompts[-1], h.fake.interaction_answers()
+
+    in_channel, in_thread, cleared, answers = run(engine, FAST, scenario)
+    assert answers[0].startswith("Changing this channel's author's note needs the Manage Channels permission")
+    assert answers[1].startswith(f"Characters in <#{CHANNEL_ID}> now get this author's note 1 messages from the end")
+    note = {"role": "system", "content": "[Pixel is sleepy; Alice is cold.]"}
+    # Depth 1: right before the newest message, as SillyTavern places its Author's Note.
+    tail = [m for m in in_channel if not m.get("example")][-2:]
+    assert tail[0] == note and tail[1]["role"] == "user" and tail[1]["content"].endswith("how are you?")
+    assert note in in_thread  # a thread follows its channel
+    assert note not in cleared and answers[-1].startswith(f"Cleared the author's note of <#{CHANNEL_ID}>")

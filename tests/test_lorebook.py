@@ -188,8 +188,10 @@ def test_templates_that_allow_one_system_message_get_the_in_chat_lore_folded_in(
 
 
 def test_sillytavern_features_not_run_are_named_in_warnings():
-    lore = book(entry(["a"], "x", name="grouped", extensions={"group": "weather", "sticky": 2}),
-                entry(["b"], "y", name="plain", extensions={"group": "", "sticky": 0}))
+    lore = book(entry(["a"], "x", name="triggered", extensions={"group": "weather", "sticky": 2,
+                                                                "triggers": ["continue"]}),
+                entry(["b"], "y", name="plain", extensions={"group": "", "sticky": 0, "position": 7}))
     warnings = lorebook.unsupported(lore)
-    assert warnings == ["lore entry 'grouped': SillyTavern inclusion group (group) is not supported and is ignored",
-                        "lore entry 'grouped': SillyTavern sticky (sticky) is not supported and is ignored"]
+    assert warnings == [  # inclusion groups and sticky run now (tests/test_lore_rules.py); triggers do not
+        "lore entry 'triggered': SillyTavern generation triggers (triggers) is not supported and is ignored",
+        "lore entry 'plain': position 'outlet' without an outlet name; the entry is never inserted"]

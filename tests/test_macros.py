@@ -52,7 +52,9 @@ def test_formatting_macros_and_unknown_ones_left_alone():
     assert expand("top\n\n{{trim}}\nbottom", ctx()) == "topbottom"
     assert expand("x{{// a note for card writers }}y{{noop}}z", ctx()) == "xyz"
     assert expand("{{original}}!", ctx(original="base")) == "base!"
-    assert expand("{{getvar::mood}} {{outlet::x}}", ctx()) == "{{getvar::mood}} {{outlet::x}}"
+    assert expand("{{getvar::mood}}", ctx()) == "{{getvar::mood}}"
+    # Outlets hold the lorebook entries placed there (tests/test_lore_rules.py); none fired: empty.
+    assert expand("[{{outlet::x}}]", ctx()) == "[]" and expand("{{outlet:: x }}", ctx(outlets={"x": "X"})) == "X"
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert expand("{{lastUserMessage}}/{{lastCharMessage}}/{{lastMessage}}", ctx(history=history)) == "hi/yo/yo"
 

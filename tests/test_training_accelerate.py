@@ -78,7 +78,7 @@ def _matches_one_process(engine, base, method, processes_batch, one_batch):
     return one, outcome
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "hybrid", "full"])
 def test_two_cpu_processes_train_like_one(make_engine, tiny_base, method):
     engine = make_engine(tiny_base)
     log_many(engine.store, 16)

@@ -28,8 +28,9 @@ def vllm_engine(make_engine, base, **table):
     return make_engine(base, backend="vllm", plugins={"vllm": table})
 
 
-def chat(engine, character, channel, max_new_tokens=24, text="Ahoy there! Who are you?", min_new_tokens=0):
-    return engine.reply(Turn(platform="test", channel=channel, user_id=channel, user_name="Ann", text=text,
+def chat(engine, character, channel, max_new_tokens=24, text="Ahoy there! Who are you?", min_new_tokens=0,
+         user_name="Ann"):
+    return engine.reply(Turn(platform="test", channel=channel, user_id=channel, user_name=user_name, text=text,
                              character=engine.catalog.get(character),
                              sampling={"temperature": 0, "max_new_tokens": max_new_tokens,
                                        "min_new_tokens": min_new_tokens}))
@@ -87,6 +88,63 @@ def test_a_server_that_exits_at_start_quotes_its_log(make_engine, tiny_base, iso
     message = one_line_error(error)
     assert "exited with status 3" in message and "no usable CPU backend" in message
     assert list((isolated_environment / "data" / "logs").glob("vllm-*.log"))  # the log is kept
+
+
+FAKE_SERVER = """
+import http.server, os, subprocess, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # like vLLM's engine process
+open(os.environ["PIDS_FILE"], "w").write(f"{os.getpid()} {engine.pid}")
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+STARTER = """
+import sys, time
+from plugins.vllm.server import ManagedServer
+ManagedServer([sys.executable, sys.argv[1]], "model", log_dir=sys.argv[2]).start(60)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_started_server_dies_with_a_personae_process_killed_by_sigkill(tmp_path):
+    """SIGKILL gives Personae no chance to stop its server: the tether does, taking vLLM's engine processes too."""
+    import subprocess
+
+    fake = tmp_path / "fake_vllm.py"
+    fake.write_text(FAKE_SERVER)
+    pids_file = tmp_path / "pids"
+    personae = subprocess.Popen([sys.executable, "-c", STARTER, str(fake), str(tmp_path)], stdout=subprocess.PIPE,
+                                text=True, env={**os.environ, "PIDS_FILE": str(pids_file)},
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert personae.stdout.readline().strip() == "ready"
+    server, engine = map(int, pids_file.read_text().split())
+    for pid in (server, engine):
+        os.kill(pid, 0)  # both run
+    personae.kill()
+    personae.wait()
+    deadline = time.monotonic() + 60  # the tether polls every second; generous for a loaded machine
+    while time.monotonic() < deadline and any(alive(pid) for pid in (server, engine)):
+        time.sleep(0.2)
+    assert not alive(server) and not alive(engine)
+    log = next(tmp_path.glob("vllm-*.log")).read_text()
+    assert "is gone: stopping vLLM" in log
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (a killed grandchild may linger as one under init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # --- a real vLLM server ----------------------------------------------------------------
@@ -237,24 +295,26 @@ def test_a_dead_endpoint_is_taken_out_and_the_live_one_serves(make_engine, real_
     assert [e.alive for e in pool.endpoints] == [False, True] and "connection refused" in pool.endpoints[0].error
 
 
-@pytest.mark.skip(reason="timing-dependent: in the clean-clone run a reply had finished before the second server "
-                         "was killed (it passed on the loaded machine); not yet made deterministic")
 @pytest.mark.real_model
 def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server, loras, tmp_path):
     second = start_server(real_base.folder, tmp_path / "second-logs")
     try:
         engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url, second.url], retry_dead=600)
         engine.weights.registry.add(loras["v1"], "pixel", activate=True)
-        # Long enough that none can end before the kill (min_tokens reaches vLLM as its own field).
-        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=400, min_new_tokens=400) for i in range(4)]
+        # Exactly 400 tokens each: min_tokens holds back end-of-sequence, and the only stop string (the user's
+        # name, which vLLM's min_tokens does not hold back) is one the model never writes. Earlier runs with "Ann"
+        # ended a reply early on "\nAnn:" and so before the kill.
+        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=400, min_new_tokens=400, user_name="Qzx7")
+                   for i in range(4)]
         by_endpoint = {r.stream.served_by["endpoint"] for r in replies}
         assert by_endpoint == {vllm_server.url, second.url}  # least outstanding spreads them
         assert "pixel@1" in served_models(second.url)  # every endpoint got the adapter it needed
         pieces = [iter(r) for r in replies]
         firsts = [next(p, "") for p in pieces]
-        # The second server's replies are still running when it dies (the first server's may be done: on a quiet
-        # machine one of its replies can finish while the second server still loads the adapter).
-        assert all(r.stream.finish_reason is None for r in replies if r.stream.served_by["endpoint"] == second.url)
+        # The second server's replies have just begun (they waited for their first token; 400 take many seconds);
+        # the first server's may be further along or done while the second one loaded the adapter.
+        on_second = [r for r in replies if r.stream.served_by["endpoint"] == second.url]
+        assert on_second and all(r.stream.finish_reason is None for r in on_second), [r.stream.text for r in on_second]
         os.killpg(second.process.pid, 9)  # the second server dies mid-stream
         for reply, rest, first in zip(replies, pieces, firsts):
             if reply.stream.served_by["endpoint"] == second.url:

@@ -9,7 +9,7 @@ LIVE_AUDIT_HOURS = 6
 
 @hookimpl
 def register_scorers(register):
-    """The built-in scorers: base-model leakage, the card's rules, voice closeness, optional judge."""
+    """The built-in scorers: base-model leakage, the card's rules, voice closeness, facts against the card, optional judge."""
     from runtime.audit.scorers import BUILTIN_SCORERS
 
     for name, scorer in BUILTIN_SCORERS.items():

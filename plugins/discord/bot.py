@@ -11,7 +11,7 @@ import re
 import discord
 
 from plugins.discord.commands import PersonaeTree, install, respond, sync
-from plugins.discord.context import is_text_file, read_attachments, thread_history, with_attachments
+from plugins.discord.context import is_text_file, read_attachments, reroll_history, thread_history, with_attachments
 from plugins.discord.controls import LiveReply, ReplyControls, controls
 from plugins.discord.identity import PLATFORM, user_key
 from plugins.discord.instructions import ChannelPrompts
@@ -106,7 +106,6 @@ class PersonaeBot(discord.Client):
         self._streams: set[StreamedReply] = set()
         self.live: dict[int, LiveReply] = {}  # first Discord message of a reply being written -> its stream
         self.channel_prompts = ChannelPrompts(self)
-        engine.pm.register(self.channel_prompts)
         self.tree = PersonaeTree(self)
         install(self)
 
@@ -129,8 +128,6 @@ class PersonaeBot(discord.Client):
     async def close(self) -> None:
         for stream in list(self._streams):
             stream.cancel()
-        if self.engine.pm.is_registered(self.channel_prompts):
-            self.engine.pm.unregister(self.channel_prompts)
         await super().close()
 
     # --- where the bot serves, and who is bound there ------------------------------------
@@ -262,10 +259,14 @@ class PersonaeBot(discord.Client):
             log.warning("could not answer message %s: %s", message.id, error)
 
     def turn(self, channel, user, text: str, character, platform_message_id=None, history=None):
-        """An engine Turn for a Discord channel and user ({{user}} is their display name)."""
+        """An engine Turn for a Discord channel and user ({{user}} is their display name), with the channel's
+        prompt addition and author's note."""
+        note, depth = self.channel_prompts.note(channel)
         return Turn(platform=PLATFORM, channel=str(channel.id), user_id=user_key(user), text=text,
                     user_name=getattr(user, "display_name", None) or str(user), character=character,
-                    platform_message_id=platform_message_id, sampling=self.config.sampling, history=history)
+                    platform_message_id=platform_message_id, sampling=self.config.sampling, history=history,
+                    prompt_addition=self.channel_prompts.addition(channel), authors_note=note,
+                    authors_note_depth=depth)
 
     async def answer(self, message: discord.Message, character, text: str) -> None:
         # A reply to an older message continues that thread: it joins the history (None: the log as usual).
@@ -279,7 +280,9 @@ class PersonaeBot(discord.Client):
         """Re-roll a character's latest reply in the interaction's channel, as a swipe (/regenerate, Re-roll)."""
         channel = interaction.channel
         await interaction.response.defer(ephemeral=True, thinking=True)
-        turn = self.turn(channel, interaction.user, "", character)
+        # The reply answered a thread (a Discord reply chain): the re-roll sees that same thread.
+        history = await reroll_history(self, channel, character, self.config.reply_chain_depth)
+        turn = self.turn(channel, interaction.user, "", character, history=history)
         told = []
 
         async def tell(text: str) -> None:

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 
 from plugins.discord.identity import PLATFORM, user_key
-from plugins.discord.instructions import MAX_PROMPT_CHARS
+from plugins.discord.instructions import MAX_NOTE_DEPTH, MAX_PROMPT_CHARS
 from plugins.discord.replies import NO_MENTIONS
 from runtime.audit import run_audit
 from runtime.audit.report import latest_report_files
@@ -233,6 +233,32 @@ def install(bot) -> None:
                                  ephemeral=not previous)
         bot.tables.set_channel_prompt(channel.id, text)
         await respond(interaction, f"Characters in {channel.mention} now also follow: {text}", ephemeral=False)
+
+    @character.command(name="note", description="Admin: an author's note for this channel, placed a few messages "
+                                                "from the end of every prompt (leave empty to clear)")
+    @app_commands.describe(text=f"Up to {MAX_PROMPT_CHARS} characters; {{{{char}}}} and {{{{user}}}} work",
+                           depth="How many messages from the end it goes (0: after the last; default 4)")
+    async def character_note(interaction: discord.Interaction, text: str | None = None,
+                             depth: app_commands.Range[int, 0, MAX_NOTE_DEPTH] = 4):
+        if interaction.guild is None:
+            return await respond(interaction, "Author's notes are for server channels.")
+        if not is_admin(bot, interaction, "manage_channels"):
+            return await respond(interaction, "Changing this channel's author's note needs the Manage Channels "
+                                              "permission (or a configured admin role or user).")
+        channel = interaction.channel
+        text = (text or "").strip()
+        if len(text) > MAX_PROMPT_CHARS:
+            return await respond(interaction, f"That author's note is {len(text)} characters long; the limit is "
+                                              f"{MAX_PROMPT_CHARS}. Please shorten it.")
+        if not text:
+            previous = bot.tables.clear_channel_note(channel.id)
+            return await respond(interaction, f"Cleared the author's note of {channel.mention} (it was: "
+                                              f"{previous['text']})." if previous
+                                 else f"{channel.mention} has no author's note of its own.",
+                                 ephemeral=not previous)
+        bot.tables.set_channel_note(channel.id, text, depth)
+        await respond(interaction, f"Characters in {channel.mention} now get this author's note {depth} messages "
+                                   f"from the end: {text}", ephemeral=False)
 
     @character.command(name="use", description="Choose the character you talk to in DMs")
     @app_commands.describe(name="The character's name")

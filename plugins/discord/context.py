@@ -142,7 +142,8 @@ async def reply_chain(bot, message: discord.Message, character, hops: int) -> li
     return chain[::-1]
 
 
-async def thread_history(bot, message: discord.Message, character, hops: int) -> list[dict] | None:
+async def thread_history(bot, message: discord.Message, character, hops: int,
+                         before: int | None = None) -> list[dict] | None:
     """The prompt history for a reply to an older message: the recent log, then the thread it continues.
 
     None when the message is not a reply, or replies to a message the recent log already holds (then
@@ -153,7 +154,7 @@ async def thread_history(bot, message: discord.Message, character, hops: int) ->
         return None
     store = bot.engine.store
     conversation = store.conversation_id(PLATFORM, str(message.channel.id), character.id)
-    recent = store.history(conversation, limit=bot.engine.settings.history_turns)
+    recent = store.history(conversation, limit=bot.engine.settings.history_turns, before_id=before)
     replied = bot.tables.logged_message(reference.message_id)
     if replied is not None and any(row["id"] == replied["id"] for row in recent):
         return None
@@ -164,3 +165,19 @@ async def thread_history(bot, message: discord.Message, character, hops: int) ->
     # The thread goes last, right before the reply to it; the channel's recent talk stays before it.
     return [{"role": row["role"], "content": row["text"]} for row in recent if row["id"] not in in_chain] + \
         [entry for _, entry in chain]
+
+
+async def reroll_history(bot, channel, character, hops: int) -> list[dict] | None:
+    """The history a re-roll of the channel's last reply sees: the thread its message continued, or None (the log)."""
+    store = bot.engine.store
+    conversation = store.conversation_id(PLATFORM, str(channel.id), character.id)
+    last = next((m for m in reversed(store.history(conversation, limit=2)) if m["role"] == "assistant"), None)
+    asked = store.message(last["reply_to"]) if last and last.get("reply_to") else None
+    pmid = (asked or {}).get("platform_message_id")
+    if hops <= 0 or not pmid or not pmid.isdigit():
+        return None
+    message = await find_message(bot, channel, int(pmid))
+    if message is None or message.reference is None:
+        return None
+    # The log as it was when the message was asked: its own row and the reply being re-rolled are not history.
+    return await thread_history(bot, message, character, hops, before=asked["id"])

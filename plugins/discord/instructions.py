@@ -1,18 +1,16 @@
-"""Per-channel prompt additions set by admins, added to every prompt there (a prompt_messages hook)."""
+"""Per-channel prompt additions and author's notes set by admins, in every prompt there (inside its budget)."""
 
 from __future__ import annotations
 
 import discord
 
-from plugins.discord.identity import PLATFORM
-from runtime.hookspecs import hookimpl
-
-# Kept short: the addition is added after the prompt was fitted to its token budget.
+# Kept short: it is part of every prompt in the channel, and the history gives way to it.
 MAX_PROMPT_CHARS = 1000
+MAX_NOTE_DEPTH = 100  # SillyTavern's author's note depth is a small count of messages from the end
 
 
 class ChannelPrompts:
-    """Registered on the engine's plugins while a bot runs; threads use their parent's addition."""
+    """The additions of a bot's channels; threads use their parent's addition."""
 
     def __init__(self, bot):
         self.bot = bot
@@ -22,13 +20,13 @@ class ChannelPrompts:
         parent = channel.parent_id if isinstance(channel, discord.Thread) else None
         return self.bot.tables.channel_prompt([channel.id, parent])
 
-    @hookimpl
-    def prompt_messages(self, character, messages, turn):
-        if turn.platform != PLATFORM or not messages or messages[0]["role"] != "system":
-            return
-        channel = self.bot.get_channel(int(turn.channel)) if turn.channel.isdigit() else None
-        row = self.for_channel(channel) if channel is not None else self.bot.tables.channel_prompt([turn.channel])
-        if row:
-            # With the character's own instructions, so every chat template accepts it.
-            addition = character.render(row["text"], turn.user_name).strip()
-            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{addition}"}
+    def addition(self, channel) -> str:
+        """The text a Turn in this channel carries as its prompt_addition (empty when none is set)."""
+        row = self.for_channel(channel) if channel is not None else None
+        return row["text"] if row else ""
+
+    def note(self, channel) -> tuple[str, int]:
+        """The channel's author's note and its depth (a thread uses its parent's); ("", 4) when none is set."""
+        parent = channel.parent_id if isinstance(channel, discord.Thread) else None
+        row = self.bot.tables.channel_note([channel.id, parent]) if channel is not None else None
+        return (row["text"], int(row["depth"])) if row else ("", 4)

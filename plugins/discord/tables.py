@@ -1,4 +1,4 @@
-"""The Discord plugin's own tables: cached webhooks, Discord message ids, one-time notices, channel prompts."""
+"""The Discord plugin's own tables: cached webhooks, Discord message ids, one-time notices, channel prompts and notes."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def m002_channel_prompts(db: sqlite_utils.Database) -> None:
 def m003_no_webhook_tokens(db: sqlite_utils.Database) -> None:
     """Webhook tokens are secrets: no longer stored (the bot finds them again through Discord's API)."""
     db.execute("update discord_webhooks set webhook_token = ''")
+
+
+@migrations(name="m004_channel_notes")
+def m004_channel_notes(db: sqlite_utils.Database) -> None:
+    """Per-channel author's notes (SillyTavern's chat-level Author's Note): text and depth."""
+    db["discord_channel_notes"].create({"channel_id": str, "text": str, "depth": int, "updated": str},
+                                       pk="channel_id")
 
 
 class DiscordTables:
@@ -109,6 +116,28 @@ class DiscordTables:
         previous = self.channel_prompt([channel_id])
         self.store.write(lambda: self.store.db.execute(
             "delete from discord_channel_prompts where channel_id = ?", [str(channel_id)]))
+        return previous
+
+    # --- per-channel author's notes ---
+    def channel_note(self, channel_ids) -> dict | None:
+        """The author's note of the first of these channels that has one (a thread, then its parent)."""
+        for channel_id in channel_ids:
+            if channel_id:
+                rows = self.store.query("select * from discord_channel_notes where channel_id = ?",
+                                        [str(channel_id)])
+                if rows:
+                    return rows[0]
+        return None
+
+    def set_channel_note(self, channel_id: int, text: str, depth: int) -> None:
+        self.store.write(lambda: self.store.db["discord_channel_notes"].upsert(
+            {"channel_id": str(channel_id), "text": text, "depth": depth, "updated": now()}, pk="channel_id"))
+
+    def clear_channel_note(self, channel_id: int) -> dict | None:
+        """Remove a channel's own author's note; return what it was."""
+        previous = self.channel_note([channel_id])
+        self.store.write(lambda: self.store.db.execute(
+            "delete from discord_channel_notes where channel_id = ?", [str(channel_id)]))
         return previous
 
     # --- notices told once ---

@@ -13,6 +13,7 @@ from plugins.http.errors import APIError
 from runtime.chat.engine import Turn
 from runtime.chat.streaming import StreamedReply
 from runtime.errors import Busy, NotFound, PersonaeError
+from runtime.generation import structured
 from runtime.refs import WeightsRef
 
 PLATFORM = "http"
@@ -113,15 +114,49 @@ def make_turn(engine, body, headers, character, version, regenerate: bool = Fals
     # The header is percent-encoded (header values are Latin-1 only; names need not be).
     user_name = (name or unquote(headers.get(USER_NAME_HEADER) or "") or "User").strip()[:64] or "User"
     sampling = body.sampling()
+    check_structure(engine, sampling)
     max_tokens = sampling["max_new_tokens"]
     room = engine.settings.context_tokens - 64
     if max_tokens is not None and max_tokens > room:
         name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         raise APIError(400, f"{name} {max_tokens} leaves no room for the prompt (context_tokens is "
                        f"{engine.settings.context_tokens}); ask for at most {room}", param=name)
+    note, depth = authors_note(body.messages)
     return Turn(platform=PLATFORM, channel=conversation or f"user:{user or 'anonymous'}",
                 user_id=f"http:{user or 'anonymous'}", text=text, user_name=user_name, character=character,
-                sampling=sampling, version=version, history=history, client_owns_chat=True)
+                sampling=sampling, version=version, history=history, client_owns_chat=True,
+                authors_note=note, authors_note_depth=depth)
+
+
+def authors_note(messages) -> tuple[str, int]:
+    """System messages inside the chat (SillyTavern's Author's Note, injected at a depth) and that depth.
+
+    A leading system prompt is the client's own persona prompt (the card is the prompt here); one that
+    comes after the chat began is an instruction at a depth, kept where the client put it.
+    """
+    chat_roles, note_roles = ("user", "assistant"), ("system", "developer")
+    began = next((i for i, m in enumerate(messages) if m.role in chat_roles), len(messages))
+    notes = [i for i in range(began + 1, len(messages))
+             if messages[i].role in note_roles and messages[i].text().strip()]
+    if not notes:
+        return "", 0
+    # Several in-chat system messages go in together, at the depth of the deepest.
+    depth = sum(m.role in chat_roles for m in messages[notes[0]:])
+    return "\n".join(messages[i].text().strip() for i in notes), depth
+
+
+def check_structure(engine, sampling: dict) -> None:
+    """logit_bias names tokens this model has; a response_format's vocabulary table is built before generating."""
+    if not (sampling["logit_bias"] or sampling["response_format"]):
+        return
+    tokenizer = engine.base.tokenizer
+    vocabulary = len(tokenizer)
+    unknown = sorted(t for t in sampling["logit_bias"] or {} if t >= vocabulary)
+    if unknown:
+        raise APIError(400, f"logit_bias names token {unknown[0]}, but this model's tokens are 0 to {vocabulary - 1}",
+                       param="logit_bias")
+    if sampling["response_format"] and engine.settings.backend == "local":  # vLLM constrains on its side
+        structured.warm(tokenizer)
 
 
 def start_replies(engine, turn, character, regenerate: bool, n: int):

@@ -6,6 +6,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from runtime.generation.structured import BadResponseFormat, check_schema, schema_of
+
 
 class ContentPart(BaseModel):
     """One part of a multi-part message (only text parts are read)."""
@@ -39,13 +41,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+LOGIT_BIAS_LIMIT = 1024  # OpenAI's own limit is 300; a few more cost nothing here
 SEED_LIMIT = 2**63  # the generator's torch.Generator takes 0 <= seed < 2**63
 
 # Fields real clients send that change nothing here when neutral: (field, is it neutral?, what to send instead).
 UNSUPPORTED = (
-    ("logit_bias", lambda v: not v, "logit_bias is not supported; send {} or leave it out"),
-    ("response_format", lambda v: not v or (isinstance(v, dict) and v.get("type") == "text"),
-     "response_format is not supported (replies are plain text); leave it out or send {\"type\": \"text\"}"),
     ("tools", lambda v: not v, "tools (function calling) are not supported; leave tools out"),
     ("tool_choice", lambda v: v in (None, "none"), "tool_choice is not supported; leave it out or send \"none\""),
     ("functions", lambda v: not v, "functions (function calling) are not supported; leave it out"),
@@ -82,6 +82,22 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = Field(default=None, max_length=256)
     repetition_penalty: float | None = Field(default=None, gt=0, le=3)  # a common extension
+    logit_bias: dict[str, float] | None = Field(default=None, description="token id -> bias in [-100, 100]")
+    response_format: dict | None = Field(default=None, description="text, json_object or json_schema")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value):
+        if not value:
+            return None
+        if len(value) > LOGIT_BIAS_LIMIT:
+            raise ValueError(f"at most {LOGIT_BIAS_LIMIT} logit_bias entries")
+        for token, bias in value.items():
+            if not token.isdigit():
+                raise ValueError(f"logit_bias keys are token ids (whole numbers as strings), not {token[:40]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias of token {token} is {bias}; biases go from -100 to 100")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -101,6 +117,10 @@ class ChatCompletionRequest(BaseModel):
             return "stream_options", "stream_options is only allowed when stream is true"
         if self.top_logprobs and not self.logprobs:
             return "top_logprobs", "top_logprobs needs logprobs: true"
+        try:
+            check_schema(schema_of(self.response_format))
+        except BadResponseFormat as error:
+            return "response_format", str(error)
         return None
 
     @property
@@ -121,6 +141,10 @@ class ChatCompletionRequest(BaseModel):
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
             "logprobs": (self.top_logprobs or 0) if self.logprobs else None,
+            "logit_bias": {int(token): bias for token, bias in self.logit_bias.items()} if self.logit_bias else None,
+            "response_format": self.response_format if schema_of(self.response_format) is not None else None,
+            # JSON is not prose: the degeneration guard's loop and word-list checks would cut it short.
+            **({"guard": False} if schema_of(self.response_format) is not None else {}),
         }
 
 

@@ -45,8 +45,12 @@ def completion_body(request: Request, model: str) -> dict:
         "temperature": s.temperature, "top_p": s.top_p, "repetition_penalty": s.repetition_penalty,
         "stop": list(s.stop), "min_tokens": s.min_new_tokens, "skip_special_tokens": True,
     }
-    if s.seed:  # 0 means "random each run", as locally
+    if s.seed is not None:  # None means "random each reply", as locally
         body["seed"] = s.seed
+    if s.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias.items()}
+    if s.response_format:  # vLLM's completions take OpenAI's response_format and constrain the output themselves
+        body["response_format"] = s.response_format
     # Settings newer SamplingSettings carry, where vLLM has the same knob (repeat_last_n and the local
     # degeneration guard have none: vLLM's repetition penalty looks at the whole prompt and reply; logprobs
     # are not carried back yet).

@@ -5,8 +5,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import httpx
 from runtime.errors import PersonaeError
 
 log = logging.getLogger("personae.vllm")
+TETHER = Path(__file__).with_name("tether.py")
 
 
 class VllmStartError(PersonaeError):
@@ -63,13 +66,14 @@ class ManagedServer:
         with open(self.log_path, "ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
             out.flush()
-            try:
-                self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
-            except OSError as error:
-                raise VllmStartError(f"cannot start vLLM with {self.argv[0]!r} ({error.strerror}); set "
+            if shutil.which(self.argv[0]) is None:
+                raise VllmStartError(f"cannot start vLLM with {self.argv[0]!r} (no such program); set "
                                      "[plugins.vllm] command, e.g. '.venv-vllm/bin/python -m "
-                                     "vllm.entrypoints.openai.api_server' after `make vllm`") from None
+                                     "vllm.entrypoints.openai.api_server' after `make vllm`")
+            # The tether ends the server if this process dies without stopping it (SIGKILL, OOM killer).
+            tethered = [sys.executable, str(TETHER), str(os.getpid()), "--", *self.argv]
+            self.process = subprocess.Popen(tethered, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
         atexit.register(self.stop)
         log.info("starting vLLM on %s (log: %s)", self.url, self.log_path)
         deadline = time.monotonic() + timeout

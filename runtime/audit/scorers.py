@@ -1,4 +1,4 @@
-"""Built-in audit scorers: base-model leakage, the card's rules, closeness of voice, a judge.
+"""Built-in audit scorers: base-model leakage, the card's rules, closeness of voice, facts against the card, a judge.
 
 A scorer is `scorer(reply, probe, context) -> dict` with at least `penalty` ("none", "minor" or
 "major") and `reasons` (list of text); it may add numbers of its own. Scorers come from the
@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from runtime.audit import style, voice_model
+from runtime.audit.facts import CardFacts
 from runtime.audit.embeddings import EmbeddingsUnavailable, available, embed
 from runtime.audit.probes import character_traits
 
@@ -442,6 +443,19 @@ def _voice_reasons(values: dict, evidence: dict, tells: list[str]) -> list[str]:
     return reasons
 
 
+def facts(reply, probe, context: ScoringContext) -> dict:
+    """Names, counts of years and likings in the reply that clash with the card's (a minor slip)."""
+    text, _ = as_text(reply)
+    if not text.strip():
+        return _result()
+    cache = context._style_cache
+    if "facts" not in cache:
+        cache["facts"] = CardFacts(context.fact_texts() + context.voice_texts())
+    question = " ".join(probe.turns[-1:]) if probe is not None else ""
+    clashes = cache["facts"].clashes(text, question)
+    return _result(MINOR if clashes else NONE, [f"against the card: {c}" for c in clashes])
+
+
 def judge(reply, probe, context: ScoringContext) -> dict:
     """An optional judge model on any OpenAI-compatible endpoint ([audit] judge_url, judge_model)."""
     url = (context.config.get("judge_url") or "").rstrip("/")
@@ -485,7 +499,7 @@ def _traits(character, probe) -> list[str]:
     return list(getattr(probe, "traits", None) or character_traits(character)) or ["(none listed)"]
 
 
-BUILTIN_SCORERS = {"leakage": leakage, "rules": rules, "voice": voice, "judge": judge}
+BUILTIN_SCORERS = {"leakage": leakage, "rules": rules, "voice": voice, "facts": facts, "judge": judge}
 
 
 def collect_scorers(pm=None) -> dict:

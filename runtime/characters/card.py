@@ -74,28 +74,6 @@ class LoreEntry:
     name: str = ""
     extensions: dict = field(default_factory=dict)
 
-    def matches(self, text: str) -> bool:
-        """True if the entry fires for the text (constant entries always do)."""
-        if not self.enabled:
-            return False
-        if self.constant:
-            return True
-        if not _any_key(self.keys, text, self.case_sensitive):
-            return False
-        if self.selective and self.secondary_keys:
-            return _any_key(self.secondary_keys, text, self.case_sensitive)
-        return True
-
-
-def _any_key(keys: list[str], text: str, case_sensitive: bool) -> bool:
-    """Whole-word match of any key, so 'sea' does not fire on 'research'."""
-    flags = 0 if case_sensitive else re.IGNORECASE
-    for key in keys:
-        key = key.strip()
-        if key and re.search(rf"(?<!\w){re.escape(key)}(?!\w)", text, flags):
-            return True
-    return False
-
 
 @dataclass
 class Character:
@@ -206,19 +184,6 @@ class Character:
         """The lorebook's entries as LoreEntry objects."""
         book = self.character_book or {}
         return [_lore_entry(e) for e in book.get("entries") or [] if isinstance(e, dict)]
-
-    def triggered_lore(self, texts: list[str]) -> list[LoreEntry]:
-        """Entries fired by the recent texts (oldest first), highest priority first."""
-        if isinstance(texts, str):
-            texts = [texts]  # one text, not a list of characters
-        book = self.character_book or {}
-        depth = book.get("scan_depth")
-        if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 0:
-            texts = texts[-depth:] if depth else []
-        scanned = "\n".join(texts)
-        fired = [e for e in self.lore_entries() if e.matches(scanned)]
-        # Highest priority first so a prompt budget can cut from the end; then the card's order.
-        return sorted(fired, key=lambda e: (-e.priority, e.insertion_order))
 
     def generation_settings(self) -> dict:
         """Sampling settings from extensions.personae.generation: GENERATION_KEYS only, stop as a list."""

@@ -27,7 +27,10 @@ MAX_RECURSION_STEPS = 3
 DECORATORS = {
     "activate", "dont_activate", "depth", "role", "scan_depth", "position", "additional_keys",
     "exclude_keys", "activate_only_after", "activate_only_every", "ignore_on_max_context",
+    "keep_activate_after_match", "dont_activate_after_match", "reverse_depth",
 }
+FOREVER = 10 ** 9  # a sticky or cooldown that never ends (@@keep_activate_after_match, @@dont_activate_after_match)
+GROUP_WEIGHT = 100  # SillyTavern's default weight of an entry in its inclusion group
 # V3 @@position values -> SillyTavern positions.
 V3_POSITIONS = {"before_desc": BEFORE, "after_desc": AFTER, "before_example": EM_TOP, "after_example": EM_BOTTOM,
                 "personality": AFTER, "scenario": AFTER}
@@ -65,6 +68,15 @@ class Entry:
     only_every: int = 0
     name: str = ""
     unsupported: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # inclusion groups: one entry of a group fires at a time
+    group_override: bool = False  # in its group, wins over the others (highest insertion_order first)
+    group_weight: int = GROUP_WEIGHT
+    group_scoring: bool = False  # in its group, only the entries matching the most keys take part
+    sticky: int = 0  # stays active this many messages after it fired
+    cooldown: int = 0  # cannot fire again for this many messages after it fired (after its sticky ends)
+    delay: int = 0  # cannot fire before the chat has this many messages
+    outlet: str = ""  # position 7: where {{outlet::NAME}} stands in the card
+    reverse_depth: int | None = None  # @@reverse_depth N: N messages from the chat's start (depth = length - N)
 
 
 @dataclass
@@ -141,9 +153,14 @@ def entry_from(raw: dict, index: int = 0) -> Entry:
         delay_until_recursion=bool(ext.get("delay_until_recursion")), ignore_budget=bool(ext.get("ignore_budget")),
         name=raw.get("name") or raw.get("comment") or "", unsupported=ignored,
     )
+    if isinstance(ext.get("group"), str):
+        entry.groups = [g.strip() for g in ext["group"].split(",") if g.strip()]
+    entry.group_override, entry.group_scoring = bool(ext.get("group_override")), bool(ext.get("use_group_scoring"))
+    entry.group_weight = max(_int(ext.get("group_weight"), GROUP_WEIGHT), 0)
+    entry.sticky, entry.cooldown, entry.delay = (max(_int(ext.get(k)), 0) for k in ("sticky", "cooldown", "delay"))
+    entry.outlet = ext.get("outlet_name").strip() if isinstance(ext.get("outlet_name"), str) else ""
     # SillyTavern features set on the entry that Personae does not run: say so rather than act silently.
-    for key, label in (("group", "inclusion group"), ("sticky", "sticky"), ("cooldown", "cooldown"),
-                       ("delay", "delay"), ("triggers", "generation triggers"), ("vectorized", "vectorized")):
+    for key, label in (("triggers", "generation triggers"), ("vectorized", "vectorized")):
         if ext.get(key):
             entry.unsupported.append(f"SillyTavern {label} ({key})")
     if isinstance(ext.get("st_characterFilter"), dict) and (ext["st_characterFilter"].get("names")
@@ -165,6 +182,8 @@ def _apply_decorators(entry: Entry, decorators: dict[str, str]) -> None:
         entry.force = False
     if decorators.get("depth", "").strip().isdigit():
         entry.position, entry.depth = AT_DEPTH, int(decorators["depth"])
+    if decorators.get("reverse_depth", "").strip().isdigit():
+        entry.position, entry.reverse_depth = AT_DEPTH, int(decorators["reverse_depth"])
     if decorators.get("role", "").strip().lower() in ROLES:
         entry.role = decorators["role"].strip().lower()
     if decorators.get("scan_depth", "").strip().isdigit():
@@ -182,6 +201,10 @@ def _apply_decorators(entry: Entry, decorators: dict[str, str]) -> None:
     for name, attribute in (("activate_only_after", "only_after"), ("activate_only_every", "only_every")):
         if decorators.get(name, "").strip().isdigit():
             setattr(entry, attribute, int(decorators[name]))
+    if "keep_activate_after_match" in decorators:
+        entry.sticky = FOREVER
+    if "dont_activate_after_match" in decorators:
+        entry.cooldown = FOREVER
     if "ignore_on_max_context" in decorators:
         entry.priority = min(entry.priority, -(10 ** 6))  # first to go when the prompt is full
 
@@ -199,8 +222,8 @@ def unsupported(book: dict | None) -> list[str]:
         label = entry.name or (entry.keys[:1] or [f"#{entry.index}"])[0]
         for name in entry.unsupported:
             found.append(f"lore entry {label!r}: {name} is not supported and is ignored")
-        if entry.position == OUTLET:
-            found.append(f"lore entry {label!r}: position 'outlet' is not supported; the entry is never inserted")
+        if entry.position == OUTLET and not entry.outlet:
+            found.append(f"lore entry {label!r}: position 'outlet' without an outlet name; the entry is never inserted")
     return found
 
 
@@ -281,6 +304,8 @@ class ScanSettings:
     whole_words: bool = True
     assistant_turns: int = 0  # replies so far, for @@activate_only_after / _every
     seed: int | None = None
+    # Chat lengths (messages) at which earlier prompts were built, for sticky / cooldown; None: every length.
+    prompt_points: list[int] | None = None
 
 
 def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = None,
@@ -288,7 +313,8 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
     """The entries that fire for the recent texts (oldest first), admitted within the token budget.
 
     Returned in admission order: highest priority, then highest insertion_order first, which is the
-    order a short prompt keeps them in.
+    order a short prompt keeps them in. Sticky / cooldown / delay (SillyTavern's timed effects) are
+    worked out from the chat itself, and one entry per inclusion group fires.
     """
     settings = settings or ScanSettings()
     book = book or {}
@@ -299,8 +325,10 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
     recursive = settings.recursive if not isinstance(recursive, bool) else recursive
     rng = random.Random(settings.seed)
     options = {"case_sensitive": settings.case_sensitive, "whole_words": settings.whole_words}
-    candidates = sorted((e for e in entries(book) if e.enabled and e.position != OUTLET),
+    candidates = sorted((e for e in entries(book) if e.enabled and (e.position != OUTLET or e.outlet)),
                         key=lambda e: (-e.priority, -e.insertion_order, e.index))
+    timed = {e.index: timed_state(e, texts, depth, settings, render, options) for e in candidates
+             if e.sticky or e.cooldown or e.delay}
     admitted: list[Entry] = []
     failed: set[int] = set()
     used, recursion_text, step = 0, "", 0
@@ -309,12 +337,16 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
         for entry in candidates:
             if entry.index in failed or any(entry is a for a in admitted):
                 continue
-            if step and entry.exclude_recursion or not step and entry.delay_until_recursion:
+            sticky, blocked = timed.get(entry.index, (False, False))
+            if blocked:
+                continue
+            if not sticky and (step and entry.exclude_recursion or not step and entry.delay_until_recursion):
                 continue
             if not _timing_allows(entry, settings.assistant_turns):
                 continue
-            if _fires(entry, texts, depth, recursion_text if step else "", render, options):
+            if sticky or _fires(entry, texts, depth, recursion_text if step else "", render, options):
                 fired.append(entry)
+        fired = _one_per_group(fired, admitted, timed, texts, depth, recursion_text, render, options, rng)
         added = []
         for entry in fired:
             if entry.probability < 100 and rng.random() * 100 >= entry.probability:
@@ -331,6 +363,89 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
         if not (recursive and new_text and step <= settings.max_recursion_steps):
             return admitted
         recursion_text += "\n" + new_text
+
+
+def timed_state(entry: Entry, texts: list[str], depth: int, settings: ScanSettings, render,
+                options) -> tuple[bool, bool]:
+    """(sticky now, blocked now) of an entry with sticky / cooldown / delay, replayed over the chat.
+
+    SillyTavern keeps these effects in the chat's metadata; Personae works them out from the chat
+    itself: at each earlier prompt (a chat length) the entry fired if its keys matched then and no
+    effect held it back, which starts its sticky and cooldown spans (counted in messages, as SillyTavern
+    does). Earlier probability rolls, group draws and budgets are not replayed.
+    """
+    now = len(texts)
+    points = sorted({n for n in (settings.prompt_points or range(1, now)) if 0 < n < now}) + [now]
+    sticky = cooldown = None  # (start, end, protected)
+    for n in points:
+        if sticky and (n <= sticky[0] or n >= sticky[1]):
+            if n >= sticky[1] and entry.cooldown:  # a cooldown starts when a sticky span ends
+                cooldown = (n, n + entry.cooldown, True)
+            sticky = None
+        if cooldown and ((n <= cooldown[0] and not cooldown[2]) or n >= cooldown[1]):
+            cooldown = None
+        blocked = n < entry.delay or (cooldown is not None and sticky is None)
+        if n == now:
+            return sticky is not None, blocked
+        if sticky is not None or (not blocked and _fires(entry, texts[:n], depth, "", render, options)):
+            sticky = sticky or ((n, n + entry.sticky, False) if entry.sticky else None)
+            cooldown = cooldown or ((n, n + entry.cooldown, False) if entry.cooldown else None)
+    return False, False
+
+
+def _one_per_group(fired, admitted, timed, texts, depth, recursion_text, render, options, rng) -> list[Entry]:
+    """SillyTavern's inclusion groups: of the entries of one group that fired, one goes in.
+
+    A sticky member keeps its place; a group that already has an entry in the prompt takes no more;
+    with group scoring only the members matching the most keys stay; then the group_override member
+    with the highest insertion_order wins, else one is drawn by group_weight.
+    """
+    groups: dict[str, list[Entry]] = {}
+    for entry in fired:
+        for name in entry.groups:
+            groups.setdefault(name, []).append(entry)
+    dropped: set[int] = set()
+    for name, members in groups.items():
+        members = [e for e in members if e.index not in dropped]
+        sticky = [e for e in members if timed.get(e.index, (False, False))[0]]
+        if sticky:
+            dropped.update(e.index for e in members if e not in sticky)
+            continue
+        if any(name in e.groups for e in admitted):
+            dropped.update(e.index for e in members)
+            continue
+        if any(e.group_scoring for e in members):
+            text = "\n".join(texts[-depth:] if depth else []) + recursion_text
+            scores = {e.index: _score(e, text, render, options) for e in members}
+            best = max(scores.values())
+            losers = [e for e in members if e.group_scoring and scores[e.index] < best]
+            dropped.update(e.index for e in losers)
+            members = [e for e in members if e not in losers]
+        if len(members) <= 1:
+            continue
+        preferred = sorted((e for e in members if e.group_override), key=lambda e: -e.insertion_order)
+        if preferred:
+            winner = preferred[0]
+        else:
+            roll, winner = rng.random() * sum(e.group_weight for e in members), members[-1]
+            for entry in members:
+                roll -= entry.group_weight
+                if roll <= 0:
+                    winner = entry
+                    break
+        dropped.update(e.index for e in members if e is not winner)
+    return [e for e in fired if e.index not in dropped]
+
+
+def _score(entry: Entry, text: str, render, options) -> int:
+    """How many of an entry's keys match (SillyTavern's group score: primary, plus secondary for AND ANY/ALL)."""
+    probe = Entry(**{**entry.__dict__, "keys": [render(k) for k in entry.keys]})
+    primary = sum(key_matches(k, text, probe, **options) for k in probe.keys)
+    secondary = sum(key_matches(render(k), text, probe, **options) for k in entry.secondary_keys)
+    if entry.selective and entry.secondary_keys:
+        if entry.logic == AND_ANY or (entry.logic == AND_ALL and secondary == len(entry.secondary_keys)):
+            return primary + secondary
+    return primary
 
 
 def _timing_allows(entry: Entry, assistant_turns: int) -> bool:
@@ -352,13 +467,29 @@ def _fires(entry: Entry, texts: list[str], depth: int, recursion_text: str, rend
                  "secondary_keys": [render(k) for k in entry.secondary_keys]}), text, **options)
 
 
-def injections(fired: list[Entry], render=lambda s: s) -> list[Injection]:
-    """Fired entries as prompt injections, ranked in admission order (the first is dropped last)."""
+def outlets(fired: list[Entry], render=lambda s: s) -> dict[str, str]:
+    """The text of each outlet ({{outlet::NAME}} in the card): its fired entries, by insertion_order."""
+    found: dict[str, list[Entry]] = {}
+    for entry in fired:
+        if entry.position == OUTLET and entry.outlet:
+            found.setdefault(entry.outlet, []).append(entry)
+    return {name: "\n".join(render(e.content).strip() for e in sorted(group, key=lambda e: e.insertion_order))
+            for name, group in found.items()}
+
+
+def injections(fired: list[Entry], render=lambda s: s, chat_length: int = 0) -> list[Injection]:
+    """Fired entries as prompt injections, ranked in admission order (the first is dropped last); outlets aside.
+
+    `chat_length` (messages) turns a V3 @@reverse_depth into a depth: the spec's `@@depth length - N`.
+    """
     out = []
     for rank, entry in enumerate(fired):
+        if entry.position == OUTLET:
+            continue
+        depth = entry.depth if entry.reverse_depth is None else max(chat_length - entry.reverse_depth, 0)
         content = render(entry.content).strip()
         if content:
-            out.append(Injection(content, entry.position, entry.depth, entry.role, entry.insertion_order, rank))
+            out.append(Injection(content, entry.position, depth, entry.role, entry.insertion_order, rank))
     return out
 
 

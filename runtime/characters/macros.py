@@ -15,8 +15,9 @@ Supported (names are case-insensitive, as in SillyTavern):
   {{original}}            the frontend's own text the field replaces (the default instruction in system_prompt)
   {{newline}}             a line break
   {{trim}}                removed, together with the line breaks around it
+  {{outlet::NAME}}        the lorebook entries placed in that outlet (position 7) that fired; empty if none
   {{// comment}} {{noop}} {{banned "word"}}   removed
-Anything else in braces ({{getvar::x}}, {{outlet::x}}, ...) is left as written.
+Anything else in braces ({{getvar::x}}, ...) is left as written.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class MacroContext:
     history: list[dict] = field(default_factory=list)
     seed: int | None = None
     rng: random.Random = field(default=None, repr=False)
+    outlets: dict[str, str] = field(default_factory=dict)  # lorebook outlet name -> its fired entries' text
 
     def __post_init__(self):
         if self.rng is None:
@@ -58,6 +60,7 @@ _RANDOM = re.compile(r"\{\{(random|pick)\s?::?([^}]*)\}\}", re.IGNORECASE)
 _ROLL = re.compile(r"\{\{roll[\s:]([^}]+)\}\}", re.IGNORECASE)
 _DICE = re.compile(r"^\s*(\d*)\s*d\s*(\d+)\s*(?:([+-])\s*(\d+))?\s*$", re.IGNORECASE)
 _UTC = re.compile(r"\{\{time_UTC([+-]\d{1,2})\}\}", re.IGNORECASE)
+_OUTLET = re.compile(r"\{\{outlet::([^}]*)\}\}", re.IGNORECASE)
 _NAMED = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}|<(BOT|USER)>")
 
 
@@ -67,6 +70,7 @@ def expand(text: str, context: MacroContext) -> str:
         return text or ""
     text = _COMMENT.sub("", text)
     text = _BLANK.sub("", text)
+    text = _OUTLET.sub(lambda m: context.outlets.get(m.group(1).strip(), ""), text)
     text = _RANDOM.sub(lambda m: _choose(m, context, text), text)
     text = _ROLL.sub(lambda m: _roll(m.group(1), context.rng), text)
     now = context.now or datetime.now().astimezone()

@@ -31,6 +31,8 @@ class PromptParts:
     post_history: str = ""
     card_head: int = 0  # where the card's instruction ends: lore placed before the character goes there
     authors_note: str = ""
+    authors_note_depth: int = AUTHORS_NOTE_DEPTH
+    addition: str = ""  # a platform's addition to the instructions (a channel's prompt): last in the system prompt
 
     def messages(self) -> list[dict]:
         """The chat messages these parts make.
@@ -52,6 +54,8 @@ class PromptParts:
             system = system[:head] + "\n\n" + "\n".join(placed[BEFORE]) + system[head:]
         if self.post_history:
             system += "\n\n" + self.post_history
+        if self.addition:
+            system += "\n\n" + self.addition
         messages = [{"role": "system", "content": system}]
         if placed[EM_TOP]:
             messages.append({"role": "system", "content": "\n".join(placed[EM_TOP])})
@@ -65,7 +69,7 @@ class PromptParts:
         note = "\n".join(placed[AN_TOP] + [self.authors_note.strip()] * bool(self.authors_note.strip())
                          + placed[AN_BOTTOM])
         if note:
-            in_chat.append(Injection(note, AT_DEPTH, AUTHORS_NOTE_DEPTH, "system"))
+            in_chat.append(Injection(note, AT_DEPTH, self.authors_note_depth, "system"))
         return messages + _at_depth(self.history, in_chat)
 
 
@@ -107,7 +111,7 @@ def _safe_messages(tokenizer, parts: PromptParts) -> list[dict]:
                      if not (isinstance(i, Injection) and i.position == BEFORE)]
             tail = "\n\n".join(t for t in ("\n".join(extra), parts.authors_note.strip(), parts.post_history) if t)
             folded = PromptParts(parts.card + ("\n\n" + tail if tail else ""), kept, parts.examples,
-                                 parts.history, card_head=parts.card_head)
+                                 parts.history, card_head=parts.card_head, addition=parts.addition)
             return folded.messages()
     return messages
 
@@ -180,13 +184,16 @@ def _trim_history(tokenizer, parts: PromptParts, budget: int) -> None:
 def build_messages(character, history: list[dict], tokenizer, budget: int, user: str = "User", *,
                    group: list[str] | None = None, authors_note: str = "", seed: int | None = None,
                    now: datetime | None = None, idle_since: datetime | None = None,
-                   recursive_lore: bool = False) -> list[dict]:
+                   recursive_lore: bool = False, authors_note_depth: int = AUTHORS_NOTE_DEPTH,
+                   addition: str = "") -> list[dict]:
     """Chat messages for the next reply: never over `budget` tokens.
 
     `history` holds role/content dicts, oldest first, ending with the user's new message. When the
     budget is short, the oldest history goes first, then example dialogues, then lorebook entries,
     and only then is the card itself shortened. `group` names every character in a group channel;
-    `seed` makes {{random}}/{{roll}} and lore probabilities reproducible.
+    `seed` makes {{random}}/{{roll}} and lore probabilities reproducible. `authors_note` goes in as a
+    system message `authors_note_depth` messages from the end (SillyTavern's Author's Note); `addition`
+    (a channel's prompt) joins the character's instructions and counts against the budget like the card.
     """
     if budget < 16:
         raise PromptTooSmall(f"a prompt budget of {budget} tokens is too small; raise context_tokens")
@@ -198,11 +205,14 @@ def build_messages(character, history: list[dict], tokenizer, budget: int, user:
     context = macros.MacroContext(group=list(group or []), now=now, idle_since=idle_since, history=history,
                                   seed=seed)
     with macros.active(context):
-        parts = _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore)
+        parts = _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore, context)
+        parts.authors_note_depth = max(0, int(authors_note_depth))
+        parts.addition = character.render(addition, user).strip() if addition.strip() else ""
         return _fit(parts, tokenizer, budget)
 
 
-def _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore) -> PromptParts:
+def _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore,
+           context: macros.MacroContext) -> PromptParts:
     """Every piece of the prompt, before any is given up."""
     def render(text):
         return character.render(text, user)
@@ -213,9 +223,11 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
     # The card's own scan_depth and token_budget override these.
     settings = lorebook.ScanSettings(
         scan_depth=LORE_SCAN_MESSAGES, token_budget=max(int(budget * LORE_BUDGET_SHARE), 1),
-        recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history))
+        recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history),
+        prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"])
     fired = lorebook.scan(character.character_book, [m["content"] for m in history], settings, render, tokens)
-    lore = lorebook.injections(fired, render)
+    lore = lorebook.injections(fired, render, chat_length=len(history))
+    context.outlets.update(lorebook.outlets(fired, render))  # before the card is rendered: {{outlet::x}} is in it
     note = lorebook.depth_prompt(character.extensions, render)
     return PromptParts(
         card=character.system_text(user),

@@ -38,6 +38,9 @@ class Turn:
     version: int | str | None = None  # pin a weights version (3 or "base"), else the active one
     history: list[dict] | None = None  # role/content messages the client sent (OpenAI API); else the logged ones
     client_owns_chat: bool = False  # the client keeps the chat (OpenAI API): re-sending the same messages re-rolls
+    authors_note: str = ""  # SillyTavern's author's note: a system message `authors_note_depth` messages from the end
+    authors_note_depth: int = 4
+    prompt_addition: str = ""  # added to the character's instructions (a channel's prompt), inside the token budget
 
 
 @dataclass
@@ -298,6 +301,9 @@ class Engine:
         cut = history.index(last_reply)
         user_message = self.store.message(last_reply["reply_to"])
         earlier = [m for m in history[:cut] if _meta(m).get("finish_reason") != "degenerate"]
+        if turn.history is not None:
+            # The platform knows the thread the reply answered (a Discord reply chain): re-roll within it.
+            earlier = [{"role": m["role"], "text": m["content"]} for m in turn.history] + [user_message]
         return self._start(turn, character, earlier, user_message, last_reply["id"], n)
 
     def _start(self, turn, character, history, user_message, swipe_of=None, n: int = 1) -> list[Reply]:
@@ -314,6 +320,9 @@ class Engine:
             user=turn.user_name,
             group=self.group_names(turn, character),
             idle_since=_idle_since(history),
+            authors_note=turn.authors_note,
+            authors_note_depth=turn.authors_note_depth,
+            addition=turn.prompt_addition,
         )
         self.pm.hook.prompt_messages(character=character, messages=messages, turn=turn)
         input_ids = list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -324,7 +333,8 @@ class Engine:
         try:
             for index in range(n):
                 # Submitted back to back, so the generator prefills and decodes them as one batch.
-                choice = replace(sampling, seed=(sampling.seed + index) % 2**63) if index and sampling.seed else sampling
+                seeded = index and sampling.seed is not None
+                choice = replace(sampling, seed=(sampling.seed + index) % 2**63) if seeded else sampling
                 weights = self.weights_for(character, turn.version)
                 try:
                     stream = self.generator.submit(Request(input_ids, choice, weights.adapter, earlier=earlier))

@@ -58,6 +58,6 @@ def ready_to_resample(stream: ReplyStream, reason: str) -> bool:
     if not sampling.resample or stream.resampled or not stream.retract():
         return False
     stream.resampled = reason
-    seed = (sampling.seed * 1_000_003 + 1) % 2**63 if sampling.seed else 0  # seeded stays reproducible
+    seed = None if sampling.seed is None else (sampling.seed * 1_000_003 + 1) % 2**63  # seeded stays reproducible
     stream.request = replace(stream.request, sampling=replace(sampling, seed=seed))
     return True

@@ -1,6 +1,7 @@
 """How one row picks its next token: penalties, truncation and temperature (llama.cpp's order), its own RNG.
 
-Order: a repetition penalty over only the last `repeat_last_n` tokens (llama.cpp's window, so the card
+Order: OpenAI's logit_bias and response_format's JSON mask first (they say which tokens may come at all),
+a repetition penalty over only the last `repeat_last_n` tokens (llama.cpp's window, so the card
 and the example dialogues are not penalised), OpenAI frequency/presence penalties over the reply's own
 tokens, the DRY sequence penalty (when `dry_multiplier` > 0; transformers has no DRY processor), then top_k, top_p and min_p (transformers' warpers) and temperature last, so min_p's threshold
 is relative to the model's own distribution. The raw probability of each chosen token (softmax at
@@ -9,6 +10,7 @@ temperature 1, before any processor) is kept for the degeneration guard.
 
 from __future__ import annotations
 
+from runtime.generation.structured import BadResponseFormat, JsonLogitsProcessor, schema_of
 from runtime.generation.types import SamplingSettings, TokenLogprob
 
 
@@ -100,8 +102,25 @@ def dry_breakers(tokenizer) -> frozenset:
     return _breakers[key]
 
 
+class LogitBias:
+    """OpenAI's logit_bias: {token id: bias in [-100, 100]} added to the logits (-100 bans a token, 100 forces it)."""
+
+    def __init__(self, bias: dict[int, float]):
+        self.bias = {int(token): float(value) for token, value in bias.items()}
+        self.vector = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.vector is None or self.vector.shape[-1] != scores.shape[-1]:
+            self.vector = torch.zeros(scores.shape[-1], dtype=scores.dtype, device=scores.device)
+            tokens = [t for t in self.bias if 0 <= t < scores.shape[-1]]
+            self.vector[tokens] = torch.tensor([self.bias[t] for t in tokens], dtype=scores.dtype)
+        return scores + self.vector
+
+
 def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[int], tokenizer=None):
-    """The LogitsProcessorList of one row whose first `prompt_length` ids are the prompt."""
+    """The LogitsProcessorList of one row whose first `prompt_length` ids are the prompt (`tokenizer`: for JSON and DRY)."""
     from transformers import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
@@ -112,6 +131,13 @@ def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[in
     )
 
     processors = LogitsProcessorList()
+    if sampling.logit_bias:
+        processors.append(LogitBias(sampling.logit_bias))
+    schema = schema_of(sampling.response_format)
+    if schema is not None:
+        if tokenizer is None:
+            raise BadResponseFormat("response_format needs the generator's tokenizer; this sampler has none")
+        processors.append(JsonLogitsProcessor(schema, tokenizer, prompt_length))
     if sampling.min_new_tokens and eos:
         processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, int(sampling.min_new_tokens), sorted(eos)))
     if sampling.repetition_penalty and sampling.repetition_penalty != 1.0 and sampling.repeat_last_n:
@@ -148,7 +174,7 @@ class RowSampler:
         self.last_probability = 1.0  # the model's own probability of the last chosen token
         if not self.greedy:
             self.rng = torch.Generator()
-            if sampling.seed:
+            if sampling.seed is not None:  # 0 included: OpenAI clients send seed 0 meaning that seed
                 self.rng.manual_seed(int(sampling.seed))
             else:
                 self.rng.seed()

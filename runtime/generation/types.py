@@ -47,11 +47,13 @@ class SamplingSettings:
     dry_last_n: int = -1  # -1: the whole prompt too, so saying an earlier reply again is penalised
     max_new_tokens: int = 160
     stop: list[str] = field(default_factory=list)
-    seed: int = 0
+    seed: int | None = None  # None (or a negative config value): random each reply; 0 is a seed like any other
     min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens (benchmarks, fixed lengths)
     guard: bool = True  # stop a sampled reply that degenerates (loops, word lists, gibberish) and mark it
     resample: bool = True  # ... but first re-sample it once, if no consumer has taken any of its text yet
     logprobs: int | None = None  # record each token's logprob and this many alternatives; None = don't
+    logit_bias: dict[int, float] | None = None  # OpenAI's: token id -> bias in [-100, 100] added to its logit
+    response_format: dict | None = None  # OpenAI's: {"type": "json_object"} / json_schema constrain the reply
 
     @classmethod
     def from_sources(cls, settings, character=None, **overrides) -> "SamplingSettings":
@@ -64,6 +66,8 @@ class SamplingSettings:
         values.update({k: v for k, v in overrides.items() if v is not None and k in known})
         if isinstance(values["stop"], str):
             values["stop"] = [values["stop"]]
+        if values["seed"] is not None and int(values["seed"]) < 0:
+            values["seed"] = None  # the config's -1: random each reply
         return cls(**values)
 
 

@@ -1,0 +1,61 @@
+"""The facts scorer: names, counts of years and likings that clash with the card (tuning characters' cards only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.audit.facts import CardFacts
+from runtime.audit.probes import Probe
+from runtime.audit.scorers import BUILTIN_SCORERS, ScoringContext, facts
+from runtime.audit.verdicts import score_reply
+from runtime.characters import load_card
+
+CARDS = Path(__file__).parent / "fixtures" / "audit_generalisation" / "cards"
+
+
+def card_facts(character_id: str) -> CardFacts:
+    context = ScoringContext(load_card(CARDS / f"{character_id}.json"))
+    return CardFacts(context.fact_texts() + context.voice_texts())
+
+
+@pytest.mark.parametrize("character_id, prompt, reply, clash", [
+    ("sir-aldric", "What's your horse called?", "My horse is named Thunder, a black steed.", "'Thunder' where the card says 'Marrow'"),
+    ("tilly", "How old are you?", "I'm twelve! I go to big school now.", "'twelve' where the card says 'seven'"),
+    ("ambrose", "Do you enjoy your work?", "I have served the Pembertons for six months, madam.", "'six' where the card says 'forty-one'"),
+    ("tilly", "Do you like broccoli?", "I love broccoli! It's the best!", "likes 'broccoli'"),
+])
+def test_a_fact_against_the_card_is_named(character_id, prompt, reply, clash):
+    found = card_facts(character_id).clashes(reply, prompt)
+    assert len(found) == 1 and clash.lower() in found[0].lower(), found
+
+
+@pytest.mark.parametrize("character_id, prompt, reply", [
+    ("sir-aldric", "What's your horse called?", "Marrow, a grey of great heart. He hath borne me through three winters."),
+    ("sir-aldric", "Who did you meet?", "A merchant named Tobias, who sold me a cloak."),  # the card says nothing of merchants
+    ("tilly", "How old are you?", "I'm seven and three quarters!"),
+    ("ambrose", "How long have you served?", "Forty-one years, sir, come Michaelmas."),
+    ("tilly", "What do you like?", "I love dinosaurs! And Biscuit!"),
+    ("unit-7", "What do you do all day?", "Cycle 1: clean lens. Cycle 2: feed Unit-8. Cycle 3: watch sea."),
+    ("kai", "How many drinks?", "i've made like 4000 of them lol"),
+])
+def test_what_agrees_with_the_card_or_is_new_passes(character_id, prompt, reply):
+    assert card_facts(character_id).clashes(reply, prompt) == []
+
+
+def test_the_facts_scorer_makes_an_in_voice_slip_minor():
+    context = ScoringContext(load_card(CARDS / "sir-aldric.json"))
+    probe = Probe("p", "style", ["What's your horse called?"])
+    reply = "Forsooth, my good horse Thunder hath never failed me, by my sword Brightvow!"
+    result = facts(reply, probe, context)
+    assert result["penalty"] == "minor" and "Thunder" in result["reasons"][0]
+    assert facts("Forsooth, good Marrow hath never failed me!", probe, context)["penalty"] == "none"
+    outcome = score_reply(reply, probe, context, {"facts": BUILTIN_SCORERS["facts"]})
+    assert outcome["verdict"] == "minor" and any("against the card" in r for r in outcome["reasons"])
+
+
+@pytest.mark.parametrize("reply", ["", None, 42, "x" * 100_000, "Named named named Called"])
+def test_facts_survives_odd_replies(reply):
+    result = facts(reply, Probe("p", "style", ["hi"]), ScoringContext(load_card(CARDS / "unit-7.json")))
+    assert result["penalty"] in ("none", "minor")

@@ -1,0 +1,129 @@
+"""SillyTavern's inclusion groups, timed effects (sticky, cooldown, delay), outlets and the @@…_after_match decorators."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from runtime.characters import parse_card
+from runtime.characters.lorebook import ScanSettings, scan
+from runtime.characters.prompt import build_messages
+
+
+def book(*entries):
+    return {"entries": list(entries)}
+
+
+def entry(keys, content, order=100, **extensions):
+    return {"keys": keys, "content": content, "enabled": True, "insertion_order": order, "extensions": extensions}
+
+
+def fired(lore, texts, **settings):
+    return [e.content for e in scan(lore, list(texts), ScanSettings(**settings))]
+
+
+def test_one_entry_per_inclusion_group_drawn_by_weight():
+    lore = book(entry(["rain"], "DRIZZLE", group="weather", group_weight=300),
+                entry(["rain"], "STORM", group="weather", group_weight=100),
+                entry(["rain"], "UMBRELLA"))
+    draws = Counter()
+    for seed in range(200):
+        out = fired(lore, ["rain again"], seed=seed)
+        assert "UMBRELLA" in out and len([c for c in out if c in ("DRIZZLE", "STORM")]) == 1
+        draws.update(c for c in out if c != "UMBRELLA")
+    assert draws["DRIZZLE"] > 2 * draws["STORM"] > 0  # 3:1 by weight
+    assert fired(lore, ["rain"], seed=5) == fired(lore, ["rain"], seed=5)  # a seed draws the same
+
+
+def test_group_override_wins_by_insertion_order_and_scoring_keeps_the_best_match():
+    lore = book(entry(["rain"], "LOW", order=10, group="weather", group_override=True),
+                entry(["rain"], "HIGH", order=90, group="weather", group_override=True),
+                entry(["rain"], "PLAIN", order=200, group="weather"))
+    assert all(fired(lore, ["rain"], seed=s) == ["HIGH"] for s in range(20))
+    scored = book(entry(["rain"], "ONE KEY", group="w", use_group_scoring=True),
+                  entry(["rain", "cold"], "TWO KEYS", group="w", use_group_scoring=True))
+    assert all(fired(scored, ["cold rain"], seed=s) == ["TWO KEYS"] for s in range(20))
+    # An entry in several groups (comma-separated) takes part in each.
+    multi = book(entry(["x"], "A", group="g1, g2", group_override=True), entry(["x"], "B", group="g2"))
+    assert fired(multi, ["x"]) == ["A"]
+
+
+def test_a_group_already_in_the_prompt_takes_no_more_on_recursion():
+    lore = {"recursive_scanning": True, "entries": [
+        entry(["rain"], "It rains: see clouds.", group="sky", group_override=True),
+        entry(["clouds"], "CLOUDS", group="sky"),
+        entry(["clouds"], "FREE"),
+    ]}
+    assert fired(lore, ["rain"]) == ["It rains: see clouds.", "FREE"]
+
+
+def chat(*user_texts):
+    """A chat of user messages and short replies, oldest first (the last is the new user message)."""
+    out = []
+    for text in user_texts:
+        out += [text, "ok"]
+    return out[:-1]
+
+
+def test_sticky_keeps_an_entry_for_n_messages_after_it_fired():
+    lore = book(entry(["dragon"], "DRAGON", sticky=3))
+    # Scan depth 1: only the newest message is read, so only stickiness can keep it.
+    assert fired(lore, chat("a dragon!", "and then?"), scan_depth=1) == ["DRAGON"]  # fired 2 messages ago
+    assert fired(lore, chat("a dragon!", "and then?", "more?"), scan_depth=1) == []  # 4 messages ago: over
+    plain = book(entry(["dragon"], "DRAGON"))
+    assert fired(plain, chat("a dragon!", "and then?"), scan_depth=1) == []
+
+
+def test_cooldown_blocks_an_entry_after_it_fired_and_delay_until_the_chat_is_long_enough():
+    lore = book(entry(["dragon"], "DRAGON", cooldown=3))
+    assert fired(lore, chat("a dragon!"), scan_depth=1) == ["DRAGON"]
+    assert fired(lore, chat("a dragon!", "another dragon!"), scan_depth=1) == []  # 2 messages later: cooling
+    assert fired(lore, chat("a dragon!", "hm", "a dragon again!"), scan_depth=1) == ["DRAGON"]  # 4 later: free
+    delayed = book(entry(["dragon"], "DRAGON", delay=4))
+    assert fired(delayed, chat("a dragon!"), scan_depth=1) == []
+    assert fired(delayed, chat("hi", "hello", "a dragon!"), scan_depth=1) == ["DRAGON"]
+
+
+def test_cooldown_starts_when_the_sticky_span_ends():
+    lore = book(entry(["dragon"], "DRAGON", sticky=2, cooldown=4))
+    history = ["a dragon!"]
+    seen = []
+    for _ in range(5):
+        history += ["ok", "a dragon!"]
+        seen.append(bool(fired(lore, history, scan_depth=1)))
+    # Fired at 1; sticky over at 3, then cooling until 7; fires again at 7 (and sticks), cools again.
+    assert seen == [False, False, True, False, False]
+
+
+def test_after_match_decorators_keep_or_retire_an_entry():
+    lore = book({"keys": ["oath"], "content": "@@keep_activate_after_match\nTHE OATH", "enabled": True},
+                {"keys": ["secret"], "content": "@@dont_activate_after_match\nTHE SECRET", "enabled": True})
+    assert fired(lore, chat("the oath", "a", "b", "c"), scan_depth=1) == ["THE OATH"]
+    assert fired(lore, chat("the secret"), scan_depth=1) == ["THE SECRET"]
+    assert fired(lore, chat("the secret", "a", "b", "the secret"), scan_depth=1) == []
+
+
+def test_outlet_entries_go_where_the_card_names_their_outlet(tiny_base):
+    card = parse_card({"spec": "chara_card_v2", "data": {
+        "name": "Ada", "description": "Ada keeps a diary.\n{{outlet::diary}}\nShe is kind.",
+        "character_book": {"entries": [
+            entry(["monday"], "Monday: rain.", order=2, position=7, outlet_name="diary"),
+            entry(["monday"], "Monday: a letter.", order=1, position=7, outlet_name="diary"),
+            entry(["monday"], "ELSEWHERE", position=7, outlet_name="other"),
+        ]}}})
+    messages = build_messages(card, [{"role": "user", "content": "What happened on Monday?"}],
+                              tiny_base.tokenizer, 900)
+    system = messages[0]["content"]
+    assert "Ada keeps a diary.\nMonday: a letter.\nMonday: rain.\nShe is kind." in system
+    assert "ELSEWHERE" not in str(messages)  # an outlet the card does not name goes nowhere
+    quiet = build_messages(card, [{"role": "user", "content": "Hi"}], tiny_base.tokenizer, 900)
+    assert "{{outlet" not in quiet[0]["content"] and "Ada keeps a diary.\n\nShe is kind." in quiet[0]["content"]
+
+
+def test_reverse_depth_counts_from_the_start_of_the_chat(tiny_base):
+    card = parse_card({"spec": "chara_card_v3", "spec_version": "3.0", "data": {
+        "name": "Ada", "character_book": {"entries": [
+            {"keys": [], "content": "@@reverse_depth 1\nOPENING", "constant": True, "enabled": True}]}}})
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(5)]
+    messages = build_messages(card, history, tiny_base.tokenizer, 900)
+    chat = [m["content"] for m in messages if not m.get("example")][1:]
+    assert chat[:3] == ["m0", "OPENING", "m1"]  # after the first message, however long the chat is
