@@ -75,6 +75,9 @@ class Settings:
     )
     frequency_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style frequency penalty on the reply's tokens."})
     presence_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style presence penalty on the reply's tokens."})
+    dry_multiplier: float = field(
+        default=0.0, metadata={"help": "DRY sequence-repetition penalty strength (llama.cpp's; 0.8 is usual); 0 = off."}
+    )
     max_new_tokens: int = field(default=160, metadata={"help": "Longest reply, in tokens."})
     context_tokens: int = field(
         default=2048, metadata={"help": "Prompt budget in tokens (capped by the model's own context)."}

@@ -307,7 +307,7 @@ class PersonaeBot(discord.Client):
             voice = await self.speaker.voice(channel, character)
             post = Post(voice, self.controls)
             async with typing_indicator(channel):
-                stream = StreamedReply(start)
+                stream = StreamedReply(start, whole=not self.config.streaming)
                 self._streams.add(stream)
                 live = LiveReply(stream, requester, character)
                 text, shown_at = "", self.loop.time()

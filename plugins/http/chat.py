@@ -207,8 +207,8 @@ class TrimmedText:
 class Bridge:
     """An engine Reply streamed into the event loop as the text it will log; notes its first piece's time."""
 
-    def __init__(self, reply):
-        self.pieces = StreamedReply(lambda: reply)
+    def __init__(self, reply, whole: bool = False):
+        self.pieces = StreamedReply(lambda: reply, whole)
         self.trimmed = TrimmedText()
         self.first_piece_at: float | None = None
 
@@ -231,9 +231,9 @@ class Bridge:
 class Choice:
     """One choice of a response: an engine Reply streamed as the text it will log, and its unsent logprobs."""
 
-    def __init__(self, index: int, reply, tokens):
-        self.index, self.reply, self.tokens = index, reply, tokens
-        self.bridge = Bridge(reply)
+    def __init__(self, index: int, reply, tokens, whole: bool = False):
+        self.index, self.reply, self.tokens, self.whole = index, reply, tokens, whole
+        self.bridge = Bridge(reply, whole)  # whole: not streamed, so the guard may still re-sample it
         self.logprobs_sent = 0
 
     def logprobs(self) -> dict | None:
@@ -290,7 +290,8 @@ def record(metrics, choice, started: float) -> None:
     """Metrics of a finished reply."""
     reply, bridge = choice.reply, choice.bridge
     now = time.perf_counter()
-    ttft = bridge.first_piece_at - started if bridge.first_piece_at is not None else None
+    first = reply.stream.first_token_at if choice.whole else bridge.first_piece_at  # whole: arrives all at once
+    ttft = first - started if first is not None else None
     metrics.finished(reply.character.id, reply.prompt_tokens, reply.stream.completion_tokens, ttft, now - started)
 
 
@@ -302,7 +303,7 @@ def cancel(choices) -> None:
 
 async def complete(metrics, body, replies, started: float, tokens) -> dict:
     """A non-streaming chat.completion with one choice per reply."""
-    choices = [Choice(index, reply, tokens) for index, reply in enumerate(replies)]
+    choices = [Choice(index, reply, tokens, whole=True) for index, reply in enumerate(replies)]
 
     async def drain(choice):
         async for _ in choice.bridge:

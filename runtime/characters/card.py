@@ -33,7 +33,7 @@ STRING_FIELDS = (
 )
 LIST_FIELDS = ("alternate_greetings", "tags")
 GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_last_n",
-                   "frequency_penalty", "presence_penalty", "max_new_tokens", "stop")
+                   "frequency_penalty", "presence_penalty", "dry_multiplier", "max_new_tokens", "stop")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -81,9 +81,11 @@ class Reply:
             self._finalise()
 
     def result(self) -> str:
-        """Wait for the whole reply; return its final (filtered) text."""
-        for _ in self:
-            pass
+        """Wait for the whole reply; return its final (filtered) text. Nothing was shown, so the guard may re-sample."""
+        try:
+            self.stream.result()
+        finally:
+            self._finalise()
         return self.text
 
     @property
@@ -325,6 +327,8 @@ class Engine:
         self.pm.hook.prompt_messages(character=character, messages=messages, turn=turn)
         input_ids = list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                             return_dict=False))
+        # The guard's copy check: a reply that says one of these again is re-sampled or kept out of history.
+        earlier = [m["text"] for m in history if m["role"] == "assistant" and m.get("text")]
         chain, replies = SwipeChain(swipe_of), []
         try:
             for index in range(n):
@@ -333,7 +337,7 @@ class Engine:
                 choice = replace(sampling, seed=(sampling.seed + index) % 2**63) if seeded else sampling
                 weights = self.weights_for(character, turn.version)
                 try:
-                    stream = self.generator.submit(Request(input_ids, choice, weights.adapter))
+                    stream = self.generator.submit(Request(input_ids, choice, weights.adapter, earlier=earlier))
                 except Exception:
                     weights.release()
                     raise
@@ -373,7 +377,8 @@ class Engine:
             ttft_ms=round(ttft * 1000, 1) if ttft is not None else None,
             latency_ms=round((stream.finished_at - stream.request.submitted) * 1000, 1),
             meta={"finish_reason": stream.finish_reason, "backend": self.settings.backend, **stream.served_by,
-                  **({"degenerate": stream.degenerate} if stream.degenerate else {})},
+                  **({"degenerate": stream.degenerate} if stream.degenerate else {}),
+                  **({"resampled": stream.resampled} if stream.resampled else {})},
         )
 
 

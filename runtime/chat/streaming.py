@@ -14,10 +14,12 @@ class StreamedReply:
     `start` is a blocking callable returning an engine Reply (engine.reply / engine.regenerate);
     its errors (GeneratorBusy, UnknownCharacter, ...) are raised from the first `__anext__`. Each
     reply gets its own thread, not a shared pool: a long reply must not starve short ones.
+    `whole`: the platform shows nothing until the end, so the reply is waited for and handed over in
+    one piece; nothing counts as shown, and the degeneration guard may re-sample it once.
     """
 
-    def __init__(self, start):
-        self._start = start
+    def __init__(self, start, whole: bool = False):
+        self._start, self._whole = start, whole
         self._queue: asyncio.Queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._stop = threading.Event()
@@ -34,6 +36,11 @@ class StreamedReply:
     def _work(self) -> None:
         try:
             reply = self.reply = self._start()
+            if self._whole:
+                reply.result()
+                self._put(reply.stream.text)
+                self._put(_DONE)
+                return
             for piece in reply:
                 if self._stop.is_set():
                     reply.cancel()

@@ -26,7 +26,7 @@ from runtime.generation.kv_cache import new_cache
 from runtime.generation.lora_batch import LoraBatch
 from runtime.generation.packed import serving_copy
 from runtime.generation.prefix_cache import PrefixCache
-from runtime.generation.rows import Batch, Row
+from runtime.generation.rows import Batch, Row, ready_to_resample
 from runtime.generation.sampling import RowSampler
 from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request
 from runtime.models.peft_files import read_peft_adapter
@@ -284,7 +284,7 @@ class BatchingGenerator:
         row.length = row.prompt_length = len(prompt)
         row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)
         if sampling.guard and not row.sampler.greedy:
-            row.guard = DegenerationMonitor()
+            row.guard = DegenerationMonitor(earlier=request.earlier)
         row.detok = Detokenizer(self.tokenizer)
         row.stop = StopText(list(sampling.stop or []))
         return row
@@ -459,9 +459,7 @@ class BatchingGenerator:
             stream.push(shown)
         if row.stop.stopped:
             return self._finish(row, "stop", flush=False)
-        verdict = row.guard.feed(text, row.sampler.last_probability) if row.guard else None
-        if verdict:  # stopped where it went wrong, marked so it never becomes history or training data
-            stream.degenerate = verdict.reason
+        if row.guard and row.guard.feed(text, row.sampler.last_probability):  # stopped where it went wrong
             return self._finish(row, "degenerate", flush=False)
         if row.length >= row.ids.shape[0]:  # ids hold the prompt and max_new_tokens (at least 1) more
             return self._finish(row, "length")
@@ -474,6 +472,11 @@ class BatchingGenerator:
             if tail:
                 row.stream.push(tail)
         row.done = True
+        verdict = row.guard.finish() if row.guard else None  # also the tail, and a copy of an earlier reply
+        if verdict:
+            if ready_to_resample(row.stream, verdict.reason):  # nothing shown yet: once more, from the prompt
+                return self._pending.append(row.stream)  # its prompt's KV is in the prefix cache
+            row.stream.degenerate, reason = verdict.reason, "degenerate"  # never history or training data
         row.stream.finish(reason)
 
     # --- adapters and full models (worker thread) ----------------------------------------------

@@ -18,10 +18,13 @@ improbable  (only when the generator passes per-token probabilities) a run of to
             probability to pass is the model's raw probability of the sampled token (softmax of
             the logits at temperature 1, before penalties and truncation).
 
-copy        (separate, ``copy_signal(text, earlier)``) most of the reply's word trigrams come from one
-            earlier text: the character's previous reply said again, or the prompt's instruction
-            read back. Fluent, so not counted as degeneration, but the coherence benchmark reports it
-            because min_p sampling with today's prompt assembly does it a lot.
+copy        (``copy_signal(text, earlier)``; the monitor checks it when given ``earlier``) most of the
+            reply's word trigrams come from one earlier text: the character's previous reply said
+            again. Fluent, but a small model that sees its own copy in the history copies it again
+            every turn after (bench transcripts: one reply said ten times over), so the generator
+            treats it like degeneration: re-sampled if unseen, else marked and kept out of history.
+            While streaming it needs COPY_STREAM_TRIGRAMS trigrams, so a shared opening line
+            ("Ahoy there, matey!") is not a copy; at the end of the reply, COPY_MIN_TRIGRAMS.
 
 Two ways to use it:
 
@@ -63,6 +66,7 @@ PROB_FLOOR = 0.012  # geometric-mean raw probability over the window below this 
 PROB_MIN_TOKENS = 16
 COPY_SHARE = 0.6  # copy_signal: share of a reply's trigrams found in one earlier text
 COPY_MIN_TRIGRAMS = 4
+COPY_STREAM_TRIGRAMS = 12  # while streaming, a copy must be at least this long before it fires
 
 _STOP = set(["a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "had", "has", "have", "he", "her", "his", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so", "that", "the", "their", "them", "then", "there", "they", "this", "to", "was", "we", "were", "what", "when", "which", "who", "will", "with", "you", "your", "yours", "just", "very", "really", "too", "can", "could", "would", "should", "about", "been", "all", "out", "up", "down", "than", "more", "some", "any", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])
 _WORD = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*", re.UNICODE)
@@ -190,14 +194,16 @@ def copy_signal(text: str, earlier: list[str], share: float = COPY_SHARE) -> str
     """'copy: ...' when most of the reply's word trigrams come from one earlier text.
 
     `earlier` holds the character's previous replies in the chat (a reply said again) and, if the
-    caller wishes, the prompt's instructions (a post-history instruction read back). Reported
-    separately from degeneration by bench_coherence.py: the text is fluent, only not new.
+    caller wishes, the prompt's instructions (a post-history instruction read back).
     """
-    grams = _trigrams(text)
-    if len(grams) < COPY_MIN_TRIGRAMS:
+    return _copy(_trigrams(text), [_trigrams(other) for other in earlier], share, COPY_MIN_TRIGRAMS)
+
+
+def _copy(grams: set, earlier: list[set], share: float, least: int) -> str:
+    if len(grams) < least:
         return ""
     for k, other in enumerate(earlier):
-        overlap = len(grams & _trigrams(other)) / len(grams)
+        overlap = len(grams & other) / len(grams)
         if overlap >= share:
             return f"copy: {overlap:.0%} of the reply's trigrams come from earlier text #{k}"
     return ""
@@ -226,7 +232,8 @@ class DegenerationMonitor:
     the reply, else None; once degenerate it keeps returning that verdict.
     """
 
-    def __init__(self, use_probs: bool = True):
+    def __init__(self, use_probs: bool = True, earlier: list[str] = ()):
+        self.earlier = [_trigrams(text) for text in earlier]  # texts the reply must not say again
         self.text = ""
         self.probs: list[float] = []
         self.use_probs = use_probs
@@ -243,7 +250,7 @@ class DegenerationMonitor:
         boundary = max((i for i, c in enumerate(self.text) if not (c.isalnum() or c in "'\u2019-")), default=-1)
         if boundary + 1 > self._checked_upto:
             self._checked_upto = boundary + 1
-            verdict = check_reply(self.text[: boundary + 1], self.probs if self.use_probs else None)
+            verdict = self._check(self.text[: boundary + 1], COPY_STREAM_TRIGRAMS)
             if verdict:
                 self.verdict = verdict
                 return verdict
@@ -252,5 +259,12 @@ class DegenerationMonitor:
     def finish(self) -> Verdict:
         if self.verdict:
             return self.verdict
-        self.verdict = check_reply(self.text, self.probs if self.use_probs else None)
+        self.verdict = self._check(self.text, COPY_MIN_TRIGRAMS)
         return self.verdict
+
+    def _check(self, text: str, copy_trigrams: int) -> Verdict:
+        verdict = check_reply(text, self.probs if self.use_probs else None)
+        if not verdict and self.earlier:
+            copied = _copy(_trigrams(text), self.earlier, COPY_SHARE, copy_trigrams)
+            verdict = Verdict(bool(copied), copied, [copied] if copied else [])
+        return verdict

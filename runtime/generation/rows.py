@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from runtime.generation.detok import Detokenizer, StopText
 from runtime.generation.guard import DegenerationMonitor
@@ -46,3 +46,18 @@ class Batch:
     @classmethod
     def of(cls, model) -> "Batch":
         return cls(model, full_attention=full_attention_only(model))
+
+
+def ready_to_resample(stream: ReplyStream, reason: str) -> bool:
+    """Ready a reply the guard stopped for its one re-sample (same prompt, new seed); False if it can't have one.
+
+    It can't when re-sampling is off, when this is already the second attempt, or when a consumer has
+    taken some of its text (it was shown: it is cut and marked instead).
+    """
+    sampling = stream.request.sampling
+    if not sampling.resample or stream.resampled or not stream.retract():
+        return False
+    stream.resampled = reason
+    seed = None if sampling.seed is None else (sampling.seed * 1_000_003 + 1) % 2**63  # seeded stays reproducible
+    stream.request = replace(stream.request, sampling=replace(sampling, seed=seed))
+    return True

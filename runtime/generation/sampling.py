@@ -3,7 +3,7 @@
 Order: OpenAI's logit_bias and response_format's JSON mask first (they say which tokens may come at all),
 a repetition penalty over only the last `repeat_last_n` tokens (llama.cpp's window, so the card
 and the example dialogues are not penalised), OpenAI frequency/presence penalties over the reply's own
-tokens, then top_k, top_p and min_p (transformers' warpers) and temperature last, so min_p's threshold
+tokens, the DRY sequence penalty (when `dry_multiplier` > 0; transformers has no DRY processor), then top_k, top_p and min_p (transformers' warpers) and temperature last, so min_p's threshold
 is relative to the model's own distribution. The raw probability of each chosen token (softmax at
 temperature 1, before any processor) is kept for the degeneration guard.
 """
@@ -48,6 +48,60 @@ class FrequencyPresencePenalty:
         return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
 
 
+DRY_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's default sequence breakers
+DRY_LONGEST = 50  # match lengths are capped, so base ** length stays finite (llama.cpp caps too)
+
+
+class DryPenalty:
+    """DRY ("don't repeat yourself", p-e-w's design as in llama.cpp and text-generation-webui).
+
+    A token that would continue a sequence already in the last `last_n` ids (-1: all, the prompt too)
+    loses multiplier * base ** (length - allowed_length) logits, length being how many ids before it
+    already repeat; a loop's cost grows every time round. Breaker tokens (newline, colon, quote,
+    asterisk) end a match, so formatting and speaker names repeat freely.
+    """
+
+    def __init__(self, multiplier: float, base: float, allowed_length: int, last_n: int, breakers: frozenset):
+        self.multiplier, self.base, self.allowed, self.last_n = multiplier, base, allowed_length, last_n
+        self.breakers = breakers
+
+    def __call__(self, input_ids, scores):
+        ids = (input_ids[0] if self.last_n < 0 else input_ids[0, -self.last_n:]).tolist()
+        if len(ids) < 2 or ids[-1] in self.breakers:
+            return scores
+        end, longest = len(ids) - 1, {}
+        for i in range(end - 1, -1, -1):  # every earlier place the last id occurred: its successor repeats
+            if ids[i] != ids[end]:
+                continue
+            length = 1
+            while length <= i and length < DRY_LONGEST and ids[i - length] == ids[end - length] \
+                    and ids[i - length] not in self.breakers:
+                length += 1
+            following = ids[i + 1]
+            if following not in self.breakers and length > longest.get(following, 0):
+                longest[following] = length
+        penalised = {t: n for t, n in longest.items() if n >= self.allowed}
+        if not penalised:
+            return scores
+        scores = scores.clone()
+        for token, length in penalised.items():
+            scores[0, token] -= self.multiplier * self.base ** (length - self.allowed)
+        return scores
+
+
+_breakers: dict[int, frozenset] = {}
+
+
+def dry_breakers(tokenizer) -> frozenset:
+    """Ids of every token whose text holds a sequence breaker (computed once per tokenizer)."""
+    key = id(tokenizer)
+    if key not in _breakers:
+        texts = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        decoded = [tokenizer.convert_tokens_to_string([t]) if t else "" for t in texts]
+        _breakers[key] = frozenset(i for i, text in enumerate(decoded) if any(b in text for b in DRY_BREAKERS))
+    return _breakers[key]
+
+
 class LogitBias:
     """OpenAI's logit_bias: {token id: bias in [-100, 100]} added to the logits (-100 bans a token, 100 forces it)."""
 
@@ -66,7 +120,7 @@ class LogitBias:
 
 
 def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[int], tokenizer=None):
-    """The LogitsProcessorList of one row whose first `prompt_length` ids are the prompt (`tokenizer`: for JSON)."""
+    """The LogitsProcessorList of one row whose first `prompt_length` ids are the prompt (`tokenizer`: for JSON and DRY)."""
     from transformers import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
@@ -91,6 +145,10 @@ def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[in
     if sampling.frequency_penalty or sampling.presence_penalty:
         processors.append(FrequencyPresencePenalty(prompt_length, float(sampling.frequency_penalty),
                                                       float(sampling.presence_penalty)))
+    if sampling.dry_multiplier and sampling.dry_multiplier > 0:
+        breakers = dry_breakers(tokenizer) if tokenizer is not None else frozenset()
+        processors.append(DryPenalty(float(sampling.dry_multiplier), float(sampling.dry_base),
+                                     int(sampling.dry_allowed_length), int(sampling.dry_last_n), breakers))
     if not sampling.temperature or sampling.temperature <= 0:
         return processors  # greedy: only the penalties change which token wins
     if sampling.top_k and sampling.top_k > 0:

@@ -26,7 +26,7 @@ class GeneratorBusy(Busy):
 
 # What the config sets for every reply (a card's extensions.personae.generation and a request may override).
 SETTINGS_FROM_CONFIG = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_last_n",
-                        "frequency_penalty", "presence_penalty", "max_new_tokens", "seed")
+                        "frequency_penalty", "presence_penalty", "dry_multiplier", "max_new_tokens", "seed")
 
 
 @dataclass
@@ -41,11 +41,16 @@ class SamplingSettings:
     repeat_last_n: int = 64  # the repetition penalty looks back this many tokens (-1: the whole prompt too)
     frequency_penalty: float = 0.0  # OpenAI semantics, over the reply's own tokens
     presence_penalty: float = 0.0
+    dry_multiplier: float = 0.0  # DRY sequence-repetition penalty (llama.cpp's knobs); 0 = off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_last_n: int = -1  # -1: the whole prompt too, so saying an earlier reply again is penalised
     max_new_tokens: int = 160
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # None (or a negative config value): random each reply; 0 is a seed like any other
     min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens (benchmarks, fixed lengths)
     guard: bool = True  # stop a sampled reply that degenerates (loops, word lists, gibberish) and mark it
+    resample: bool = True  # ... but first re-sample it once, if no consumer has taken any of its text yet
     logprobs: int | None = None  # record each token's logprob and this many alternatives; None = don't
     logit_bias: dict[int, float] | None = None  # OpenAI's: token id -> bias in [-100, 100] added to its logit
     response_format: dict | None = None  # OpenAI's: {"type": "json_object"} / json_schema constrain the reply
@@ -83,6 +88,7 @@ class Request:
     sampling: SamplingSettings
     adapter: str = BASE_ADAPTER  # adapter name in the model, or the bare base
     submitted: float = field(default_factory=time.perf_counter)
+    earlier: list[str] = field(default_factory=list)  # the character's earlier replies: the guard's copy check
 
 
 class ReplyStream:
@@ -101,6 +107,10 @@ class ReplyStream:
         self.finished_at: float | None = None
         self.finish_reason: str | None = None  # stop, length, degenerate, cancelled, error
         self.degenerate: str | None = None  # why the guard stopped it (finish_reason "degenerate")
+        self.resampled: str | None = None  # why the guard threw away a first attempt nobody had seen
+        self.shown = False  # a consumer took a piece: from now on the text can't be taken back
+        self._lock = threading.Lock()
+        self._attempt = 0  # pieces of a retracted attempt are skipped by the consumer
         self.error: BaseException | None = None
         self.served_by: dict = {}  # which backend / endpoint produced it, when a backend says (logged in meta)
 
@@ -110,7 +120,16 @@ class ReplyStream:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.text += piece
-        self._pieces.put(piece)
+        self._pieces.put((self._attempt, piece))
+
+    def retract(self) -> bool:
+        """Take back everything pushed so far (to re-sample it); False if a consumer already took some of it."""
+        with self._lock:
+            if self.shown:
+                return False
+            self._attempt += 1
+            self.text, self.logprobs, self.completion_tokens, self.first_token_at = "", [], 0, None
+            return True
 
     def finish(self, reason: str, error: BaseException | None = None) -> None:
         """Mark the reply complete (reason: stop, length, cancelled, error)."""
@@ -125,17 +144,26 @@ class ReplyStream:
         self.cancelled.set()
 
     def __iter__(self):
+        """The pieces as they come; taking one counts as showing it (it can no longer be re-sampled)."""
+        return self._take(show=True)
+
+    def _take(self, show: bool):
         while True:
-            piece = self._pieces.get()
-            if piece is self._DONE:
+            item = self._pieces.get()
+            if item is self._DONE:
                 if self.error is not None:
                     raise self.error
                 return
+            attempt, piece = item
+            with self._lock:
+                if attempt != self._attempt:  # from an attempt the guard threw away
+                    continue
+                self.shown = self.shown or show
             yield piece
 
     def result(self) -> str:
-        """Wait for the whole reply and return its text."""
-        for _ in self:
+        """Wait for the whole reply and return its text (nothing is shown meanwhile, so it may be re-sampled)."""
+        for _ in self._take(show=False):
             pass
         return self.text
 

@@ -4,11 +4,18 @@ Each conversation is a fixed list of user turns with a fixed seed per turn; ever
 the history, as in `make chat`. A reply counts as degenerate when the guard stopped it (finish_reason
 "degenerate") or when the detector (runtime.generation.guard.check_reply) finds a loop, a word list or
 gibberish in the final text. Also counted: replies that repeat an earlier reply of the same chat
-(copy_signal), and the persona audit's aligned share of all replies. The baseline in the same run is
-the sampling this runtime used before (repetition penalty over the whole prompt, temperature and top_p,
-no min_p / top_k, no guard) on the same prompts and seeds.
+(copy_signal), replies the guard re-sampled (the first attempt thrown away before anyone saw it: the
+reply is waited for, as the HTTP API and Discord without streaming do; a console that prints as it goes
+would have shown the first attempt cut instead), and the persona audit's aligned share of all replies.
+
+Variants (PERSONAE_COHERENCE_VARIANTS, comma-separated; the first is "now"): now (the defaults: min_p,
+guard with the copy check, one re-sample), dry (now + the DRY penalty at llama.cpp's usual 0.8),
+before (this runtime's sampling before issue 20: repetition penalty over the whole prompt, no min_p /
+top_k, no guard), all on the same prompts and seeds.
 
     PERSONAE_BENCH=1 PERSONAE_COHERENCE_CONVERSATIONS=20 python -m pytest tests/bench/test_bench_coherence.py -s
+
+PERSONAE_COHERENCE_CHARACTERS=pixel,... plays only those (one process per character runs them side by side).
 """
 
 from __future__ import annotations
@@ -35,21 +42,26 @@ TURNS = [
      "What's your favourite food?", "How do you make it?", "Is it hard?", "What goes with it?",
      "Would you cook it for me?", "Okay, see you later!"],
 ]
-BEFORE = {"min_p": 0, "top_k": 0, "repeat_last_n": -1, "guard": False}  # this runtime's sampling until now
+VARIANTS = {"now": {}, "dry": {"dry_multiplier": 0.8},
+            "before": {"min_p": 0, "top_k": 0, "repeat_last_n": -1, "guard": False}}  # sampling before issue 20
 # Read at import: the tests' isolated environment clears PERSONAE_* variables before a test runs.
 CONVERSATIONS = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "4"))
+CHOSEN = os.environ.get("PERSONAE_COHERENCE_VARIANTS", "now,before").split(",")
+ONLY = [c for c in os.environ.get("PERSONAE_COHERENCE_CHARACTERS", "").split(",") if c]  # default: every one
+NAME = "_".join(["coherence", *([] if CHOSEN == ["now", "before"] else CHOSEN), *ONLY])
+THREADS = int(os.environ.get("PERSONAE_COHERENCE_THREADS", "0"))  # torch threads; 0 = torch's default
 
 
-def play(engine, character, sampling_extra: dict, conversations: int) -> list[dict]:
+def play(engine, character, variant: str, conversations: int) -> list[dict]:
     """Every reply of `conversations` scripted chats with one character."""
     from runtime.chat.engine import Turn
 
     replies = []
     for number in range(conversations):
         turns = TURNS[number % len(TURNS)]
-        channel = f"coherence-{character.id}-{number}-{'before' if sampling_extra else 'now'}"
+        channel = f"coherence-{character.id}-{number}-{variant}"
         for index, text in enumerate(turns):
-            sampling = {"seed": 1000 * number + index + 17, **sampling_extra}
+            sampling = {"seed": 1000 * number + index + 17, **VARIANTS[variant]}
             turn = Turn(platform="bench", channel=channel, user_id="bench", text=text, character=character,
                         sampling=sampling)
             if index == 0:
@@ -58,7 +70,7 @@ def play(engine, character, sampling_extra: dict, conversations: int) -> list[di
             reply.result()
             replies.append({"character": character.id, "conversation": number, "turn": index, "user": text,
                             "text": reply.text, "finish_reason": reply.stream.finish_reason,
-                            "guard": reply.stream.degenerate})
+                            "guard": reply.stream.degenerate, "resampled": reply.stream.resampled})
             print(f"[{character.id} c{number} t{index}] {reply.stream.finish_reason}: {reply.text[:100]!r}",
                   flush=True)
     return replies
@@ -68,8 +80,9 @@ def judge(replies: list[dict]) -> dict:
     """Counts of degenerate and copied replies by the documented detector."""
     from runtime.generation.guard import check_reply, copy_signal
 
-    degenerate = copies = 0
+    degenerate = copies = resampled = 0
     for i, reply in enumerate(replies):
+        resampled += bool(reply["resampled"])
         reply["detector"] = check_reply(reply["text"]).reason
         reply["degenerate"] = reply["finish_reason"] == "degenerate" or bool(reply["detector"])
         degenerate += reply["degenerate"]
@@ -77,7 +90,7 @@ def judge(replies: list[dict]) -> dict:
                    and r["character"] == reply["character"]]
         reply["copy"] = copy_signal(reply["text"], earlier)
         copies += bool(reply["copy"])
-    return {"replies": len(replies), "degenerate": degenerate, "copies": copies}
+    return {"replies": len(replies), "degenerate": degenerate, "copies": copies, "resampled": resampled}
 
 
 def aligned_share(engine, replies: list[dict]) -> float:
@@ -97,10 +110,10 @@ def plot(results: dict, path: Path) -> Path:
 
     fig, axis = pyplot().subplots(figsize=(7, 3.2))
     names = list(results)
-    width = 0.38
-    for offset, key, label in ((-width / 2, "before", "sampling before"), (width / 2, "now", "now (min_p, guard)")):
+    width = 0.8 / len(CHOSEN)
+    for k, key in enumerate(CHOSEN):
         shares = [100 * results[n][key]["degenerate"] / max(results[n][key]["replies"], 1) for n in names]
-        axis.bar([i + offset for i in range(len(names))], shares, width, label=label)
+        axis.bar([i + (k - (len(CHOSEN) - 1) / 2) * width for i in range(len(names))], shares, width, label=key)
     axis.set_xticks(range(len(names)), names)
     axis.set_ylabel("% degenerate replies")
     axis.set_title("Scripted 10-turn chats on SmolLM2-135M")
@@ -110,31 +123,33 @@ def plot(results: dict, path: Path) -> Path:
 
 def test_bench_coherence(real_base, make_engine):
     conversations = CONVERSATIONS
-    engine = make_engine(real_base, max_new_tokens=80)
+    engine = make_engine(real_base, max_new_tokens=80, threads=THREADS)
     engine.generator  # started before the clock
     results, transcripts, started = {}, [], time.perf_counter()
     for character in engine.catalog.characters.values():
-        now = play(engine, character, {}, conversations)
-        before = play(engine, character, BEFORE, conversations)
-        results[character.id] = {"now": judge(now), "before": judge(before),
-                                 "aligned_now": aligned_share(engine, now),
-                                 "aligned_before": aligned_share(engine, before)}
-        transcripts += [{"sampling": "now", **r} for r in now] + [{"sampling": "before", **r} for r in before]
+        if ONLY and character.id not in ONLY:
+            continue
+        results[character.id] = {}
+        for variant in CHOSEN:
+            replies = play(engine, character, variant, conversations)
+            results[character.id][variant] = {**judge(replies), "aligned": aligned_share(engine, replies)}
+            transcripts += [{"sampling": variant, **r} for r in replies]
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "coherence_transcripts.json").write_text(json.dumps(transcripts, indent=1))
-    picture = plot(results, out / "coherence.png")
-    rows = []
+    (out / f"{NAME}_transcripts.json").write_text(json.dumps(transcripts, indent=1))
+    picture = plot(results, out / f"{NAME}.png")
+    rows, order = [], " / ".join(CHOSEN)
     for name, r in results.items():
-        rows.append({"metric": f"{name}: degenerate replies now / before",
-                     "value": f"{r['now']['degenerate']}/{r['now']['replies']} / "
-                              f"{r['before']['degenerate']}/{r['before']['replies']}", "target": "0 now"})
-        rows.append({"metric": f"{name}: replies copying an earlier one now / before",
-                     "value": f"{r['now']['copies']} / {r['before']['copies']}"})
-        rows.append({"metric": f"{name}: audit aligned share now / before",
-                     "value": f"{r['aligned_now']:.0%} / {r['aligned_before']:.0%}", "target": "not lower"})
+        rows.append({"metric": f"{name}: degenerate replies {order}", "target": "0 now",
+                     "value": " / ".join(f"{r[v]['degenerate']}/{r[v]['replies']}" for v in CHOSEN)})
+        rows.append({"metric": f"{name}: re-sampled by the guard {order}",
+                     "value": " / ".join(str(r[v]["resampled"]) for v in CHOSEN)})
+        rows.append({"metric": f"{name}: replies copying an earlier one {order}",
+                     "value": " / ".join(str(r[v]["copies"]) for v in CHOSEN)})
+        rows.append({"metric": f"{name}: audit aligned share {order}", "target": "not lower",
+                     "value": " / ".join(f"{r[v]['aligned']:.0%}" for v in CHOSEN)})
     rows.append({"metric": "conversations per character x turns", "value": f"{conversations} x {len(TURNS[0])}"})
     rows.append({"metric": "minutes", "value": round((time.perf_counter() - started) / 60, 1)})
     rows.append({"metric": "plot", "value": str(picture)})
-    report("coherence", rows)
-    assert all(r["now"]["replies"] == conversations * len(TURNS[0]) for r in results.values())
+    report(NAME, rows)
+    assert all(r[v]["replies"] == conversations * len(TURNS[0]) for r in results.values() for v in CHOSEN)

@@ -1,0 +1,168 @@
+"""Re-sampling once when the guard fires before anything was shown, the copy check, and the DRY penalty."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from runtime.generation.guard import COPY_STREAM_TRIGRAMS, DegenerationMonitor
+from runtime.generation.types import Request, ReplyStream, SamplingSettings
+
+EARLIER = ("Ladies and gentlemen, I'm Captain Mara Voss of the Grey Gull, and I've got plans to sail to the "
+           "South Seas in a few weeks' time. My ship is the Grey Gull, but she's no ordinary ship.")
+
+
+def test_a_retracted_attempt_never_reaches_the_consumer():
+    stream = ReplyStream(Request([1], SamplingSettings()))
+    stream.push("fashionista, fashionista")
+    assert stream.retract() and stream.text == "" and stream.first_token_at is None
+    stream.push("Ahoy!")
+    stream.finish("stop")
+    assert list(stream) == ["Ahoy!"] and stream.text == "Ahoy!"
+
+
+def test_text_a_consumer_took_cannot_be_taken_back():
+    stream = ReplyStream(Request([1], SamplingSettings()))
+    stream.push("Ahoy")
+    taken = []
+    reader = threading.Thread(target=lambda: taken.extend(stream))
+    reader.start()
+    while not stream.shown:  # the console has printed it
+        threading.Event().wait(0.01)
+    assert stream.retract() is False and stream.text == "Ahoy"
+    stream.finish("degenerate")
+    reader.join(5)
+    assert taken == ["Ahoy"]
+
+
+def test_result_does_not_count_as_shown():
+    stream = ReplyStream(Request([1], SamplingSettings()))
+    stream.push("a")
+    stream.finish("stop")
+    assert stream.result() == "a" and not stream.shown
+
+
+def test_the_monitor_catches_a_reply_said_again_but_not_a_shared_opening():
+    monitor = DegenerationMonitor(use_probs=False, earlier=[EARLIER])
+    words = EARLIER.split(" ")
+    fired = next(i for i, word in enumerate(words) if monitor.feed(word + " "))
+    assert monitor.verdict.reason.startswith("copy:") and fired >= COPY_STREAM_TRIGRAMS  # not on the first words
+    opening = DegenerationMonitor(use_probs=False, earlier=[EARLIER])
+    for word in "Ladies and gentlemen, I'm Captain Mara Voss! Today we hunt the kraken off the cape.".split(" "):
+        assert not opening.feed(word + " ")
+    assert not opening.finish()
+    short = DegenerationMonitor(use_probs=False, earlier=[EARLIER])  # a short copy is caught at the end
+    short.feed("I'm Captain Mara Voss of the Grey Gull.")
+    assert short.finish().reason.startswith("copy:")
+
+
+def _turn(pixel, channel, **sampling):
+    from runtime.chat.engine import Turn
+
+    return Turn(platform="t", channel=channel, user_id="u", text="Hi", character=pixel,
+                sampling={"temperature": 1.5, "max_new_tokens": 120, "seed": 7, **sampling})
+
+
+def test_an_unseen_degenerate_reply_is_resampled_once(make_engine, tiny_base):
+    """The tiny random model samples gibberish: waited for (nothing shown), it gets one more try, then is marked."""
+    engine = make_engine(tiny_base)
+    pixel = engine.catalog.get("pixel")
+    waited = engine.reply(_turn(pixel, "waited"))
+    waited.result()
+    stream = waited.stream
+    assert stream.resampled and stream.request.sampling.seed != 7  # the second try had its own seed
+    assert stream.finish_reason == "degenerate" and stream.degenerate  # the random model fails again: marked
+    meta = json.loads(waited.message["meta"])
+    assert meta["resampled"] == stream.resampled and meta["degenerate"] == stream.degenerate
+    assert waited.message["text"] == stream.text.strip()  # the second attempt's text only
+
+    shown = engine.reply(_turn(pixel, "shown"))
+    pieces = list(shown)  # a console: every piece is printed as it comes
+    assert shown.stream.resampled is None and shown.stream.finish_reason == "degenerate"
+    assert "".join(pieces) == shown.stream.text
+
+    off = engine.reply(_turn(pixel, "off", resample=False))
+    off.result()
+    assert off.stream.resampled is None and off.stream.finish_reason == "degenerate"
+    assert off.stream.text == shown.stream.text  # same seed, same first attempt
+
+
+def test_platforms_that_show_the_reply_whole_let_the_guard_resample(make_engine, tiny_base):
+    """HTTP without stream and Discord without streaming hand the reply over whole (StreamedReply(whole=True))."""
+    import asyncio
+
+    from runtime.chat.streaming import StreamedReply
+
+    engine = make_engine(tiny_base)
+    pixel = engine.catalog.get("pixel")
+
+    async def collect(whole):
+        stream = StreamedReply(lambda: engine.reply(_turn(pixel, f"whole-{whole}")), whole=whole)
+        return [piece async for piece in stream], stream.reply
+
+    pieces, whole = asyncio.run(collect(True))
+    assert whole.stream.resampled and pieces == [whole.stream.text] and whole.message is not None
+    pieces, streamed = asyncio.run(collect(False))
+    assert streamed.stream.resampled is None and "".join(pieces) == streamed.stream.text
+
+
+def test_dry_penalises_the_token_that_would_continue_a_repeat():
+    import torch
+
+    from runtime.generation.sampling import DryPenalty
+
+    a, b, c, d, e, breaker = 1, 2, 3, 4, 5, 9
+    dry = DryPenalty(0.8, 1.75, 2, -1, frozenset({breaker}))
+    scores = dry(torch.tensor([[a, b, c, d, a, b, c]]), torch.zeros(1, 10))
+    assert scores[0, d] == pytest.approx(-0.8 * 1.75 ** (3 - 2))  # "a b c" said again: d would continue it
+    assert int((scores != 0).sum()) == 1
+    short = dry(torch.tensor([[e, c, d, a, c]]), torch.zeros(1, 10))
+    assert not short.any()  # a repeat of one token is allowed (allowed_length 2)
+    broken = dry(torch.tensor([[a, breaker, c, d, b, breaker, c]]), torch.zeros(1, 10))
+    assert broken[0, d] == 0  # the breaker ends the match: length 1, allowed
+    window = DryPenalty(0.8, 1.75, 2, 4, frozenset())(torch.tensor([[a, b, c, d, a, b, c]]), torch.zeros(1, 10))
+    assert not window.any()  # the first "a b c" is outside the last 4 ids
+
+
+def test_dry_is_off_by_default_and_set_per_request(make_engine, tiny_base):
+    from runtime.generation.sampling import DryPenalty, build_processors
+
+    engine = make_engine(tiny_base)
+    pixel = engine.catalog.get("pixel")
+    assert SamplingSettings.from_sources(engine.settings, pixel).dry_multiplier == 0.0  # off by default
+    sampling = SamplingSettings.from_sources(engine.settings, pixel, dry_multiplier=0.8)
+    processors = build_processors(sampling, 3, set(), tiny_base.tokenizer)
+    dry = next(p for p in processors if isinstance(p, DryPenalty))
+    newline = tiny_base.tokenizer.encode("\n", add_special_tokens=False)
+    assert dry.multiplier == 0.8 and set(newline) <= dry.breakers
+
+
+@pytest.mark.real_model
+def test_on_smollm2_a_reply_said_again_is_resampled_when_unseen_and_cut_when_shown(make_engine, real_base):
+    """The same prompt and seed give the same reply; told that reply came before, the guard catches the copy."""
+    from dataclasses import replace
+
+    from runtime.chat.engine import Turn
+    from runtime.generation.guard import copy_signal
+
+    engine = make_engine(real_base, max_new_tokens=60)
+    mara = engine.catalog.get("captain-mara-voss")
+    first = engine.reply(Turn(platform="t", channel="c", user_id="u", text="Who are you?", character=mara,
+                              sampling={"seed": 5}))
+    said = first.result()
+    assert first.stream.finish_reason in ("stop", "length") and len(said.split()) >= 8, said
+    request = first.stream.request  # the attempt that produced `said` (its seed, if the guard re-sampled)
+
+    again = engine.generator.submit(replace(request, sampling=replace(request.sampling), earlier=[said]))
+    text = again.result()
+    assert again.resampled and again.resampled.startswith("copy:"), (again.resampled, text)
+    assert text.strip() != said.strip()
+    if again.finish_reason != "degenerate":  # the second try is new text, not the first said again
+        assert not copy_signal(text, [said])
+
+    shown = engine.generator.submit(replace(request, sampling=replace(request.sampling), earlier=[said]))
+    pieces = list(shown)  # printed as it comes: too late to re-sample, so cut and marked
+    assert shown.resampled is None and shown.finish_reason == "degenerate" and shown.degenerate.startswith("copy:")
+    assert said.startswith("".join(pieces).strip()[:40])
