@@ -20,7 +20,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def llamacpp_engine(make_engine, base, **table):
-    return make_engine(base, backend="llamacpp", threads=2, plugins={"llamacpp": table})
+    return make_engine(base, backend="llamacpp", threads=1, plugins={"llamacpp": table})
 
 
 def chat(engine, character, channel, max_new_tokens=24, text="Ahoy there! Who are you?", **sampling):
@@ -108,8 +108,8 @@ def test_the_converted_lora_moves_llama_cpp_like_peft_moves_the_fp32_model(real_
     from runtime.models.base import packaged_gguf
 
     prompt = real_base.tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about the sea."}],
-                                                     add_generation_prompt=True)
-    model = Model(packaged_gguf(), threads=2)
+                                                     add_generation_prompt=True, tokenize=True, return_dict=False)
+    model = Model(packaged_gguf(), threads=1)
     adapter = model.adapter(cached_lora(loras["v1"], real_base.model, tmp_path))
     lanes = {name: Lane(model, handle, slots=1, n_ctx=512) for name, handle in (("base", None), ("lora", adapter))}
     quantised = {name: lane.decode([(lane.slots[0], prompt)])[0].copy() for name, lane in lanes.items()}
@@ -157,7 +157,7 @@ def test_lora_characters_answer_through_llama_cpp_like_llama_cpp_itself(make_eng
         reply, request = replies[character], replies[character].stream.request
         lora = engine.generator.lora_file(f"lora:{character}@1")
         assert lora.suffix == ".gguf" and lora.parent.name == "llamacpp-lora"  # converted once, in the cache
-        direct = Llama(model_path=str(engine.generator.model.path), lora_path=str(lora), n_ctx=1024, n_threads=2,
+        direct = Llama(model_path=str(engine.generator.model.path), lora_path=str(lora), n_ctx=1024, n_threads=1,
                        verbose=False)
         tokens = []
         for token in direct.generate(list(request.input_ids), temp=0.0, repeat_penalty=1.0):

@@ -166,27 +166,33 @@ class LlamaCppGenerator:
     def _run(self) -> None:
         import torch
 
-        torch.set_num_threads(1)  # sampling is small; llama.cpp's threads do the work
         try:
             with torch.inference_mode():
                 while not self._stopping.is_set():
-                    while self._control:
-                        function, future = self._control.popleft()
-                        try:
-                            future.set_result(function())
-                        except BaseException as error:  # noqa: BLE001 - handed to the caller
-                            future.set_exception(error)
-                    self._admit()
-                    live = [lane for lane in self._lanes.values() if any(s.row is not None for s in lane.slots)]
-                    if not live:
-                        self._wake.wait(0.5)
-                        self._wake.clear()
-                        continue
-                    for lane in live:
-                        self._step(lane)
-                    self.stats["rounds"] += 1
+                    try:
+                        self._round()
+                    except Exception:  # a bug in one round must not leave every later reply waiting
+                        log.exception("llama.cpp worker round failed")
         finally:
             self._shutdown()
+
+    def _round(self) -> None:
+        """Control calls, admissions, then one token for every live row, lane after lane."""
+        while self._control:
+            function, future = self._control.popleft()
+            try:
+                future.set_result(function())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                future.set_exception(error)
+        self._admit()
+        live = [lane for lane in self._lanes.values() if any(s.row is not None for s in lane.slots)]
+        if not live:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return
+        for lane in live:
+            self._step(lane)
+        self.stats["rounds"] += 1
 
     def _shutdown(self) -> None:
         for lane in self._lanes.values():
@@ -251,8 +257,13 @@ class LlamaCppGenerator:
 
     def _prefill(self, lane: Lane, slot, reused: int, stream: ReplyStream) -> None:
         """Decode the prompt past what the slot holds, in batch-sized pieces; sample the first token."""
-        prompt = list(stream.request.input_ids)
-        row = self._new_row(stream, lane, slot, prompt)
+        try:
+            prompt = [int(token) for token in stream.request.input_ids]
+            row = self._new_row(stream, lane, slot, prompt)
+        except Exception as error:  # a malformed request fails alone
+            lane.forget(slot)
+            stream.finish("error", error)
+            return
         slot.row = row
         try:
             lane.forget(slot, reused)

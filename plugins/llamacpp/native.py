@@ -83,6 +83,8 @@ class Lane:
         params.n_threads = params.n_threads_batch = model.threads
         params.kv_unified = True  # the slots share one pool of cells: a long chat can use what others don't
         params.no_perf = True
+        params.flash_attn_type = 0  # off, as llama-cpp-python's Llama sets it
+        params.n_outputs_max_per_seq = 0  # every position may ask for logits (perplexity)
         self.ctx = self.lib.llama_init_from_model(model.handle, params)
         if not self.ctx:
             raise LlamaCppError(f"llama.cpp could not make a context of {n_ctx} tokens; lower "
