@@ -90,7 +90,8 @@ class Lane:
             raise LlamaCppError(f"llama.cpp could not make a context of {n_ctx} tokens; lower "
                                 "[plugins.llamacpp] context")
         if adapter is not None:
-            self.lib.llama_set_adapters_lora(self.ctx, (ctypes.c_void_p * 1)(adapter), 1, (ctypes.c_float * 1)(1.0))
+            handles = (self.lib.llama_adapter_lora_p_ctypes * 1)(adapter)
+            self.lib.llama_set_adapters_lora(self.ctx, handles, 1, (ctypes.c_float * 1)(1.0))
         self.memory = self.lib.llama_get_memory(self.ctx)
         self.n_batch = n_batch
         self.batch = self.lib.llama_batch_init(n_batch, 0, 1)
