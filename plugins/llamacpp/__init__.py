@@ -36,17 +36,21 @@ def parse_config(settings) -> dict:
     return config
 
 
-def base_gguf(settings, config: dict) -> Path:
+def base_gguf(settings, config: dict, folder=None) -> Path:
     """The GGUF llama.cpp loads: the configured one, or the packaged file the default base comes from."""
+    import json
+
     from runtime.config import ConfigError
-    from runtime.models.base import DEFAULT_BASE, packaged_gguf
+    from runtime.models.base import DEFAULT_BASE, GGUF_FILE, packaged_gguf
 
     if config.get("gguf"):
         path = Path(config["gguf"]).expanduser()
         if not path.is_file():
             raise ConfigError(f"[plugins.llamacpp] gguf = {config['gguf']!r}: no such file")
         return path
-    if settings.base_model != DEFAULT_BASE:
+    source = Path(folder or "") / "personae-source.json"  # written when the packaged GGUF was converted
+    converted = source.is_file() and json.loads(source.read_text()).get("gguf") == GGUF_FILE
+    if settings.base_model != DEFAULT_BASE and not converted:
         raise ConfigError(f"backend 'llamacpp' needs a GGUF of base model {settings.base_model!r}: set "
                           "[plugins.llamacpp] gguf = \"path/to/model.gguf\" (llama.cpp's convert_hf_to_gguf.py "
                           "makes one)")
@@ -58,7 +62,7 @@ def llamacpp_generator(settings, base):
     from plugins.llamacpp.generator import LlamaCppGenerator
 
     config = parse_config(settings)
-    return LlamaCppGenerator(settings, base, base_gguf(settings, config), threads=config["threads"],
+    return LlamaCppGenerator(settings, base, base_gguf(settings, config, base.folder), threads=config["threads"],
                              context=config["context"], slots=config["slots"], lanes=config["lanes"],
                              cache_dir=Path(settings.cache_dir).expanduser() / "llamacpp-lora")
 
