@@ -6,6 +6,7 @@ SmolLM2 Q4_1 through llama-cpp-python (installed by `make llamacpp`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 
@@ -16,6 +17,9 @@ from runtime.chat.engine import Turn
 from runtime.config import ConfigError
 from runtime.errors import PersonaeError
 
+# llama-cpp-python compiles llama.cpp, so `make test` does not install it: `make llamacpp` (and `make bench`) do.
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed; `make llamacpp` compiles it")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -97,6 +101,7 @@ def loras(real_base, tmp_path_factory):
     return made
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_the_converted_lora_moves_llama_cpp_like_peft_moves_the_fp32_model(real_base, loras, tmp_path):
     import numpy as np
@@ -134,6 +139,7 @@ def test_the_converted_lora_moves_llama_cpp_like_peft_moves_the_fp32_model(real_
     assert np.abs(fp32_lora - fp32_base).max() > 0.5  # the LoRA does change the model
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_lora_characters_answer_through_llama_cpp_like_llama_cpp_itself(make_engine, real_base, loras):
     from llama_cpp import Llama
@@ -176,6 +182,7 @@ def test_lora_characters_answer_through_llama_cpp_like_llama_cpp_itself(make_eng
     assert base.stream.text != replies["pixel"].stream.text  # the adapter matters
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_streams_sampling_stops_and_the_prompt_cache(make_engine, real_base):
     engine = llamacpp_engine(make_engine, real_base, slots=2)
@@ -192,6 +199,7 @@ def test_streams_sampling_stops_and_the_prompt_cache(make_engine, real_base):
     assert " " not in stopped.result() and stopped.stream.finish_reason == "stop"
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_a_hybrid_version_falls_back_to_the_local_generator_and_says_so(make_engine, real_base, loras, caplog):
     engine = llamacpp_engine(make_engine, real_base)
@@ -206,6 +214,7 @@ def test_a_hybrid_version_falls_back_to_the_local_generator_and_says_so(make_eng
     assert engine.generator.where("hybrid:pixel@1").startswith("local")
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_cancel_frees_the_slot_and_a_full_queue_is_busy(make_engine, real_base):
     from runtime.errors import Busy
