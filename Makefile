@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.personae-installed
 
-.PHONY: setup chat test bench stress clean vllm
+.PHONY: setup chat test bench stress clean vllm llamacpp llama-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,30 @@ $(VLLM_STAMP):
 
 vllm: $(VLLM_STAMP)
 
+# The llama.cpp backend (backend = "llamacpp"): llama-cpp-python has no wheel on PyPI and compiles llama.cpp
+# (minutes on 2 cores), so it is its own target, never on the `make chat` path; `make bench` builds it, and
+# llama-server (the bench's reference), from the same pinned release.
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
+LLAMA_SRC := .cache/llama.cpp
+LLAMA_SERVER := $(LLAMA_SRC)/build/bin/llama-server
+
+$(LLAMACPP_STAMP): $(STAMP)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet llama-cpp-python==$(LLAMACPP_VERSION)
+	touch $(LLAMACPP_STAMP)
+
+llamacpp: $(LLAMACPP_STAMP)
+
+$(LLAMA_SERVER): $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMACPP_VERSION) -d $(LLAMA_SRC)
+	tar xzf $(LLAMA_SRC)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMA_SRC)
+	cmake -S $(LLAMA_SRC)/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp -B $(LLAMA_SRC)/build \
+		-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF \
+		-DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	cmake --build $(LLAMA_SRC)/build --target llama-server -j 2
+
+llama-server: $(LLAMA_SERVER)
+
 chat: setup
 	$(VENV)/bin/personae chat
 
@@ -47,7 +71,7 @@ stress: setup
 	PERSONAE_STRESS=1 $(PY) -m pytest -q -s tests/test_http_schemathesis.py tests/test_crash_streams.py \
 		tests/test_crash_matrix.py tests/test_adapter_fuzz.py tests/test_floods.py
 
-bench: setup
+bench: setup llamacpp llama-server
 	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench -q -s
 
 clean:

@@ -23,6 +23,7 @@ BUILTIN_PLUGINS = (
     "plugins.audit",
     "plugins.local",
     "plugins.vllm",
+    "plugins.llamacpp",
 )
 
 _manager: pluggy.PluginManager | None = None
