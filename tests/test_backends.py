@@ -77,7 +77,7 @@ def test_the_backend_setting_picks_a_plugins_backend(plugin_manager, tiny_base, 
 
 def test_an_unknown_backend_names_the_known_ones(plugin_manager, tiny_base):
     settings = load_settings({"base_model": str(tiny_base.folder), "backend": "warp-drive"})
-    with pytest.raises(ConfigError, match=r"backend 'warp-drive' is not available \(known: echo, local, vllm\)"):
+    with pytest.raises(ConfigError, match=r"backend 'warp-drive' is not available \(known: echo, llamacpp, local, vllm\)"):
         build_engine(settings, pm=plugin_manager, base=tiny_base)
 
 
