@@ -20,7 +20,7 @@ from runtime.training.preference import PreferenceData, TooLittlePreference, pre
 from runtime.training.runs import TrainingBusy, training_dir
 from runtime.training.trainer import run_training, write_run_files
 
-__all__ = ["train", "curate", "retrain", "TrainResult", "RetrainOutcome", "CuratedDataset", "TrainingConfig",
+__all__ = ["train", "train_isolated", "curate", "retrain", "TrainResult", "RetrainOutcome", "CuratedDataset", "TrainingConfig",
            "TrainingError", "TrainingBusy", "METHODS", "PreferenceData", "TooLittlePreference", "preference_data"]
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,31 @@ def train(engine, character_id: str, method: str = "lora", *, config: TrainingCo
     finally:
         if register and not output_dir:
             shutil.rmtree(staging, ignore_errors=True)
+    return TrainResult(version, metrics, version.folder / "loss.png", None, run_id)
+
+
+def train_isolated(engine, character_id: str, config: TrainingConfig, examples, *, preference=None, trigger="compare",
+                   on_poll=None) -> TrainResult:
+    """Train in a child process of its own (so its peak memory is the run's alone) and register a candidate."""
+    character = engine.catalog.get(character_id)
+    preference = _preference(engine, character, config, preference)
+    base_folder, _ = engine.base_identity()
+    store = engine.store
+    label = config.method + (f"+{config.preference}" if config.preference else "")
+    with runs.character_lock(engine.settings, character.id):
+        run_id = runs.start_run(store, character.id, label, trigger, new_turns=examples.new_turns,
+                                last_message_id=examples.last_message_id, data_hash=examples.data_hash)
+        try:
+            staging, metrics = train_in_subprocess(engine, character.id, examples, config, None, run_id, base_folder,
+                                                   preference=preference, on_poll=on_poll)
+            try:
+                version = _register(engine, character.id, staging, config, examples, metrics, None, run_id, preference)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except Exception as error:
+            runs.update_run(store, run_id, state="failed", reason=str(error), phase="done")
+            raise
+        runs.update_run(store, run_id, state="candidate", version=version.number, metrics=metrics, phase="done")
     return TrainResult(version, metrics, version.folder / "loss.png", None, run_id)
 
 

@@ -49,7 +49,7 @@ def _stop(process) -> None:
 
 
 def train_in_subprocess(engine, character_id, dataset, config, reference, run_id, base_folder,
-                        poll_seconds: float = 0.5, preference=None) -> tuple[Path, dict]:
+                        poll_seconds: float = 0.5, preference=None, on_poll=None) -> tuple[Path, dict]:
     """Train in low-priority child processes with bounded threads; return (staging folder, metrics).
 
     With config.processes > 1 (or an accelerate config file) the child is `accelerate launch`, whose ranks
@@ -81,6 +81,8 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
         try:
             while process.poll() is None:
                 time.sleep(poll_seconds)
+                if on_poll is not None:
+                    on_poll(run_id)  # e.g. the showdown's progress line (the child writes its step to the log)
         except BaseException:
             _stop(process)  # the caller is going away: don't leave orphan ranks training
             raise
