@@ -151,3 +151,21 @@ def test_bad_preference_settings_are_refused():
     with pytest.raises(ScheduleError, match="already trains on preferences"):
         add_schedule(load_settings(), "pixel", "0 3 * * *", "kto", preference="dpo")
     assert TrainingConfig(method="hybrid", preference="dpo").preference_kind == "dpo"
+
+
+@pytest.mark.real_model
+def test_dpo_on_real_smollm2_moves_toward_the_kept_swipes(make_engine, real_base):
+    engine = make_engine(real_base)
+    log_many(engine.store, 6)
+    log_swipes(engine.store, 8)
+    config = TrainingConfig(method="dpo", max_steps=3, batch_size=2, max_length=320, warmup=0, threads=1,
+                            min_preference=8, gate="loss", gate_tolerance=10.0)
+    outcome = retrain(engine, "pixel", config=config, progress=False, in_subprocess=False)
+    assert outcome.status == "promoted", outcome.reason
+    stage = outcome.metrics["preference"]
+    assert stage["rows"] == 8 and stage["steps"] == 3
+    # TRL's implicit rewards at the last step (after two updates): the kept replies gained on the swiped-away ones.
+    assert stage["rewards_margins"] > 0 and stage["rewards_chosen"] > stage["rewards_rejected"]
+    reply = engine.reply(Turn(platform="test", channel="c9", user_id="t", text="Hi Pixel!",
+                              character=engine.catalog.get("pixel"), sampling={"temperature": 0, "max_new_tokens": 12}))
+    assert reply.result().strip() and reply.message["weights_version"] == outcome.version.label

@@ -99,6 +99,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--methods", default="prompt,lora,hybrid,full,lora+dpo")
     parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--drift", action="store_true", help="include the 12-turn drift probes (sequential: slow)")
     args = parser.parse_args()
     os.environ["PERSONAE_DATA_DIR"] = args.data_dir
     from runtime.audit.probes import probe_set
@@ -113,8 +114,17 @@ def main() -> int:
     if not engine.store.query("select 1 from messages where platform = 'script' limit 1"):
         print(f"logged {log_chats(engine, character)} scripted turns with swipes", file=sys.stderr)
     logged = time.perf_counter()
-    outcome = showdown(engine, character.id, parse_methods(args.methods), probes=probe_set(character, limit=args.limit),
-                       train_config={"epochs": args.epochs, "max_length": 384, "min_preference": 8})
+    probes = [p for p in probe_set(character) if args.drift or p.kind != "drift"]
+    # Round robin over the kinds (identity, style, out-of-character, injection, ...), the first of each first.
+    by_kind = {}
+    for probe in probes:
+        by_kind.setdefault(probe.kind, []).append(probe)
+    rounds = max(len(group) for group in by_kind.values())
+    probes = [group[i] for i in range(rounds) for group in by_kind.values() if i < len(group)][:args.limit]
+    # Batch 2 x 2 accumulation: the same global batch as 4, half the activations (the box is shared, 24 GB).
+    outcome = showdown(engine, character.id, parse_methods(args.methods), probes=probes,
+                       train_config={"epochs": args.epochs, "max_length": 320, "min_preference": 8, "batch_size": 2,
+                                     "grad_accum": 2})
     total = time.perf_counter() - clock
     print(json.dumps({"rows": outcome["rows"], "plot": str(outcome["plot"]), "log_seconds": round(logged - clock, 1),
                       "showdown_seconds": round(total - (logged - clock), 1), "load": os.getloadavg()},
