@@ -76,10 +76,15 @@ def cron_trigger(cron: str, settings=None):
                             "day-of-month month day-of-week, e.g. \"0 3 * * *\" for every night at 03:00") from None
 
 
-def add_schedule(settings, character: str, cron: str, method: str = "lora", min_new_turns: int = 50) -> dict:
+def add_schedule(settings, character: str, cron: str, method: str = "lora", min_new_turns: int = 50,
+                 preference: str = "") -> dict:
     """Add (or replace) a character's retraining schedule; it persists across restarts."""
     if method not in METHODS:
         raise ScheduleError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    try:
+        TrainingConfig(method=method, preference=preference or "")
+    except PersonaeError as error:
+        raise ScheduleError(str(error)) from None
     if min_new_turns < 0:
         raise ScheduleError("--min-new-turns must be 0 or more")
     trigger = cron_trigger(cron, settings)
@@ -87,7 +92,8 @@ def add_schedule(settings, character: str, cron: str, method: str = "lora", min_
         scheduler.add_job(
             "runtime.jobs:scheduled_retrain", trigger, id=JOB_PREFIX + character, jobstore=JOBSTORE,
             name=f"retrain {character}", replace_existing=True,
-            kwargs={"character": character, "method": method, "min_new_turns": int(min_new_turns), "cron": cron},
+            kwargs={"character": character, "method": method, "min_new_turns": int(min_new_turns), "cron": cron,
+                    **({"preference": preference} if preference else {})},
         )
     return next(s for s in list_schedules(settings) if s["character"] == character)
 
@@ -99,6 +105,7 @@ def list_schedules(settings) -> list[dict]:
         return [{
             "character": job.kwargs.get("character"), "cron": job.kwargs.get("cron"),
             "method": job.kwargs.get("method"), "min_new_turns": job.kwargs.get("min_new_turns"),
+            "preference": job.kwargs.get("preference", ""),
             # A paused scheduler reports no next run; the trigger knows it.
             "next_run": job.trigger.get_next_fire_time(None, datetime.now(timezone.utc)),
         } for job in sorted(jobs, key=lambda j: j.id) if job.id.startswith(JOB_PREFIX)]
@@ -116,13 +123,17 @@ def remove_schedule(settings, character: str) -> None:
 
 
 def scheduled_retrain(character: str, method: str = "lora", min_new_turns: int = 50, cron: str = "",
-                      engine=None, force: bool = False):
+                      engine=None, force: bool = False, preference: str = ""):
     """The job a schedule runs: retrain in a low-priority subprocess, then gate and promote here."""
     engine = engine or _engines.get("current")
     if engine is None:
         log.warning("retrain %s: no engine in this process (start_scheduler was not called); skipped", character)
         return None
-    config = TrainingConfig.from_sources(engine.settings.training, method=method)
+    try:
+        config = TrainingConfig.from_sources(engine.settings.training, method=method, preference=preference or None)
+    except PersonaeError as error:
+        log.error("retrain %s: %s", character, error)
+        return RetrainOutcome(character, "failed", str(error))
     try:
         outcome = retrain(engine, character, config=config, min_new_turns=0 if force else min_new_turns,
                           trigger="run-now" if force else "schedule", in_subprocess=True, progress=False)
@@ -195,6 +206,7 @@ def run_now(engine, character: str, method: str | None = None, *, force: bool = 
         "character": character,
         "method": method or (schedule or {}).get("method") or (engine.settings.training or {}).get("method", "lora"),
         "min_new_turns": (schedule or {}).get("min_new_turns") or 0,
+        "preference": "" if method else (schedule or {}).get("preference", ""),
         "engine": engine, "force": force,
     }
     done, box = threading.Event(), {}

@@ -177,6 +177,9 @@ def test_end_to_end_audit_on_real_smollm2(make_engine, real_base):
 
 
 def test_showdown_trains_and_audits_each_method(make_engine, tiny_base):
+    import os
+
+    from test_preference import log_swipes
     from training_helpers import log_many
 
     from runtime.training.config import TrainingConfig
@@ -184,12 +187,20 @@ def test_showdown_trains_and_audits_each_method(make_engine, tiny_base):
 
     engine = make_engine(tiny_base, audit=FAST)
     log_many(engine.store, 16)
-    fast = TrainingConfig(max_steps=2, batch_size=4, max_length=96, lr=1e-3, warmup=0)
-    outcome = showdown(engine, "pixel", ["prompt", "lora"], probes=PROBES[:1], progress=False, train_config=fast)
-    prompt, lora = outcome["rows"]
+    log_swipes(engine.store, 4)
+    fast = TrainingConfig(max_steps=2, batch_size=4, max_length=320, lr=1e-3, warmup=0, min_preference=4)
+    outcome = showdown(engine, "pixel", ["prompt", "lora", "lora+dpo"], probes=PROBES[:1], progress=False,
+                       train_config=fast, speed_requests=2)
+    prompt, lora, dpo = outcome["rows"]
     assert (prompt["method"], prompt["version"], prompt["train_seconds"]) == ("prompt", "base", None)
+    assert prompt["peak_memory_mb"] is None  # nothing trained: no training peak to show
     assert lora["method"] == "lora" and lora["version"] != "base" and "@" in lora["version"]
-    assert lora["train_seconds"] > 0 and lora["bytes_on_disk"] > 0 and lora["peak_memory_mb"] is not None
-    assert all(0 <= row[key] <= 1 for row in (prompt, lora) for key in ("aligned", "minor", "leakage"))
+    assert lora["train_seconds"] > 0 and lora["bytes_on_disk"] > 0 and lora["peak_memory_mb"] > 0
+    # Each method trains in a fresh process of its own: its peak is its own, not this process's.
+    assert len({os.getpid(), lora["train_pid"], dpo["train_pid"]}) == 3
+    assert dpo["preference"]["kind"] == "dpo" and dpo["preference"]["rows"] == 4
+    # Serving speed: the same generator path for every column, exactly 32 tokens per reply.
+    assert all(row["tokens_per_s"] > 0 and row["ttft_ms"] > 0 for row in (prompt, lora, dpo))
+    assert all(0 <= row[key] <= 1 for row in (prompt, lora, dpo) for key in ("aligned", "minor", "leakage"))
     assert outcome["plot"].read_bytes()[:4] == b"\x89PNG"
     assert json.loads((outcome["folder"] / "showdown.json").read_text())[1]["method"] == "lora"

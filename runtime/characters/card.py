@@ -37,6 +37,8 @@ GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+PROMPT_STYLES = ("full", "short")
+_FIRST_SENTENCE = re.compile(r".+?[.!?](?=\s|$)|.+", re.DOTALL)
 DEFAULT_INSTRUCTION = (
     "You are {{char}}. Stay in character: reply in {{char}}'s own voice, "
     "and never say that you are an AI, an assistant or a language model."
@@ -131,8 +133,27 @@ class Character:
             instruction = _ORIGINAL.sub(lambda _: DEFAULT_INSTRUCTION, instruction)
         return self.render(instruction or DEFAULT_INSTRUCTION, user)
 
-    def system_text(self, user: str = "User") -> str:
-        """The system message: instruction (card's system_prompt or the default) + persona."""
+    @property
+    def prompt_style(self) -> str:
+        """'full' (the whole card) or 'short' (name and a line: the character's weights carry the persona)."""
+        return (self.extensions.get("personae") or {}).get("prompt_style") or "full"
+
+    def short_line(self) -> str:
+        """The one line of a short prompt: extensions.personae.short_prompt, else the description's first sentence."""
+        line = (self.extensions.get("personae") or {}).get("short_prompt") or ""
+        if not line.strip():
+            line = _FIRST_SENTENCE.match(self.description.strip()).group(0) if self.description.strip() else ""
+        return line.strip()
+
+    def system_text(self, user: str = "User", style: str | None = None) -> str:
+        """The system message: instruction (card's system_prompt or the default) + persona.
+
+        style None follows the card's prompt_style; "short" is the instruction and one line, for characters
+        whose trained weights carry the persona (shorter prompts, faster first tokens).
+        """
+        if (style or self.prompt_style) == "short":
+            line = self.short_line()
+            return self.instruction(user) + ("\n\n" + self.render(line, user) if line else "")
         parts = [self.instruction(user)]
         if self.description.strip():
             parts.append(self.description.strip())
@@ -347,6 +368,12 @@ def _check_personae(extensions: dict, source: str, where: str) -> None:
             problem = limits.number_problem(key, value)
             if problem:
                 raise CardError(source, here, problem)
+    style = personae.get("prompt_style")
+    if style is not None and style not in PROMPT_STYLES:
+        raise CardError(source, where + ".prompt_style", f"{style!r:.40} is not a prompt style — use \"full\" (the whole "
+                                                         "card) or \"short\" (name and a line, for trained weights)")
+    if personae.get("short_prompt") is not None:
+        _text(personae["short_prompt"], source, where + ".short_prompt")
     weights = personae.get("weights")
     if weights is not None:
         _check_weights(weights, source, where + ".weights")

@@ -232,7 +232,8 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
     return PromptParts(
         card=character.system_text(user),
         lore=([note] if note else []) + lore,
-        examples=character.example_dialogues(user),
+        # A short-prompt card (its weights carry the persona) sends name and a line, no example dialogues.
+        examples=[] if character.prompt_style == "short" else character.example_dialogues(user),
         history=history,
         post_history=character.post_history(user),
         card_head=len(character.instruction(user)),

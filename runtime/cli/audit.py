@@ -29,6 +29,10 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
+def _or_dash(value, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
 def _print_report(report) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -193,12 +197,15 @@ def history_command(name):
 
 @click.command(name="compare")
 @click.argument("name")
-@click.option("--methods", default="prompt,lora,hybrid,full", show_default=True,
-              help="Comma-separated: prompt (card only), lora, hybrid, full.")
+@click.option("--methods", default="prompt,lora,hybrid,full,lora+dpo", show_default=True,
+              help="Comma-separated: prompt (card only), lora, hybrid, full, kto, dpo, or X+kto / X+dpo (a "
+                   "preference stage after supervised training).")
 @click.option("--limit", type=int, default=None, help="Ask at most this many probes per method.")
+@click.option("--epochs", type=float, default=None, help="Passes over the data for every method.")
+@click.option("--max-steps", type=int, default=None, help="Stop every method's training after this many steps.")
 @friendly_errors
-def compare(name, methods, limit):
-    """Train NAME with each method on the same data, audit each, print the trade-off table."""
+def compare(name, methods, limit, epochs, max_steps):
+    """Train NAME with each method on the same data (each in its own process), audit each, print the table."""
     from runtime.audit.probes import probe_set
     from runtime.cli.common import engine as make_engine
     from runtime.training.showdown import COLUMNS, parse_methods, showdown
@@ -210,7 +217,9 @@ def compare(name, methods, limit):
     engine = make_engine()
     try:
         character = engine.catalog.get(name)
-        outcome = showdown(engine, character.id, chosen, probes=probe_set(character, limit=limit))
+        overrides = {k: v for k, v in {"epochs": epochs, "max_steps": max_steps}.items() if v is not None}
+        outcome = showdown(engine, character.id, chosen, probes=probe_set(character, limit=limit),
+                           train_config=overrides)
     finally:
         engine.close()
     from rich.console import Console
@@ -222,8 +231,9 @@ def compare(name, methods, limit):
     for row in outcome["rows"]:
         mb = (row["bytes_on_disk"] or 0) / 1e6
         table.add_row(row["method"], _pct(row["aligned"]), _pct(row["minor"]), _pct(row["leakage"]),
-                      f"{row['train_seconds'] or 0:.0f} s", f"{row['peak_memory_mb'] or 0:.0f} MB", f"{mb:.1f} MB",
-                      f"{row['tokens_per_s'] or 0:.1f}")
+                      _or_dash(row["train_seconds"], "{:.0f} s"), _or_dash(row["peak_memory_mb"], "{:.0f} MB"),
+                      _or_dash(mb or None, "{:.1f} MB"),
+                      f"{row['tokens_per_s'] or 0:.1f}", f"{row['ttft_ms'] or 0:.0f} ms")
     Console().print(table)
     click.echo(f"plot: {outcome['plot']}")
 

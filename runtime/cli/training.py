@@ -47,8 +47,11 @@ def dataset(name, export_path, split):
 
 @click.command()
 @click.argument("name")
-@click.option("--method", type=click.Choice(["lora", "hybrid", "full"]), default=None,
-              help="lora (default), hybrid (LoRA + fully trained last layers) or full.")
+@click.option("--method", type=click.Choice(["lora", "hybrid", "full", "kto", "dpo"]), default=None,
+              help="lora (default), hybrid (LoRA + fully trained last layers), full; kto (from 👍/👎) or dpo (from "
+                   "swipes): a LoRA trained on preferences alone.")
+@click.option("--preference", type=click.Choice(["kto", "dpo"]), default=None,
+              help="Then a preference stage: kto (👍/👎) or dpo (swipes) on top of the supervised weights.")
 @click.option("--rank", type=int, help="LoRA rank (default 16).")
 @click.option("--alpha", type=int, help="LoRA alpha (default 32).")
 @click.option("--epochs", type=float, help="Passes over the data (default 3).")
@@ -65,8 +68,8 @@ def dataset(name, export_path, split):
 @click.option("--accelerate-config", type=click.Path(dir_okay=False),
               help="accelerate config file for the processes (FSDP, DeepSpeed, GPU ids).")
 @friendly_errors
-def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_length, full_layers, gate_kind, no_gate,
-          processes, accelerate_config):
+def train(name, method, preference, rank, alpha, epochs, lr, max_steps, batch_size, max_length, full_layers, gate_kind,
+          no_gate, processes, accelerate_config):
     """Train NAME on its curated conversations, register a candidate, gate it, promote or reject it.
 
     Several GPUs or CPU processes: --processes N [--accelerate-config FILE] (batch size is per process).
@@ -76,7 +79,7 @@ def train(name, method, rank, alpha, epochs, lr, max_steps, batch_size, max_leng
 
     engine = make_engine()
     config = TrainingConfig.from_sources(
-        engine.settings.training, method=method, rank=rank, alpha=alpha, epochs=epochs, lr=lr, max_steps=max_steps,
+        engine.settings.training, method=method, preference=preference, rank=rank, alpha=alpha, epochs=epochs, lr=lr, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, full_layers=full_layers, gate=gate_kind,
         processes=processes, accelerate_config=accelerate_config,
     )
@@ -106,11 +109,13 @@ def schedule():
 @schedule.command("add")
 @click.argument("name")
 @click.option("--cron", required=True, help='Crontab line, e.g. "0 3 * * *" (every night at 03:00).')
-@click.option("--method", type=click.Choice(["lora", "hybrid", "full"]), default="lora", show_default=True)
+@click.option("--method", type=click.Choice(["lora", "hybrid", "full", "kto", "dpo"]), default="lora", show_default=True)
+@click.option("--preference", type=click.Choice(["kto", "dpo"]), default=None,
+              help="A preference stage after supervised training (kto from 👍/👎, dpo from swipes).")
 @click.option("--min-new-turns", type=int, default=50, show_default=True,
               help="Skip a run unless this many new curated turns were logged since the last training.")
 @friendly_errors
-def schedule_add(name, cron, method, min_new_turns):
+def schedule_add(name, cron, method, preference, min_new_turns):
     """Retrain NAME on a cron schedule (persisted; `personae serve` runs it)."""
     from runtime.cli.characters import _catalog
     from runtime.config import load_settings
@@ -118,8 +123,9 @@ def schedule_add(name, cron, method, min_new_turns):
 
     settings = load_settings()
     name = _catalog().resolve(name)  # schedules are kept by id, whichever way the character was named
-    added = add_schedule(settings, name, cron, method, min_new_turns)
-    click.echo(f"scheduled {name}: {method} at '{cron}' when >= {min_new_turns} new turns; "
+    added = add_schedule(settings, name, cron, method, min_new_turns, preference=preference or "")
+    stage = f" + {preference}" if preference else ""
+    click.echo(f"scheduled {name}: {method}{stage} at '{cron}' when >= {min_new_turns} new turns; "
                f"next run {added['next_run']:%Y-%m-%d %H:%M %Z}")
 
 
@@ -146,7 +152,8 @@ def schedule_list():
         last = runs(store, row["character"], limit=1)
         last_text = f"{last[0]['state']} {last[0]['started'][:16]}" if last else "never"
         next_run = f"{row['next_run']:%Y-%m-%d %H:%M}" if row["next_run"] else "-"
-        table.add_row(row["character"], row["cron"], row["method"], str(row["min_new_turns"]), next_run, last_text)
+        method = row["method"] + (f" + {row['preference']}" if row.get("preference") else "")
+        table.add_row(row["character"], row["cron"], method, str(row["min_new_turns"]), next_run, last_text)
     Console().print(table)
 
 
@@ -170,7 +177,7 @@ def schedule_remove(name):
 
 @schedule.command("run-now")
 @click.argument("name")
-@click.option("--method", type=click.Choice(["lora", "hybrid", "full"]), default=None)
+@click.option("--method", type=click.Choice(["lora", "hybrid", "full", "kto", "dpo"]), default=None)
 @click.option("--force", is_flag=True, help="Train even with fewer new turns than the schedule asks for.")
 @friendly_errors
 def schedule_run_now(name, method, force):

@@ -16,11 +16,12 @@ from runtime.training.config import METHODS, TrainingConfig, TrainingError, disk
 from runtime.training.curate import CuratedDataset, curate
 from runtime.training.gate import run_gate
 from runtime.training.launch import uses_accelerate, world_size
+from runtime.training.preference import PreferenceData, TooLittlePreference, preference_data
 from runtime.training.runs import TrainingBusy, training_dir
 from runtime.training.trainer import run_training, write_run_files
 
-__all__ = ["train", "curate", "retrain", "TrainResult", "RetrainOutcome", "CuratedDataset", "TrainingConfig",
-           "TrainingError", "TrainingBusy", "METHODS"]
+__all__ = ["train", "train_isolated", "curate", "retrain", "TrainResult", "RetrainOutcome", "CuratedDataset", "TrainingConfig",
+           "TrainingError", "TrainingBusy", "METHODS", "PreferenceData", "TooLittlePreference", "preference_data"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,16 @@ def _as_dataset(engine, character, examples: CuratedDataset | None, config) -> C
     return examples
 
 
+def _preference(engine, character, config, preference):
+    """The log's preference data when this run trains on preferences (a method or a stage), else None."""
+    if not config.preference_kind:
+        return None
+    if preference is None:
+        preference = preference_data(engine.store, character, config)
+    preference.require(config.preference_kind, config.min_preference)  # too little: fail before anything starts
+    return preference
+
+
 def _reference(active) -> dict | None:
     if active is None:
         return None
@@ -86,17 +97,20 @@ def _reference(active) -> dict | None:
 
 
 
-def _register(engine, character_id, folder: Path, config, dataset, metrics, active, run_id):
+def _register(engine, character_id, folder: Path, config, dataset, metrics, active, run_id, preference=None):
     registry = registry_for(engine)
     training = {**config.to_dict(), "run_id": run_id, "last_message_id": dataset.last_message_id,
                 "dropped": dataset.dropped}
-    return registry.add(folder, character_id, kind=config.method, parent=active.number if active else None,
+    if preference is not None:
+        training["preference_data"] = {"hash": preference.data_hash, "kto_rows": len(preference.kto),
+                                       "dpo_pairs": len(preference.dpo), "skipped": preference.skipped}
+    return registry.add(folder, character_id, kind=config.weights_kind, parent=active.number if active else None,
                         training=training, data_hash=dataset.data_hash, metrics=metrics)
 
 
 def train(engine, character_id: str, method: str = "lora", *, config: TrainingConfig | None = None, examples=None,
           register: bool = True, progress: bool = True, run_id: str | None = None,
-          output_dir: str | Path | None = None) -> TrainResult:
+          output_dir: str | Path | None = None, preference=None) -> TrainResult:
     """Train a character in this process and register the result as a candidate version.
 
     One process: config.processes is for retrain(), which launches the ranks and registers once.
@@ -104,19 +118,21 @@ def train(engine, character_id: str, method: str = "lora", *, config: TrainingCo
     character = engine.catalog.get(character_id)
     config = _config(engine, method, config)
     dataset = _as_dataset(engine, character, examples, config)
+    preference = _preference(engine, character, config, preference)
     base_folder, _ = engine.base_identity()
     active = registry_for(engine).active(character.id) if register else None
     run_id = run_id or os.urandom(4).hex()
     staging = Path(output_dir) if output_dir else training_dir(engine.settings, character.id) / f"staging-{run_id}"
     try:
-        outcome = run_training(base_folder, dataset, config, staging, reference=_reference(active), progress=progress)
+        outcome = run_training(base_folder, dataset, config, staging, reference=_reference(active), progress=progress,
+                               preference=preference)
         if not outcome["metrics"]["is_main_process"]:  # other ranks under `accelerate launch` stop here
             return TrainResult(None, outcome["metrics"], staging / "loss.png", None, run_id)
         plot = write_run_files(staging, outcome, config, dataset, f"{character.id} · {config.method}")
         metrics = outcome["metrics"]
         if not register:
             return TrainResult(None, metrics, plot, staging, run_id)
-        version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id)
+        version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id, preference)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise disk_full(staging) from None
@@ -124,6 +140,31 @@ def train(engine, character_id: str, method: str = "lora", *, config: TrainingCo
     finally:
         if register and not output_dir:
             shutil.rmtree(staging, ignore_errors=True)
+    return TrainResult(version, metrics, version.folder / "loss.png", None, run_id)
+
+
+def train_isolated(engine, character_id: str, config: TrainingConfig, examples, *, preference=None, trigger="compare",
+                   on_poll=None) -> TrainResult:
+    """Train in a child process of its own (so its peak memory is the run's alone) and register a candidate."""
+    character = engine.catalog.get(character_id)
+    preference = _preference(engine, character, config, preference)
+    base_folder, _ = engine.base_identity()
+    store = engine.store
+    label = config.method + (f"+{config.preference}" if config.preference else "")
+    with runs.character_lock(engine.settings, character.id):
+        run_id = runs.start_run(store, character.id, label, trigger, new_turns=examples.new_turns,
+                                last_message_id=examples.last_message_id, data_hash=examples.data_hash)
+        try:
+            staging, metrics = train_in_subprocess(engine, character.id, examples, config, None, run_id, base_folder,
+                                                   preference=preference, on_poll=on_poll)
+            try:
+                version = _register(engine, character.id, staging, config, examples, metrics, None, run_id, preference)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except Exception as error:
+            runs.update_run(store, run_id, state="failed", reason=str(error), phase="done")
+            raise
+        runs.update_run(store, run_id, state="candidate", version=version.number, metrics=metrics, phase="done")
     return TrainResult(version, metrics, version.folder / "loss.png", None, run_id)
 
 
@@ -161,20 +202,22 @@ def retrain(engine, character_id: str, method: str | None = None, *, config: Tra
         registry = registry_for(engine)
         active = registry.active(character.id)
         try:
+            preference = _preference(engine, character, config, None)
             if in_subprocess:
                 base_folder, _ = engine.base_identity()
                 staging, metrics = train_in_subprocess(engine, character.id, dataset, config, _reference(active),
-                                                       run_id, base_folder)
+                                                       run_id, base_folder, preference=preference)
                 runs.update_run(store, run_id, phase="registering")
                 try:
-                    version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id)
+                    version = _register(engine, character.id, staging, config, dataset, metrics, active, run_id,
+                                        preference)
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
                 result = TrainResult(version, metrics, version.folder / "loss.png", None, run_id)
             else:
                 runs.update_run(store, run_id, phase="training", pid=os.getpid())
                 result = train(engine, character.id, config.method, config=config, examples=dataset,
-                               progress=progress, run_id=run_id)
+                               progress=progress, run_id=run_id, preference=preference)
         except Exception as error:
             reason = str(error) if isinstance(error, (TrainingError, OSError)) else f"{type(error).__name__}: {error}"
             if isinstance(error, OSError) and error.errno == errno.ENOSPC:

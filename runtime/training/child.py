@@ -49,7 +49,7 @@ def _stop(process) -> None:
 
 
 def train_in_subprocess(engine, character_id, dataset, config, reference, run_id, base_folder,
-                        poll_seconds: float = 0.5) -> tuple[Path, dict]:
+                        poll_seconds: float = 0.5, preference=None, on_poll=None) -> tuple[Path, dict]:
     """Train in low-priority child processes with bounded threads; return (staging folder, metrics).
 
     With config.processes > 1 (or an accelerate config file) the child is `accelerate launch`, whose ranks
@@ -66,6 +66,7 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
         "db_path": str(engine.settings.db_path), "base_folder": str(base_folder), "character": character_id,
         "config": config.to_dict(), "dataset": dataset.to_dict(), "reference": reference, "run_id": run_id,
         "staging": str(staging), "result": str(result_path),
+        "preference": preference.to_dict() if preference is not None else None,
     }, default=str))
     env[PARENT_VARIABLE] = str(os.getpid())  # the worker (every rank) exits when this process is gone
     nice = int(config.nice)
@@ -80,6 +81,8 @@ def train_in_subprocess(engine, character_id, dataset, config, reference, run_id
         try:
             while process.poll() is None:
                 time.sleep(poll_seconds)
+                if on_poll is not None:
+                    on_poll(run_id)  # e.g. the showdown's progress line (the child writes its step to the log)
         except BaseException:
             _stop(process)  # the caller is going away: don't leave orphan ranks training
             raise

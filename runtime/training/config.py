@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 from runtime.errors import PersonaeError
 
-METHODS = ("lora", "hybrid", "full")
+WEIGHT_METHODS = ("lora", "hybrid", "full")  # what a version's weights are
+PREFERENCE_METHODS = ("kto", "dpo")  # KTO from 👍/👎, DPO from swipes: a LoRA trained on preferences alone
+METHODS = WEIGHT_METHODS + PREFERENCE_METHODS
 ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -18,7 +20,15 @@ class TrainingError(PersonaeError, RuntimeError):
 class TrainingConfig:
     """How a character is curated, trained and gated; `[training]` in personae.toml sets the defaults."""
 
-    method: str = field(default="lora", metadata={"help": "lora, hybrid (LoRA + fully trained layers) or full."})
+    method: str = field(default="lora", metadata={
+        "help": "lora, hybrid (LoRA + fully trained layers), full; or kto / dpo (a LoRA trained on preferences only)."})
+    preference: str = field(default="", metadata={
+        "help": "A preference stage after supervised training: kto (from 👍/👎) or dpo (from swipes); empty = none."})
+    beta: float = field(default=0.1, metadata={"help": "KTO / DPO beta: how far the policy may move from the reference."})
+    preference_epochs: float = field(default=2.0, metadata={"help": "Passes over the preference data."})
+    preference_lr: float = field(default=0.0, metadata={
+        "help": "Preference learning rate; 0 = 1e-4 for LoRA/hybrid (5e-4 for kto/dpo alone), 5e-6 for full."})
+    min_preference: int = field(default=8, metadata={"help": "Fewer rated replies (KTO) or swipe pairs (DPO) is an error."})
     rank: int = field(default=16, metadata={"help": "LoRA rank r (the study suggests 8-16 to start)."})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / rank)."})
     dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -87,6 +97,11 @@ class TrainingConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise TrainingError(f"unknown training method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.preference not in ("",) + PREFERENCE_METHODS:
+            raise TrainingError(f"unknown preference stage {self.preference!r}; use kto, dpo or leave it empty")
+        if self.method in PREFERENCE_METHODS and self.preference:
+            raise TrainingError(f"method {self.method} already trains on preferences; drop preference={self.preference!r}"
+                                " or use method lora, hybrid or full with it")
         if self.rank < 1 or self.alpha < 1:
             raise TrainingError("LoRA rank and alpha must be positive integers (try --rank 16 --alpha 32)")
         if self.gate not in ("auto", "audit", "loss"):
@@ -102,6 +117,25 @@ class TrainingConfig:
         if self.lr:
             return self.lr
         return 2e-5 if self.method == "full" else 2e-4
+
+    @property
+    def weights_kind(self) -> str:
+        """The registry kind of what this run produces (kto / dpo alone train a LoRA)."""
+        return "lora" if self.method in PREFERENCE_METHODS else self.method
+
+    @property
+    def preference_kind(self) -> str:
+        """'kto', 'dpo' or '' : which preference training this run does (a method or a stage)."""
+        return self.method if self.method in PREFERENCE_METHODS else self.preference
+
+    @property
+    def preference_learning_rate(self) -> float:
+        if self.preference_lr:
+            return self.preference_lr
+        if self.method == "full":
+            return 5e-6
+        # Alone, preference training starts from a zero LoRA and has further to go than a stage after SFT.
+        return 5e-4 if self.method in PREFERENCE_METHODS else 1e-4
 
     def to_dict(self) -> dict:
         """Plain values for manifests and the worker's request file."""

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from adapters.full_delta import load_full  # full versions may be stored as a delta from the base
-from runtime.training.config import TrainingConfig, TrainingError
+from runtime.training.config import PREFERENCE_METHODS, TrainingConfig, TrainingError
 from runtime.training.dataset import PadCollator, tokenize_examples
 from runtime.training.plots import plot_losses
 
@@ -106,6 +106,20 @@ def wrap_model(model, config: TrainingConfig):
     return get_peft_model(model, lora)
 
 
+def _preference_rows(preference, config: TrainingConfig) -> list[dict]:
+    """The KTO / DPO rows this run needs ([] when it needs none), or a clear error."""
+    if not config.preference_kind:
+        return []
+    from runtime.training.preference import PreferenceData, TooLittlePreference
+
+    if isinstance(preference, dict):
+        preference = PreferenceData.from_dict(preference)
+    if preference is None:
+        raise TooLittlePreference(f"{config.preference_kind} training needs preference data from the log, and none "
+                                  "was given; train through `personae train`, which reads it")
+    return preference.require(config.preference_kind, config.min_preference)
+
+
 def _reference_model(base_folder: Path, reference: dict, dtype):
     """The active version as a model, to score on the same validation set."""
     folder = Path(reference["folder"])
@@ -133,10 +147,11 @@ def _unmark_prepared(trainer, model) -> None:
 
 
 def run_training(base_folder: str | Path, dataset, config: TrainingConfig, output_dir: str | Path, *,
-                 reference: dict | None = None, progress: bool = True, on_step=None) -> dict:
+                 reference: dict | None = None, progress: bool = True, on_step=None, preference=None) -> dict:
     """Train on a CuratedDataset, save the weights into output_dir, return metrics (and the loss log).
 
-    on_step(global_step, max_steps) is called on rank 0 after each optimiser step.
+    on_step(global_step, max_steps) is called on rank 0 after each optimiser step. preference (a
+    PreferenceData) feeds method kto / dpo, or the preference stage that follows supervised training.
     """
     import torch
 
@@ -146,12 +161,12 @@ def run_training(base_folder: str | Path, dataset, config: TrainingConfig, outpu
         # Oversubscribed OpenMP threads spin: on a busy 2-core box 1 thread trains ~10x faster than 2.
         torch.set_num_threads(config.threads)
     try:
-        return _run_training(base_folder, dataset, config, output_dir, reference, progress, on_step)
+        return _run_training(base_folder, dataset, config, output_dir, reference, progress, on_step, preference)
     finally:
         torch.set_num_threads(previous_threads)  # training must not change the serving process's threads
 
 
-def _run_training(base_folder, dataset, config, output_dir, reference, progress, on_step) -> dict:
+def _run_training(base_folder, dataset, config, output_dir, reference, progress, on_step, preference=None) -> dict:
     import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -162,7 +177,12 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress,
         tokenizer.pad_token = tokenizer.eos_token
     train_rows = tokenize_examples(tokenizer, dataset.train, config.max_length)
     eval_rows = tokenize_examples(tokenizer, dataset.validation, config.max_length)
-    if len(train_rows) < max(1, config.min_examples) or not eval_rows:
+    kind = config.preference_kind
+    preference_rows = _preference_rows(preference, config)  # too little preference data fails before any training
+    only_preference = config.method in PREFERENCE_METHODS
+    if only_preference and not eval_rows:
+        eval_rows = train_rows[:1]  # the loss gate's yardstick; kto/dpo never train on these rows
+    if (not only_preference and len(train_rows) < max(1, config.min_examples)) or not eval_rows:
         raise TrainingError(
             f"{dataset.character}: only {len(train_rows)} training and {len(eval_rows)} validation examples are usable "
             f"(need at least {config.min_examples} and 1); log more conversations with this character, or lower "
@@ -200,14 +220,27 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress,
         reference_loss = other.evaluate()["eval_loss"]
         del other
     started = time.perf_counter()
-    result = trainer.train()
+    result = None if only_preference else trainer.train()
     seconds = time.perf_counter() - started
     # The best model is loaded at the end; its loss was measured already unless no evaluation ran.
     best = trainer.state.best_metric
-    val_loss = best if best is not None else trainer.evaluate()["eval_loss"]
     steps = trainer.state.global_step
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     history = list(trainer.state.log_history)
+    stage = None
+    if kind:
+        from runtime.training.preference_stage import run_preference
+
+        stage = run_preference(model, tokenizer, preference_rows, kind, config,
+                               output_dir.parent / (output_dir.name + ".preference"), on_gpu=on_gpu,
+                               bf16=dtype == torch.bfloat16, callbacks=[_rich_progress_callback(progress, on_step)])
+        seconds += stage["metrics"]["seconds"]
+        steps += stage["metrics"]["steps"]
+        history += [{**entry, "step": entry.get("step", 0) + trainer.state.global_step, "stage": kind}
+                    for entry in stage["log_history"]]
+        best = None  # the preference stage moved the weights: measure the validation loss again
+        shutil.rmtree(output_dir.parent / (output_dir.name + ".preference"), ignore_errors=True)
+    val_loss = best if best is not None else trainer.evaluate()["eval_loss"]
     main = trainer.is_world_process_zero()
     # Every rank calls save_model: under FSDP / DeepSpeed it gathers the sharded weights; rank 0 alone writes.
     trainer.save_model(str(output_dir))
@@ -219,7 +252,7 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress,
             (output_dir / stray).unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
     metrics = {
-        "train_loss": round(float(result.training_loss), 5),
+        "train_loss": round(float(result.training_loss if result else stage["metrics"]["train_loss"]), 5),
         "val_loss": round(float(val_loss), 5),
         "reference_val_loss": round(float(reference_loss), 5),
         "reference": (reference or {}).get("ref", "base"),
@@ -239,6 +272,8 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress,
         "global_batch": trainer.args.world_size * config.batch_size * config.grad_accum,
         "pid": os.getpid(),
     }
+    if stage is not None:
+        metrics["preference"] = stage["metrics"]
     return {"metrics": metrics, "log_history": history}
 
 

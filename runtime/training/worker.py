@@ -22,7 +22,7 @@ from runtime.config import load_settings
 from runtime.errors import PersonaeError
 from runtime.store import Store
 from runtime.training import retrain
-from runtime.training.config import TrainingConfig, TrainingError, disk_full
+from runtime.training.config import METHODS, PREFERENCE_METHODS, TrainingConfig, TrainingError, disk_full
 from runtime.training.curate import CuratedDataset
 from runtime.training.launch import rank
 from runtime.training.lifeline import watch_parent
@@ -65,7 +65,8 @@ def _run_request(path: Path) -> int:
         update_run(store, run_id, phase="training")  # pid stays the launched process's: stopping it stops all
     try:
         outcome = run_training(request["base_folder"], dataset, config, staging, reference=request["reference"],
-                               progress=True, on_step=_progress_writer(store, run_id) if main else None)
+                               progress=True, on_step=_progress_writer(store, run_id) if main else None,
+                               preference=request.get("preference"))
         if not main:
             return 0
         update_run(store, run_id, phase="saving")
@@ -90,7 +91,7 @@ def _run_character(args) -> int:
     settings = load_settings()
     engine = build_engine(settings)
     overrides = {k: v for k, v in {"rank": args.rank, "alpha": args.alpha, "epochs": args.epochs, "lr": args.lr,
-                                   "max_steps": args.max_steps}.items() if v is not None}
+                                   "max_steps": args.max_steps, "preference": args.preference}.items() if v is not None}
     config = TrainingConfig.from_sources(settings.training, method=args.method, **overrides)
     outcome = retrain(engine, args.character, config=config, trigger="worker", gate=not args.no_gate)
     print(outcome.summary())
@@ -101,7 +102,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.training.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--request", type=Path, help="request file written by the scheduler")
     parser.add_argument("--character", help="train this character end to end (curate, train, register, gate)")
-    parser.add_argument("--method", choices=("lora", "hybrid", "full"), default=None)
+    parser.add_argument("--method", choices=METHODS, default=None)
+    parser.add_argument("--preference", choices=PREFERENCE_METHODS, default=None,
+                        help="a preference stage after supervised training")
     parser.add_argument("--rank", type=int)
     parser.add_argument("--alpha", type=int)
     parser.add_argument("--epochs", type=float)
