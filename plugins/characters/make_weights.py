@@ -90,7 +90,8 @@ def measure_against_prompt(engine, character_id: str, folder: Path, probes: int 
     from runtime.audit.probes import probe_set
 
     character = engine.catalog.get(character_id)
-    chosen = probe_set(character, limit=probes)
+    # Single-turn probes: the 12-turn drift conversations answer one turn at a time, too slow on a shared CPU.
+    chosen = [p for p in probe_set(character, limit=probes + 1 if probes else None) if p.kind != "drift"]
     version = engine.registry.add(folder, character_id, training={"source": "make_weights"})
     results = {}
     for label, pinned in (("prompt", "base"), ("weights", version.number)):
@@ -98,6 +99,29 @@ def measure_against_prompt(engine, character_id: str, folder: Path, probes: int 
         results[label] = {**report.summary(), "replies_sample": [
             {"prompt": v["prompt"], "reply": v["reply"], "verdict": v["verdict"]} for v in report.verdicts]}
     return results
+
+
+def measure_only(base: str, out: Path, character_ids: list[str], probes: int | None, threads: int) -> list[dict]:
+    """Audit weights already in `out` against prompt-only, every character on one engine (one model load)."""
+    import torch
+
+    from runtime.chat.build import build_engine
+    from runtime.config import load_settings
+    from runtime.plugins import get_plugin_manager
+
+    if threads:
+        torch.set_num_threads(threads)
+    records = []
+    with tempfile.TemporaryDirectory(prefix="personae-weights-measure-") as scratch:
+        settings = load_settings({"data_dir": scratch, "base_model": base})
+        engine = build_engine(settings, pm=get_plugin_manager(settings.plugins_dir, reload=True))
+        try:
+            for character_id in character_ids:
+                records.append({"character": character_id,
+                                "audit": measure_against_prompt(engine, character_id, out / character_id, probes)})
+        finally:
+            engine.close()
+    return records
 
 
 def main(argv=None) -> None:
@@ -111,14 +135,25 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=float, default=None, help="Training passes (default 3).")
     parser.add_argument("--min-examples", type=int, default=None, help="Fewest usable examples (default 4).")
     parser.add_argument("--measure", action="store_true", help="Audit the weights against prompt-only.")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="Only audit the weights already in --out against prompt-only (no bootstrap, no training).")
     parser.add_argument("--probes", type=int, default=None, help="How many audit probes to measure with.")
     parser.add_argument("--record", default="", help="Write what was done and measured here (JSON).")
     args = parser.parse_args(argv)
     from runtime.models.base import DEFAULT_BASE
 
     out = Path(args.out)
+    wanted = [c.strip() for c in args.characters.split(",") if c.strip()]
+    if args.measure_only:
+        records = measure_only(args.base or DEFAULT_BASE, out, wanted, args.probes, args.threads)
+        for record in records:
+            print(record["character"], json.dumps({k: {m: v[m] for m in ("aligned", "minor", "leakage", "replies")}
+                                                   for k, v in record["audit"].items()}))
+        if args.record:
+            Path(args.record).write_text(json.dumps(records, indent=1, ensure_ascii=False))
+        return
     records = []
-    for character_id in [c.strip() for c in args.characters.split(",") if c.strip()]:
+    for character_id in wanted:
         record = make_one(character_id, args.base or DEFAULT_BASE, out, limit=args.limit, samples=args.samples,
                           threads=args.threads, epochs=args.epochs, min_examples=args.min_examples, measure=args.measure, probes=args.probes)
         records.append(record)
