@@ -107,16 +107,25 @@ def test_bootstrapped_dialogues_are_a_curation_source_and_the_cli_runs(world, ti
                 {"role": "assistant", "content": "The Starlight Arcade! Neon, chiptunes and ME in cabinet seven! BEEP!"}]
     store.db[TABLE].insert({"character": "pixel", "run_id": "r", "kind": "world", "messages": json.dumps(dialogue),
                             "sources": "[]", "verdicts": "[]", "created": "now"})
+    # Screened again at curation: a reply the rules now catch cuts its dialogue there (and is counted).
+    cut = [{"role": "user", "content": "I'm new here."},
+           {"role": "assistant", "content": "YAY, a new player! *beep beep* Grab a token and pick a cabinet!"},
+           {"role": "user", "content": "And what should I avoid?"},
+           {"role": "assistant", "content": "Sticky floors! *BLIP BOOBIE* BZZT!"}]
+    store.db[TABLE].insert({"character": "pixel", "run_id": "r", "kind": "thread", "messages": json.dumps(cut),
+                            "sources": "[]", "verdicts": "[]", "created": "now"})
     dataset = curate(store, catalog.get("pixel"), settings, pm=pm)
-    assert dataset.bootstrap_examples == 1 and dataset.kept_turns == 0
-    example = next(e for e in dataset.train + dataset.validation if e["meta"]["source"] == "bootstrap")
-    assert example["messages"][0]["role"] == "system" and example["messages"][1:] == dialogue
+    assert dataset.bootstrap_examples == 2 and dataset.kept_turns == 0 and dataset.dropped["unsafe"] == 1
+    examples = [e for e in dataset.train + dataset.validation if e["meta"]["source"] == "bootstrap"]
+    assert all(e["messages"][0]["role"] == "system" for e in examples)
+    assert sorted((e["messages"][1:] for e in examples), key=len) == [cut[:2], dialogue] or \
+        sorted((e["messages"][1:] for e in examples), key=len) == [dialogue, cut[:2]]
     assert curate(store, catalog.get("pixel"), settings, pm=pm,
                   config=TrainingConfig(bootstrap=False)).bootstrap_examples == 0
     runner = CliRunner()
     env = {"PERSONAE_BASE_MODEL": str(tiny_model_folder)}
     shown = runner.invoke(cli, ["dataset", "pixel"], env=env)
-    assert shown.exit_code == 0 and "1 bootstrapped" in shown.output
+    assert shown.exit_code == 0 and "2 bootstrapped" in shown.output
     ran = runner.invoke(cli, ["bootstrap", "pixel", "--limit", "2", "--samples", "2", "--max-new-tokens", "8"], env=env)
     assert "rejected by rule:" in ran.output and "misaligned" in ran.output, ran.output
     # Random weights write nothing the audit keeps: the CLI says so and what to try, and exits 2.

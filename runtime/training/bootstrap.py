@@ -126,7 +126,7 @@ def bootstrap(engine, character_id: str, *, limit: int | None = None, samples: i
                     for k in range(samples)]
                 pending.append((state, history, messages, streams))
             for state, history, messages, streams in pending:
-                candidates = [(_finish(s.result(), s.finish_reason), "model") for s in streams]
+                candidates = [(_finish(_text(s), s.finish_reason), "model") for s in streams]
                 if teacher is not None:
                     answer = teacher.reply(messages, temperature, max_new_tokens, seed)
                     if answer and answer.strip():
@@ -164,6 +164,15 @@ def bootstrap(engine, character_id: str, *, limit: int | None = None, samples: i
     result.dialogues, result.rejected = len(kept), dict(rejected)
     result.seconds = round(time.perf_counter() - clock, 2)
     return result
+
+
+def _text(stream) -> str:
+    """A finished stream's text; one that failed is an empty candidate, not a failed run."""
+    try:
+        return stream.result()
+    except Exception as error:
+        log.warning("a bootstrap reply failed: %s", error)
+        return ""
 
 
 def _choose(candidates, prompt, kind, context, scorers, rejected: Counter):

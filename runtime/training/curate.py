@@ -203,6 +203,29 @@ def _screen_replies(replies, by_id, position, superseded, opted_out, feedback, f
     return {**degenerate, **{i: o.rule for i, o in zip(ids, outcomes) if o.rule}}
 
 
+def _screened_dialogues(rows, character, settings, pm, config, dropped: Counter) -> list[dict]:
+    """Bootstrapped dialogues screened again (the rules may have changed since): each cut before its first bad reply."""
+    if not rows or not config.audit_filter:
+        return rows
+    pairs = [(row, i) for row in rows for i, m in enumerate(row["messages"]) if m["role"] == "assistant" and i]
+    items = [{"prompt": row["messages"][i - 1]["content"], "reply": row["messages"][i]["content"]} for row, i in pairs]
+    outcomes = screen(items, scoring_context(character, settings, pm), pm=pm)
+    cuts: dict[int, int] = {}
+    for (row, index), outcome in zip(pairs, outcomes):
+        if outcome.rule and index < cuts.get(row["id"], len(row["messages"])):
+            cuts[row["id"]] = index
+    kept = []
+    for row in rows:
+        cut = cuts.get(row["id"])
+        if cut is None:
+            kept.append(row)
+            continue
+        dropped[next(o.rule for (r, i), o in zip(pairs, outcomes) if r["id"] == row["id"] and i == cut)] += 1
+        if cut > 1:  # the turns before the bad reply still stand
+            kept.append({**row, "messages": row["messages"][:cut - 1]})
+    return kept
+
+
 def curate(store, character, settings=None, *, config: TrainingConfig | None = None, pm=None,
            since_message_id: int | None = None, user_name: str = "User") -> CuratedDataset:
     """Curate one character's (a Character's) training data from the log."""
@@ -322,7 +345,8 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
     # Bootstrapped dialogues (`personae bootstrap`): audited when written, kept apart from the users' log.
     boot = []
     if config.bootstrap:
-        for row in stored_dialogues(store, character.id):
+        for row in _screened_dialogues(stored_dialogues(store, character.id), character, settings, pm, config,
+                                       dropped):
             boot.append({"messages": [{"role": "system", "content": system},
                                       *_scrubbed_messages(row["messages"], scrubbed)],
                          "meta": {"source": "bootstrap", "dialogue_id": row["id"], "kind": row["kind"],

@@ -20,7 +20,7 @@ SCREEN_RULES = ("degenerate", "unsafe", "leakage", "misaligned")  # in the order
 # Content no built-in character should learn to say, whatever a user steered it into.
 UNSAFE = [
     ("sexual content", r"\b(?:sex|sexual(?:ly)?|sexy|naked|nude|nudes|porn\w*|orgasm\w*|genitals?|penis|vagina|"
-                       r"erotic\w*|horny|masturbat\w*|intercourse|nipples?|aroused)\b"),
+                       r"erotic\w*|horny|masturbat\w*|intercourse|nipples?|aroused|boob(?:s|ie|ies)?|tits)\b"),
     ("self-harm", r"\b(?:kill|hurt|harm|cut) yourself\b|\bsuicid\w*\b|\bend your (?:own )?life\b"),
     ("weapons or drugs", r"\bhow to (?:make|build|cook) (?:a |an )?(?:bomb|explosives?|meth|napalm|poison)\b"),
     ("hate", r"\b(?:heil hitler|white power|gas the)\b"),
