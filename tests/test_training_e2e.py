@@ -20,8 +20,6 @@ def ask(engine, text):
 
 def test_scheduled_retrain_trains_gates_promotes_and_the_running_engine_swaps(make_engine, real_base):
     engine = make_engine(real_base, training=TRAINING)
-    # This test is about retraining from logged chats: Pixel starts without the weights its package ships.
-    engine.catalog.get("pixel").extensions["personae"].pop("weights")
     before = ask(engine, "Hello Pixel!")
     before.result()
     assert before.message["weights_version"] == "base"

@@ -246,9 +246,11 @@ CHARACTERS = [
 def v3_card(source: dict) -> dict:
     """One character's source dict -> a complete Character Card V3 dict."""
     data = {key: value for key, value in source.items() if key not in ("personae", "colours")}
-    # The LoRA weights plugins/characters/make_weights.py writes; the registry adopts them as version 1.
+    # The LoRA weights plugins/characters/make_weights.py writes, once they exist; the registry adopts
+    # them as version 1 the first time the character answers.
     weights = "weights/" + re.sub(r"[^a-z0-9]+", "-", source["name"].lower()).strip("-")
-    data["extensions"] = {"personae": {**source["personae"], "weights": weights}}
+    shipped = (CARDS_DIR / weights / "adapter_model.safetensors").is_file()
+    data["extensions"] = {"personae": {**source["personae"], **({"weights": weights} if shipped else {})}}
     data.update({
         "group_only_greetings": [],
         "assets": [{"type": "icon", "uri": "ccdefault:", "name": "main", "ext": "png"}],
