@@ -7,6 +7,7 @@ The outputs in cards/ are committed; this script is the source of truth for them
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from runtime.characters import parse_card, save_card
@@ -245,7 +246,11 @@ CHARACTERS = [
 def v3_card(source: dict) -> dict:
     """One character's source dict -> a complete Character Card V3 dict."""
     data = {key: value for key, value in source.items() if key not in ("personae", "colours")}
-    data["extensions"] = {"personae": source["personae"]}
+    # The LoRA weights plugins/characters/make_weights.py writes, once they exist; the registry adopts
+    # them as version 1 the first time the character answers.
+    weights = "weights/" + re.sub(r"[^a-z0-9]+", "-", source["name"].lower()).strip("-")
+    shipped = (CARDS_DIR / weights / "adapter_model.safetensors").is_file()
+    data["extensions"] = {"personae": {**source["personae"], **({"weights": weights} if shipped else {})}}
     data.update({
         "group_only_greetings": [],
         "assets": [{"type": "icon", "uri": "ccdefault:", "name": "main", "ext": "png"}],

@@ -16,6 +16,7 @@ CORE_COMMAND_MODULES = (
     "runtime.cli.serve",
     "runtime.cli.adapters",
     "runtime.cli.training",
+    "runtime.cli.bootstrap",
     "runtime.cli.audit",
 )
 

@@ -12,7 +12,7 @@ from runtime.errors import PersonaeError
 def _print_dropped(dataset) -> None:
     click.echo(f"{dataset.character}: {dataset.logged_turns} logged replies, {dataset.kept_turns} kept; "
                f"{len(dataset.train)} training examples ({dataset.card_examples} from the card's example "
-               f"dialogues), {len(dataset.validation)} validation")
+               f"dialogues, {dataset.bootstrap_examples} bootstrapped), {len(dataset.validation)} validation")
     click.echo("dropped by rule:")
     for rule, count in dataset.dropped.items():
         click.echo(f"  {rule:<12} {count}")

@@ -71,6 +71,13 @@ class TrainingConfig:
     example_share: float = field(
         default=0.2, metadata={"help": "Card example dialogues make up at least this share of the training set."}
     )
+    audit_filter: bool = field(
+        default=True,
+        metadata={"help": "Screen every logged reply with the persona audit (degenerate, unsafe, leaking, misaligned)."},
+    )
+    bootstrap: bool = field(
+        default=True, metadata={"help": "Mix in the character's bootstrapped dialogues (`personae bootstrap`)."}
+    )
     min_examples: int = field(default=4, metadata={"help": "Fewer curated examples than this is an error."})
     # gate
     gate: str = field(

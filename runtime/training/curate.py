@@ -11,12 +11,15 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtime.training.bootstrap import stored_dialogues
 from runtime.training.config import TrainingConfig
+from runtime.training.screen import screen, scoring_context
 from runtime.training.scrub import scrub
 
 # Rules in the order they are applied; `dropped` reports every one, zeros included.
-RULES = ("swiped_away", "orphaned", "opted_out", "thumbs_down", "degenerate", "leakage", "empty", "duplicate",
-         "user_cap")
+# degenerate, unsafe, leakage and misaligned also come from the audit's screen of every reply (curate.screen).
+RULES = ("swiped_away", "orphaned", "opted_out", "thumbs_down", "degenerate", "leakage", "unsafe", "misaligned",
+         "empty", "duplicate", "user_cap")
 LEAKAGE_TABLES = ("audit_verdicts", "audit_replies", "verdicts")
 
 
@@ -32,6 +35,7 @@ class CuratedDataset:
     logged_turns: int = 0  # logged replies considered
     kept_turns: int = 0  # logged replies kept (before the split)
     card_examples: int = 0  # card example dialogues mixed into train (with repeats)
+    bootstrap_examples: int = 0  # bootstrapped dialogues (personae bootstrap) in train and validation
     new_turns: int = 0  # kept turns newer than since_message_id
     last_message_id: int = 0  # newest kept reply: the data snapshot a version is trained on
     notes: list[str] = field(default_factory=list)
@@ -170,6 +174,58 @@ def _scrubbed_messages(messages: list[dict], counts: Counter) -> list[dict]:
     return clean
 
 
+def _screen_replies(replies, by_id, position, superseded, opted_out, feedback, flagged, character, settings, pm,
+                    config, notes) -> dict:
+    """{reply id: rule} for replies the audit's screen drops (those the cheaper rules keep are screened)."""
+    degenerate = {r["id"]: "degenerate" for r in replies if _meta(r).get("finish_reason") == "degenerate"}
+    if not config.audit_filter:
+        notes.append("audit screen off (audit_filter = false): only replies marked degenerate while streaming "
+                     "are dropped as degenerate")
+        return degenerate
+    items, ids = [], []
+    for reply in replies:
+        prompt = by_id.get(reply["reply_to"])
+        if (reply["id"] in superseded or reply["id"] in degenerate or prompt is None or prompt["id"] not in position
+                or prompt.get("user_id") in opted_out or reply["id"] in flagged
+                or any(value < 0 for value in feedback.get(reply["id"], ()))
+                or not (reply["text"] or "").strip()):
+            continue
+        items.append({"prompt": prompt["text"] or "", "reply": reply["text"]})
+        ids.append(reply["id"])
+    if not items:
+        return degenerate
+    catalog = None
+    if pm is not None and settings is not None:
+        from runtime.characters.catalog import Catalog
+
+        catalog = Catalog(pm, settings.data_dir)  # the other voices the audit compares against
+    outcomes = screen(items, scoring_context(character, settings, pm, catalog), pm=pm)
+    return {**degenerate, **{i: o.rule for i, o in zip(ids, outcomes) if o.rule}}
+
+
+def _screened_dialogues(rows, character, settings, pm, config, dropped: Counter) -> list[dict]:
+    """Bootstrapped dialogues screened again (the rules may have changed since): each cut before its first bad reply."""
+    if not rows or not config.audit_filter:
+        return rows
+    pairs = [(row, i) for row in rows for i, m in enumerate(row["messages"]) if m["role"] == "assistant" and i]
+    items = [{"prompt": row["messages"][i - 1]["content"], "reply": row["messages"][i]["content"]} for row, i in pairs]
+    outcomes = screen(items, scoring_context(character, settings, pm), pm=pm)
+    cuts: dict[int, int] = {}
+    for (row, index), outcome in zip(pairs, outcomes):
+        if outcome.rule and index < cuts.get(row["id"], len(row["messages"])):
+            cuts[row["id"]] = index
+    kept = []
+    for row in rows:
+        cut = cuts.get(row["id"])
+        if cut is None:
+            kept.append(row)
+            continue
+        dropped[next(o.rule for (r, i), o in zip(pairs, outcomes) if r["id"] == row["id"] and i == cut)] += 1
+        if cut > 1:  # the turns before the bad reply still stand
+            kept.append({**row, "messages": row["messages"][:cut - 1]})
+    return kept
+
+
 def curate(store, character, settings=None, *, config: TrainingConfig | None = None, pm=None,
            since_message_id: int | None = None, user_name: str = "User") -> CuratedDataset:
     """Curate one character's (a Character's) training data from the log."""
@@ -201,6 +257,8 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
     system = character.system_text(user_name)
     candidates = []  # (reply row, user id, messages)
     replies = [row for row in rows if row["role"] == "assistant" and row.get("reply_to")]
+    rejected = _screen_replies(replies, by_id, position, superseded, opted_out, feedback, flagged, character,
+                               settings, pm, config, notes)
     for reply in replies:
         if reply["id"] in superseded:
             dropped["swiped_away"] += 1
@@ -224,6 +282,9 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
         if not (reply["text"] or "").strip() or not (prompt["text"] or "").strip():
             dropped["empty"] += 1
             continue
+        if reply["id"] in rejected:
+            dropped[rejected[reply["id"]]] += 1
+            continue
         conversation_id, index = position[prompt["id"]]
         context = conversations[conversation_id][max(0, index - config.context_messages):index]
         # Context stops at the newest message that may not be trained on: an opted-out user's (or a reply to
@@ -233,7 +294,7 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
             answered = by_id.get(message.get("reply_to") or -1, {})
             if (message.get("user_id") in opted_out or answered.get("user_id") in opted_out
                     or any(value < 0 for value in feedback.get(message["id"], ()))
-                    or message["id"] in flagged or _meta_leaks(_meta(message))):
+                    or message["id"] in flagged or _meta_leaks(_meta(message)) or message["id"] in rejected):
                 context = context[cut + 1:]
                 break
         messages = [{"role": m["role"], "content": m["text"]} for m in context if (m["text"] or "").strip()]
@@ -281,7 +342,17 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
     if not blocks:
         notes.append("the card has no example dialogues to mix in")
 
-    examples = logged + card
+    # Bootstrapped dialogues (`personae bootstrap`): audited when written, kept apart from the users' log.
+    boot = []
+    if config.bootstrap:
+        for row in _screened_dialogues(stored_dialogues(store, character.id), character, settings, pm, config,
+                                       dropped):
+            boot.append({"messages": [{"role": "system", "content": system},
+                                      *_scrubbed_messages(row["messages"], scrubbed)],
+                         "meta": {"source": "bootstrap", "dialogue_id": row["id"], "kind": row["kind"],
+                                  "train_on": "all"}})
+
+    examples = logged + boot + card
     if pm is not None:
         pm.hook.curate_examples(character=character, examples=examples)
 
@@ -318,5 +389,6 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
         character=character.id, train=train, validation=validation, dropped=dict(dropped),
         scrubbed=dict(scrubbed), logged_turns=len(replies), kept_turns=len(kept_logged),
         card_examples=sum(1 for e in train if e["meta"].get("source") == "card"),
+        bootstrap_examples=sum(1 for e in train + validation if e["meta"].get("source") == "bootstrap"),
         new_turns=sum(1 for i in ids if i > since), last_message_id=max(ids, default=since), notes=notes,
     )

@@ -185,7 +185,8 @@ def _run_training(base_folder, dataset, config, output_dir, reference, progress,
     if (not only_preference and len(train_rows) < max(1, config.min_examples)) or not eval_rows:
         raise TrainingError(
             f"{dataset.character}: only {len(train_rows)} training and {len(eval_rows)} validation examples are usable "
-            f"(need at least {config.min_examples} and 1); log more conversations with this character, or lower "
+            f"(need at least {config.min_examples} and 1); log more conversations with this character, run "
+            f"`personae bootstrap {dataset.character}`, or lower "
             "min_examples in [training]"
         )
     on_gpu = torch.cuda.is_available()

@@ -1,0 +1,169 @@
+"""Make the built-in characters' shipped LoRA weights from the bootstrap pipeline, reproducibly.
+
+Run from the repository root (about 10 minutes a character on 1 CPU thread):
+    python -m plugins.characters.make_weights            # all three, on the packaged SmolLM2
+    python -m plugins.characters.make_weights --measure  # and audit them against prompt-only
+
+For each character, in a scratch data dir: `personae bootstrap` (rejection-sampled dialogues from the
+card alone, audited), curation (bootstrap + the card's example dialogues; no user logs), LoRA training
+with fixed seeds, then the adapter is stored in fp16 under cards/weights/<id>/ (small: rank 8 on three
+attention projections). The cards point at it (extensions.personae.weights), so the registry adopts it
+as version 1 the first time the character answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).parent / "cards" / "weights"
+CHARACTERS = ("pixel", "professor-quill", "captain-mara-voss")
+# Small on purpose: a few hundred KB to ~1.5 MB per character in fp16.
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj", "o_proj"], "epochs": 3.0,
+        "lr": 4e-4, "batch_size": 4, "max_length": 384, "seed": 42, "validation_share": 0.1, "patience": 3}
+FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def to_fp16(folder: Path) -> None:
+    """Store the adapter's tensors in float16 (half the bytes; serving casts them to the base's dtype)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    tensors = {name: t.to(torch.float16).contiguous() for name, t in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samples: int, threads: int,
+             epochs: float | None, measure: bool, min_examples: int | None = None, probes: int | None, progress: bool = True) -> dict:
+    """Bootstrap, curate, train and store one character's weights; return what was done and measured."""
+    import torch
+
+    from runtime.chat.build import build_engine
+    from runtime.config import load_settings
+    from runtime.plugins import get_plugin_manager
+    from runtime.training import train
+    from runtime.training.bootstrap import bootstrap
+    from runtime.training.config import TrainingConfig
+    from runtime.training.curate import curate
+
+    torch.manual_seed(0)
+    if threads:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix=f"personae-weights-{character_id}-") as scratch:
+        settings = load_settings({"data_dir": scratch, "base_model": base})
+        engine = build_engine(settings, pm=get_plugin_manager(settings.plugins_dir, reload=True))
+        try:
+            boot = bootstrap(engine, character_id, limit=limit, samples=samples, seed=0, progress=progress)
+            config = TrainingConfig.from_sources({**LORA, "threads": threads, **({"epochs": epochs} if epochs else {}),
+                                               **({"min_examples": min_examples} if min_examples else {})})
+            character = engine.catalog.get(character_id)
+            dataset = curate(engine.store, character, settings, config=config)
+            staging = Path(scratch) / "staging"
+            trained = train(engine, character_id, "lora", config=config, examples=dataset, register=False,
+                            progress=progress, output_dir=staging)
+            target = out / character_id
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            for name in FILES:
+                shutil.copy2(staging / name, target / name)
+            to_fp16(target)
+            record = {"character": character_id, "bootstrap": {k: v for k, v in vars(boot).items() if k != "run_id"},
+                      "train_examples": len(dataset.train), "validation_examples": len(dataset.validation),
+                      "bootstrap_examples": dataset.bootstrap_examples, "card_examples": dataset.card_examples,
+                      "data_hash": dataset.data_hash, "config": {k: getattr(config, k) for k in LORA},
+                      "metrics": {k: v for k, v in trained.metrics.items() if isinstance(v, (int, float, str))},
+                      "bytes": sum(p.stat().st_size for p in target.iterdir())}
+            if measure:
+                record["audit"] = measure_against_prompt(engine, character_id, target, probes)
+        finally:
+            engine.close()
+    return record
+
+
+def measure_against_prompt(engine, character_id: str, folder: Path, probes: int | None) -> dict:
+    """Audit prompt-only and the shipped weights on the same probes (none of them a bootstrap turn)."""
+    from runtime.audit import run_audit
+    from runtime.audit.probes import probe_set
+
+    character = engine.catalog.get(character_id)
+    # Single-turn probes: the 12-turn drift conversations answer one turn at a time, too slow on a shared CPU.
+    chosen = [p for p in probe_set(character, limit=probes + 1 if probes else None) if p.kind != "drift"]
+    version = engine.registry.add(folder, character_id, training={"source": "make_weights"})
+    results = {}
+    for label, pinned in (("prompt", "base"), ("weights", version.number)):
+        report = run_audit(engine, character_id, pinned, probes=chosen, progress=False, report=False)
+        results[label] = {**report.summary(), "replies_sample": [
+            {"prompt": v["prompt"], "reply": v["reply"], "verdict": v["verdict"]} for v in report.verdicts]}
+    return results
+
+
+def measure_only(base: str, out: Path, character_ids: list[str], probes: int | None, threads: int) -> list[dict]:
+    """Audit weights already in `out` against prompt-only, every character on one engine (one model load)."""
+    import torch
+
+    from runtime.chat.build import build_engine
+    from runtime.config import load_settings
+    from runtime.plugins import get_plugin_manager
+
+    if threads:
+        torch.set_num_threads(threads)
+    records = []
+    with tempfile.TemporaryDirectory(prefix="personae-weights-measure-") as scratch:
+        settings = load_settings({"data_dir": scratch, "base_model": base})
+        engine = build_engine(settings, pm=get_plugin_manager(settings.plugins_dir, reload=True))
+        try:
+            for character_id in character_ids:
+                records.append({"character": character_id,
+                                "audit": measure_against_prompt(engine, character_id, out / character_id, probes)})
+        finally:
+            engine.close()
+    return records
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="", help="Base model folder (default: the packaged SmolLM2).")
+    parser.add_argument("--characters", default=",".join(CHARACTERS), help="Comma-separated character ids.")
+    parser.add_argument("--out", default=str(WEIGHTS_DIR), help="Where <id>/ weight folders are written.")
+    parser.add_argument("--limit", type=int, default=None, help="Bootstrap threads per character (default: all).")
+    parser.add_argument("--samples", type=int, default=4, help="Sampled replies per user turn.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads.")
+    parser.add_argument("--epochs", type=float, default=None, help="Training passes (default 3).")
+    parser.add_argument("--min-examples", type=int, default=None, help="Fewest usable examples (default 4).")
+    parser.add_argument("--measure", action="store_true", help="Audit the weights against prompt-only.")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="Only audit the weights already in --out against prompt-only (no bootstrap, no training).")
+    parser.add_argument("--probes", type=int, default=None, help="How many audit probes to measure with.")
+    parser.add_argument("--record", default="", help="Write what was done and measured here (JSON).")
+    args = parser.parse_args(argv)
+    from runtime.models.base import DEFAULT_BASE
+
+    out = Path(args.out)
+    wanted = [c.strip() for c in args.characters.split(",") if c.strip()]
+    if args.measure_only:
+        records = measure_only(args.base or DEFAULT_BASE, out, wanted, args.probes, args.threads)
+        for record in records:
+            print(record["character"], json.dumps({k: {m: v[m] for m in ("aligned", "minor", "leakage", "replies")}
+                                                   for k, v in record["audit"].items()}))
+        if args.record:
+            Path(args.record).write_text(json.dumps(records, indent=1, ensure_ascii=False))
+        return
+    records = []
+    for character_id in wanted:
+        record = make_one(character_id, args.base or DEFAULT_BASE, out, limit=args.limit, samples=args.samples,
+                          threads=args.threads, epochs=args.epochs, min_examples=args.min_examples, measure=args.measure, probes=args.probes)
+        records.append(record)
+        summary = {k: record["audit"][k] for k in record.get("audit", {})} if args.measure else {}
+        print(f"{character_id}: {record['bootstrap']['dialogues']} dialogues, {record['train_examples']} training "
+              f"examples, {record['bytes']:,} bytes", json.dumps({k: {m: v[m] for m in ("aligned", "leakage")}
+                                                                  for k, v in summary.items()}))
+        if args.record:
+            Path(args.record).write_text(json.dumps(records, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
