@@ -34,7 +34,8 @@ def test_adapters_commands_take_the_display_name(run, tiny_base, tmp_path):
     lora = train_tiny_lora(tiny_base, tmp_path / "lora", steps=1)
     assert "Added captain-mirela-vance@1 (lora, candidate)" in run("adapters", "add", lora, "-c",
                                                                     "Captain Mirela Vance")
-    assert "captain-mirela-vance@2" in run("adapters", "add", lora, "-c", "captain mirela vance", "--activate")
+    other = train_tiny_lora(tiny_base, tmp_path / "other", steps=1, seed=2)  # the same files would not be stored twice
+    assert "captain-mirela-vance@2" in run("adapters", "add", other, "-c", "captain mirela vance", "--activate")
     listed = json.loads(run("adapters", "list", "Captain Mirela Vance", "--json"))
     assert [(r["ref"], r["state"]) for r in listed] == [("captain-mirela-vance@1", "candidate"),
                                                          ("captain-mirela-vance@2", "active")]

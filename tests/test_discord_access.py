@@ -15,6 +15,7 @@ ADMIN = {
     "character set": ({"name": "professor-quill"}, "Binding characters needs the Manage Channels permission"),
     "character remove": ({"name": "pixel"}, "Unbinding characters needs the Manage Channels permission"),
     "character prompt": ({"text": "Speak only in riddles."}, "Changing this channel's prompt needs"),
+    "character note": ({"text": "Whisper everything."}, "Changing this channel's author's note needs"),
     "personae retrain": ({"name": "pixel"}, "Retraining needs the Manage Server permission"),
     "personae audit": ({"name": "pixel"}, "The audit needs the Manage Server permission"),
     "personae schedule": ({"name": "pixel", "cron": "* * * * *"}, "Scheduling needs the Manage Server permission"),
@@ -44,20 +45,22 @@ def test_admin_commands_are_refused_to_members_without_permission_and_change_not
         in_dms = h.fake.interaction_answers()[len(in_server):]
         state = (engine.store.bound_characters("discord", str(CHANNEL_ID)),
                  h.bot.tables.channel_prompt([CHANNEL_ID]),
+                 h.bot.tables.channel_note([CHANNEL_ID]),
                  list(jobs))
         await h.command("personae", "retrain", user="mod", name="pixel")  # the same command, by a moderator
         return names, in_server, in_dms, state, h.fake.interaction_answers()[-1]
 
-    names, in_server, in_dms, (bound, prompt, jobs_run), moderator = asyncio.run(_run(engine, scenario))
+    names, in_server, in_dms, (bound, prompt, note, jobs_run), moderator = asyncio.run(_run(engine, scenario))
     assert names == set(ADMIN) | USER, f"classify new commands as admin or user here: {names ^ (set(ADMIN) | USER)}"
     for answer, (name, (_, refusal)) in zip(in_server, ADMIN.items()):
         assert answer.startswith(refusal), (name, answer)
     assert len(in_dms) == len(ADMIN)
     for answer, name in zip(in_dms, ADMIN):  # in DMs nobody holds server permissions: refused or redirected
-        assert "needs" in answer or answer.startswith(("In DMs", "Prompt additions are for server channels")), \
+        assert "needs" in answer or answer.startswith(("In DMs", "Prompt additions are for server channels",
+                                                               "Author's notes are for server channels")), \
             (name, answer)
     assert bound == ["pixel"] and jobs_run == []
-    assert prompt["text"] == "Be kind."
+    assert prompt["text"] == "Be kind." and note is None
     assert moderator == "Retraining of Pixel: done" and jobs == ["retrain_character"]
 
 

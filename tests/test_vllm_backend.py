@@ -301,31 +301,31 @@ def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server
     try:
         engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url, second.url], retry_dead=600)
         engine.weights.registry.add(loras["v1"], "pixel", activate=True)
-        # Exactly 400 tokens each: min_tokens holds back end-of-sequence, and the only stop string (the user's
-        # name, which vLLM's min_tokens does not hold back) is one the model never writes. Earlier runs with "Ann"
-        # ended a reply early on "\nAnn:" and so before the kill.
-        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=400, min_new_tokens=400, user_name="Qzx7")
+        # 800 tokens each: min_tokens holds back end-of-sequence, and the only stop string (the user's name,
+        # which vLLM's min_tokens does not hold back) is one the model never writes ("\nAnn:" once ended a reply
+        # early). On a quiet machine 400 tokens were done before the kill, so the kill no longer waits on us.
+        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=800, min_new_tokens=800, user_name="Qzx7")
                    for i in range(4)]
         by_endpoint = {r.stream.served_by["endpoint"] for r in replies}
         assert by_endpoint == {vllm_server.url, second.url}  # least outstanding spreads them
         assert "pixel@1" in served_models(second.url)  # every endpoint got the adapter it needed
-        pieces = [iter(r) for r in replies]
-        firsts = [next(p, "") for p in pieces]
-        # The second server's replies have just begun (they waited for their first token; 400 take many seconds);
-        # the first server's may be further along or done while the second one loaded the adapter.
         on_second = [r for r in replies if r.stream.served_by["endpoint"] == second.url]
-        assert on_second and all(r.stream.finish_reason is None for r in on_second), [r.stream.text for r in on_second]
+        # Kill the second server the moment vLLM itself reports our requests running there: mid-stream for sure.
+        deadline = time.monotonic() + 120
+        while running_requests(second.url) < len(on_second) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(r.stream.finish_reason is None for r in on_second), [r.stream.text for r in on_second]
         os.killpg(second.process.pid, 9)  # the second server dies mid-stream
-        for reply, rest, first in zip(replies, pieces, firsts):
+        for reply in replies:
             if reply.stream.served_by["endpoint"] == second.url:
                 with pytest.raises(PersonaeError) as error:
-                    "".join(rest)
+                    "".join(reply)
                 message = one_line_error(error)
                 assert second.url in message and "went away mid-reply" in message and reply.message is None
                 # The user's message stays in the log; nothing was half-logged for the reply.
                 assert engine.store.message(reply.user_message["id"]) is not None
             else:
-                assert first + "".join(rest) and reply.message is not None
+                assert "".join(reply) and reply.message is not None
         assert [e.alive for e in engine.generator.pool.endpoints] == [True, False]
         after = chat(engine, "pixel", "after", max_new_tokens=8)  # the rest serve on
         after.result()
