@@ -215,24 +215,9 @@ def install(bot) -> None:
                                                   "channel (leave empty to clear)")
     @app_commands.describe(text=f"Up to {MAX_PROMPT_CHARS} characters; {{{{char}}}} and {{{{user}}}} work")
     async def character_prompt(interaction: discord.Interaction, text: str | None = None):
-        if interaction.guild is None:
-            return await respond(interaction, "Prompt additions are for server channels.")
-        if not is_admin(bot, interaction, "manage_channels"):
-            return await respond(interaction, "Changing this channel's prompt needs the Manage Channels permission "
-                                              "(or a configured admin role or user).")
-        channel = interaction.channel
-        text = (text or "").strip()
-        if len(text) > MAX_PROMPT_CHARS:
-            return await respond(interaction, f"That prompt addition is {len(text)} characters long; the limit is "
-                                              f"{MAX_PROMPT_CHARS}. Please shorten it.")
-        if not text:
-            previous = bot.tables.clear_channel_prompt(channel.id)
-            return await respond(interaction, f"Cleared the prompt addition of {channel.mention} (it was: "
-                                              f"{previous['text']})." if previous
-                                 else f"{channel.mention} has no prompt addition of its own.",
-                                 ephemeral=not previous)
-        bot.tables.set_channel_prompt(channel.id, text)
-        await respond(interaction, f"Characters in {channel.mention} now also follow: {text}", ephemeral=False)
+        await set_channel_text(interaction, text, "prompt addition", "Prompt additions", "prompt",
+                               bot.tables.clear_channel_prompt, bot.tables.set_channel_prompt,
+                               lambda mention, text: f"Characters in {mention} now also follow: {text}")
 
     @character.command(name="note", description="Admin: an author's note for this channel, placed a few messages "
                                                 "from the end of every prompt (leave empty to clear)")
@@ -240,25 +225,32 @@ def install(bot) -> None:
                            depth="How many messages from the end it goes (0: after the last; default 4)")
     async def character_note(interaction: discord.Interaction, text: str | None = None,
                              depth: app_commands.Range[int, 0, MAX_NOTE_DEPTH] = 4):
+        await set_channel_text(interaction, text, "author's note", "Author's notes", "author's note",
+                               bot.tables.clear_channel_note,
+                               lambda channel_id, text: bot.tables.set_channel_note(channel_id, text, depth),
+                               lambda mention, text: f"Characters in {mention} now get this author's note {depth} "
+                                                     f"messages from the end: {text}")
+
+    async def set_channel_text(interaction, text, what, plural, needs, clear, store, done):
+        """An admin sets (or, with no text, clears) one of a channel's texts: its prompt addition or author's note."""
         if interaction.guild is None:
-            return await respond(interaction, "Author's notes are for server channels.")
+            return await respond(interaction, f"{plural} are for server channels.")
         if not is_admin(bot, interaction, "manage_channels"):
-            return await respond(interaction, "Changing this channel's author's note needs the Manage Channels "
-                                              "permission (or a configured admin role or user).")
+            return await respond(interaction, f"Changing this channel's {needs} needs the Manage Channels permission "
+                                              "(or a configured admin role or user).")
         channel = interaction.channel
         text = (text or "").strip()
         if len(text) > MAX_PROMPT_CHARS:
-            return await respond(interaction, f"That author's note is {len(text)} characters long; the limit is "
+            return await respond(interaction, f"That {what} is {len(text)} characters long; the limit is "
                                               f"{MAX_PROMPT_CHARS}. Please shorten it.")
         if not text:
-            previous = bot.tables.clear_channel_note(channel.id)
-            return await respond(interaction, f"Cleared the author's note of {channel.mention} (it was: "
+            previous = clear(channel.id)
+            return await respond(interaction, f"Cleared the {what} of {channel.mention} (it was: "
                                               f"{previous['text']})." if previous
-                                 else f"{channel.mention} has no author's note of its own.",
+                                 else f"{channel.mention} has no {what} of its own.",
                                  ephemeral=not previous)
-        bot.tables.set_channel_note(channel.id, text, depth)
-        await respond(interaction, f"Characters in {channel.mention} now get this author's note {depth} messages "
-                                   f"from the end: {text}", ephemeral=False)
+        store(channel.id, text)
+        await respond(interaction, done(channel.mention, text), ephemeral=False)
 
     @character.command(name="use", description="Choose the character you talk to in DMs")
     @app_commands.describe(name="The character's name")
