@@ -378,6 +378,8 @@ class Engine:
             latency_ms=round((stream.finished_at - stream.request.submitted) * 1000, 1),
             meta={"finish_reason": stream.finish_reason, "backend": self.settings.backend, **stream.served_by,
                   **({"degenerate": stream.degenerate} if stream.degenerate else {}),
+                  # JSON a client forced (response_format, a tool call): curation keeps it out of training.
+                  **({"structured": True} if stream.request.sampling.response_format else {}),
                   **({"resampled": stream.resampled} if stream.resampled else {})},
         )
 
