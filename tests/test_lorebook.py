@@ -192,6 +192,7 @@ def test_sillytavern_features_not_run_are_named_in_warnings():
                                                                 "triggers": ["continue"]}),
                 entry(["b"], "y", name="plain", extensions={"group": "", "sticky": 0, "position": 7}))
     warnings = lorebook.unsupported(lore)
-    assert warnings == [  # inclusion groups and sticky run now (tests/test_lore_rules.py); triggers do not
-        "lore entry 'triggered': SillyTavern generation triggers (triggers) is not supported and is ignored",
+    assert warnings == [  # inclusion groups, sticky and triggers run now (tests/test_lore_rules.py); continue does not
+        "lore entry 'triggered': SillyTavern generation trigger(s) continue (triggers; Personae generates only "
+        "normal, swipe, regenerate) is not supported and is ignored",
         "lore entry 'plain': position 'outlet' without an outlet name; the entry is never inserted"]

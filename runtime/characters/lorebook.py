@@ -29,6 +29,10 @@ DECORATORS = {
     "exclude_keys", "activate_only_after", "activate_only_every", "ignore_on_max_context",
     "keep_activate_after_match", "dont_activate_after_match", "reverse_depth",
 }
+# SillyTavern's generation types an entry's `triggers` may name, and the ones Personae has: a new reply,
+# a swipe (a client re-sending the same chat) and a regenerate (/v1/regenerate, Discord's re-roll).
+TRIGGERS = ("normal", "continue", "impersonate", "swipe", "regenerate", "quiet")
+GENERATIONS = ("normal", "swipe", "regenerate")
 FOREVER = 10 ** 9  # a sticky or cooldown that never ends (@@keep_activate_after_match, @@dont_activate_after_match)
 GROUP_WEIGHT = 100  # SillyTavern's default weight of an entry in its inclusion group
 # V3 @@position values -> SillyTavern positions.
@@ -77,6 +81,7 @@ class Entry:
     delay: int = 0  # cannot fire before the chat has this many messages
     outlet: str = ""  # position 7: where {{outlet::NAME}} stands in the card
     reverse_depth: int | None = None  # @@reverse_depth N: N messages from the chat's start (depth = length - N)
+    triggers: list[str] = field(default_factory=list)  # SillyTavern's generation types it fires on; empty: all
 
 
 @dataclass
@@ -159,10 +164,14 @@ def entry_from(raw: dict, index: int = 0) -> Entry:
     entry.group_weight = max(_int(ext.get("group_weight"), GROUP_WEIGHT), 0)
     entry.sticky, entry.cooldown, entry.delay = (max(_int(ext.get(k)), 0) for k in ("sticky", "cooldown", "delay"))
     entry.outlet = ext.get("outlet_name").strip() if isinstance(ext.get("outlet_name"), str) else ""
+    entry.triggers = [t for t in _strings(ext.get("triggers")) if t in TRIGGERS]
     # SillyTavern features set on the entry that Personae does not run: say so rather than act silently.
-    for key, label in (("triggers", "generation triggers"), ("vectorized", "vectorized")):
-        if ext.get(key):
-            entry.unsupported.append(f"SillyTavern {label} ({key})")
+    if ext.get("vectorized"):
+        entry.unsupported.append("SillyTavern vectorized (vectorized)")
+    never = sorted(set(_strings(ext.get("triggers"))) - set(GENERATIONS))
+    if never:  # continue / impersonate / quiet generations do not happen here, or an unknown name
+        entry.unsupported.append(f"SillyTavern generation trigger(s) {', '.join(never)} (triggers; Personae "
+                                 f"generates only {', '.join(GENERATIONS)})")
     if isinstance(ext.get("st_characterFilter"), dict) and (ext["st_characterFilter"].get("names")
                                                             or ext["st_characterFilter"].get("tags")):
         entry.unsupported.append("SillyTavern character filter (characterFilter)")
@@ -306,6 +315,7 @@ class ScanSettings:
     seed: int | None = None
     # Chat lengths (messages) at which earlier prompts were built, for sticky / cooldown; None: every length.
     prompt_points: list[int] | None = None
+    generation: str = "normal"  # which kind of generation this prompt is for (an entry's `triggers`)
 
 
 def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = None,
@@ -325,7 +335,8 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
     recursive = settings.recursive if not isinstance(recursive, bool) else recursive
     rng = random.Random(settings.seed)
     options = {"case_sensitive": settings.case_sensitive, "whole_words": settings.whole_words}
-    candidates = sorted((e for e in entries(book) if e.enabled and (e.position != OUTLET or e.outlet)),
+    candidates = sorted((e for e in entries(book) if e.enabled and (e.position != OUTLET or e.outlet)
+                         and (not e.triggers or settings.generation in e.triggers)),
                         key=lambda e: (-e.priority, -e.insertion_order, e.index))
     timed = {e.index: timed_state(e, texts, depth, settings, render, options) for e in candidates
              if e.sticky or e.cooldown or e.delay}
