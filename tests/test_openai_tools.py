@@ -8,6 +8,8 @@ from typing import Literal
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 HI = [{"role": "user", "content": "How do you feel today?"}]
@@ -169,3 +171,33 @@ def test_smollm2_fills_in_a_call_and_then_answers_its_result(make_engine, real_b
     finally:
         live.close()
     assert second.choices[0].message.content.strip()
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=10)
+TOOL = st.fixed_dictionaries({"type": st.sampled_from(["function", "x"]), "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "g", "bad name"]) | JSON, "parameters": JSON | st.just({"type": "object"})})})
+CHOICE = JSON | st.sampled_from(["none", "auto", "required"]) | st.fixed_dictionaries(
+    {"type": st.just("function"), "function": st.fixed_dictionaries({"name": JSON | st.just("f")})})
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "tool"]), "content": st.text(max_size=5),
+                                 "tool_calls": JSON | st.just([{"id": ["x"], "function": {"name": "f"}}]),
+                                 "tool_call_id": JSON})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(TOOL | JSON, max_size=3) | JSON, CHOICE, st.lists(MESSAGE, max_size=4))
+def test_any_tools_tool_choice_and_tool_messages_give_a_plan_or_a_named_problem(tools, choice, messages):
+    from plugins.http.openai_schema import ChatCompletionRequest
+    from plugins.http.tools import chat_of
+
+    body = ChatCompletionRequest(model="pixel", messages=messages, tools=tools, tool_choice=choice)
+    problem = body.problem()
+    if problem is None:
+        plan = body.tool_plan()
+        assert (body.sampling()["response_format"] is not None) == (plan is not None)
+        if plan is not None:
+            assert plan.instruction() and plan.call("cut sh")[1] is not None
+    else:
+        assert problem[0] in ("tools", "tool_choice") and problem[1]
+    assert all(m["role"] in ("user", "assistant") for m in chat_of(body.messages))

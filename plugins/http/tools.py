@@ -94,7 +94,7 @@ def plan_of(extra: dict) -> ToolPlan | None:
         return ToolPlan(functions, None)
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
-        if name not in functions:
+        if not isinstance(name, str) or name not in functions:
             raise ToolProblem("tool_choice", f"tool_choice names function {str(name)[:64]!r}, which is not in tools "
                                              f"({', '.join(functions)})")
         return ToolPlan(functions, name)
@@ -135,7 +135,7 @@ def chat_of(messages) -> list[dict]:
     called: dict[str, str] = {}  # tool_call_id -> function name
     for message in messages:
         if message.role == "tool":
-            name = called.get((message.model_extra or {}).get("tool_call_id") or "", message.name or "the function")
+            name = called.get(str((message.model_extra or {}).get("tool_call_id")), message.name or "the function")
             text = f"Result of {name}: {message.text().strip()}"
             if chat and chat[-1]["role"] == "user" and chat[-1].get("tool_result"):
                 chat[-1]["content"] += "\n" + text  # several results of one turn's calls: one message
@@ -144,7 +144,7 @@ def chat_of(messages) -> list[dict]:
         elif message.role in ("user", "assistant"):
             text = message.text()
             for call in _calls(message):
-                called[call.get("id") or ""] = call["function"]["name"]
+                called[str(call.get("id"))] = call["function"]["name"]
                 text += ("\n" if text else "") + _written(call["function"])
             chat.append({"role": message.role, "content": text})
     return [{"role": m["role"], "content": m["content"]} for m in chat]
@@ -153,7 +153,9 @@ def chat_of(messages) -> list[dict]:
 def _calls(message) -> list[dict]:
     """An assistant message's tool_calls that name a function (others are skipped)."""
     calls = (message.model_extra or {}).get("tool_calls") if message.role == "assistant" else None
-    return [c for c in calls or [] if isinstance(c, dict) and isinstance(c.get("function"), dict)
+    if not isinstance(calls, list):
+        return []
+    return [c for c in calls if isinstance(c, dict) and isinstance(c.get("function"), dict)
             and isinstance(c["function"].get("name"), str)]
 
 
