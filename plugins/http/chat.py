@@ -158,7 +158,7 @@ def check_structure(engine, sampling: dict) -> None:
     if unknown:
         raise APIError(400, f"logit_bias names token {unknown[0]}, but this model's tokens are 0 to {vocabulary - 1}",
                        param="logit_bias")
-    if sampling["response_format"] and engine.settings.backend == "local":  # vLLM constrains on its side
+    if sampling["response_format"] and engine.settings.backend != "vllm":  # vLLM constrains on its side
         structured.warm(tokenizer)
 
 
