@@ -173,3 +173,29 @@ def test_the_engine_scans_swipes_and_re_rolls_as_those_generations(make_engine, 
     engine.reply(Turn(platform="test", channel="c", user_id="u", text="The sea is rough", character=tide)).result()
     engine.regenerate(Turn(platform="test", channel="c", user_id="u", text="", character=tide)).result()
     assert [lore(i) for i in range(4)] == [{"NEW-REPLY-LORE"}, {"SWIPE-LORE"}, {"NEW-REPLY-LORE"}, {"REROLL-LORE"}]
+
+
+def test_character_filters_from_a_world_info_file_keep_entries_to_their_characters():
+    from runtime.characters.lorebook import unsupported
+    from runtime.characters.worldinfo import to_character_book
+
+    world = {"entries": {
+        "0": {"uid": 0, "key": ["sea"], "content": "for Mara", "characterFilter": {"names": ["Mara"], "tags": []}},
+        "1": {"uid": 1, "key": ["sea"], "content": "not for Mara",
+              "characterFilter": {"isExclude": True, "names": ["mara"], "tags": []}},
+        "2": {"uid": 2, "key": ["sea"], "content": "by tag", "characterFilter": {"names": [], "tags": ["t1"]}},
+        "3": {"uid": 3, "key": ["sea"], "content": "for anyone"}}}
+    lore = to_character_book(world)
+    assert sorted(fired(lore, ["the sea"], character={"Mara", "mara"})) == ["by tag", "for Mara", "for anyone"]
+    assert sorted(fired(lore, ["the sea"], character={"Pixel", "pixel"})) == ["by tag", "for anyone", "not for Mara"]
+    assert unsupported(lore) == ["lore entry 'sea': SillyTavern character filter by tags (characterFilter.tags) "
+                                 "is not supported and is ignored"]
+
+
+def test_the_prompt_builder_filters_lore_by_the_character_answering(tiny_base):
+    def ask(name):
+        card = parse_card({"spec": "chara_card_v2", "data": {"name": name, "character_book": {"entries": [
+            entry(["sea"], "ONLY-FOR-MARA", st_characterFilter={"names": ["Mara"], "isExclude": False})]}}})
+        return str(build_messages(card, [{"role": "user", "content": "the sea"}], tiny_base.tokenizer, 900))
+
+    assert "ONLY-FOR-MARA" in ask("Mara") and "ONLY-FOR-MARA" not in ask("Pixel")

@@ -82,6 +82,8 @@ class Entry:
     outlet: str = ""  # position 7: where {{outlet::NAME}} stands in the card
     reverse_depth: int | None = None  # @@reverse_depth N: N messages from the chat's start (depth = length - N)
     triggers: list[str] = field(default_factory=list)  # SillyTavern's generation types it fires on; empty: all
+    for_names: set[str] = field(default_factory=set)  # SillyTavern's character filter: only (or, excluding: not) these
+    exclude_names: bool = False
 
 
 @dataclass
@@ -172,9 +174,12 @@ def entry_from(raw: dict, index: int = 0) -> Entry:
     if never:  # continue / impersonate / quiet generations do not happen here, or an unknown name
         entry.unsupported.append(f"SillyTavern generation trigger(s) {', '.join(never)} (triggers; Personae "
                                  f"generates only {', '.join(GENERATIONS)})")
-    if isinstance(ext.get("st_characterFilter"), dict) and (ext["st_characterFilter"].get("names")
-                                                            or ext["st_characterFilter"].get("tags")):
-        entry.unsupported.append("SillyTavern character filter (characterFilter)")
+    where = ext.get("st_characterFilter")
+    if isinstance(where, dict):
+        entry.for_names = {n.strip().casefold() for n in _strings(where.get("names"))}
+        entry.exclude_names = bool(where.get("isExclude"))
+        if _strings(where.get("tags")):  # SillyTavern tag ids: its tag list is not in the file
+            entry.unsupported.append("SillyTavern character filter by tags (characterFilter.tags)")
     _apply_decorators(entry, decorators)
     return entry
 
@@ -316,6 +321,9 @@ class ScanSettings:
     # Chat lengths (messages) at which earlier prompts were built, for sticky / cooldown; None: every length.
     prompt_points: list[int] | None = None
     generation: str = "normal"  # which kind of generation this prompt is for (an entry's `triggers`)
+    # Who answers, for character filters: SillyTavern names a character by its avatar file's name, which is
+    # the character's name unless renamed; its name and id are matched, ignoring case.
+    character: set[str] = field(default_factory=set)
 
 
 def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = None,
@@ -336,7 +344,7 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
     rng = random.Random(settings.seed)
     options = {"case_sensitive": settings.case_sensitive, "whole_words": settings.whole_words}
     candidates = sorted((e for e in entries(book) if e.enabled and (e.position != OUTLET or e.outlet)
-                         and (not e.triggers or settings.generation in e.triggers)),
+                         and (not e.triggers or settings.generation in e.triggers) and _for(e, settings.character)),
                         key=lambda e: (-e.priority, -e.insertion_order, e.index))
     timed = {e.index: timed_state(e, texts, depth, settings, render, options) for e in candidates
              if e.sticky or e.cooldown or e.delay}
@@ -457,6 +465,14 @@ def _score(entry: Entry, text: str, render, options) -> int:
         if entry.logic == AND_ANY or (entry.logic == AND_ALL and secondary == len(entry.secondary_keys)):
             return primary + secondary
     return primary
+
+
+def _for(entry: Entry, character: set[str]) -> bool:
+    """SillyTavern's character filter: an entry naming characters is only for them (or, excluding, not for them)."""
+    if not entry.for_names:
+        return True
+    named = bool(entry.for_names & {name.casefold() for name in character})
+    return named != entry.exclude_names
 
 
 def _timing_allows(entry: Entry, assistant_turns: int) -> bool:

@@ -226,7 +226,8 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
     settings = lorebook.ScanSettings(
         scan_depth=LORE_SCAN_MESSAGES, token_budget=max(int(budget * LORE_BUDGET_SHARE), 1),
         recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history),
-        prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"], generation=generation)
+        prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"], generation=generation,
+        character={character.name, character.id, character.display_name})
     fired = lorebook.scan(character.character_book, [m["content"] for m in history], settings, render, tokens)
     lore = lorebook.injections(fired, render, chat_length=len(history))
     context.outlets.update(lorebook.outlets(fired, render))  # before the card is rendered: {{outlet::x}} is in it
