@@ -199,3 +199,22 @@ def test_the_prompt_builder_filters_lore_by_the_character_answering(tiny_base):
         return str(build_messages(card, [{"role": "user", "content": "the sea"}], tiny_base.tokenizer, 900))
 
     assert "ONLY-FOR-MARA" in ask("Mara") and "ONLY-FOR-MARA" not in ask("Pixel")
+
+
+def test_is_greeting_keeps_an_entry_to_chats_that_opened_with_that_greeting(tiny_base):
+    card = parse_card({"spec": "chara_card_v3", "spec_version": "3.0", "data": {
+        "name": "Ada", "first_mes": "Hello, {{user}}.", "alternate_greetings": ["Up early, {{user}}?"],
+        "character_book": {"entries": [
+            {"keys": [], "content": "@@is_greeting 0\nFIRST-GREETING-LORE", "constant": True, "enabled": True},
+            {"keys": [], "content": "@@is_greeting 1\nSECOND-GREETING-LORE", "constant": True, "enabled": True}]}}})
+
+    def lore(*history):
+        prompt = str(build_messages(card, [*history, {"role": "user", "content": "Hi"}], tiny_base.tokenizer, 900,
+                                    user="Ann"))
+        return [name for name in ("FIRST-GREETING-LORE", "SECOND-GREETING-LORE") if name in prompt]
+
+    assert lore({"role": "assistant", "content": "Hello, Ann."}) == ["FIRST-GREETING-LORE"]
+    assert lore({"role": "assistant", "content": "Up early, Ann?"}) == ["SECOND-GREETING-LORE"]
+    # Not known (no greeting, or it was cut from the history): the decorator is not applied.
+    assert lore() == ["FIRST-GREETING-LORE", "SECOND-GREETING-LORE"]
+    assert lore({"role": "assistant", "content": "Something else."}) == ["FIRST-GREETING-LORE", "SECOND-GREETING-LORE"]

@@ -27,7 +27,7 @@ MAX_RECURSION_STEPS = 3
 DECORATORS = {
     "activate", "dont_activate", "depth", "role", "scan_depth", "position", "additional_keys",
     "exclude_keys", "activate_only_after", "activate_only_every", "ignore_on_max_context",
-    "keep_activate_after_match", "dont_activate_after_match", "reverse_depth",
+    "keep_activate_after_match", "dont_activate_after_match", "reverse_depth", "is_greeting",
 }
 # SillyTavern's generation types an entry's `triggers` may name, and the ones Personae has: a new reply,
 # a swipe (a client re-sending the same chat) and a regenerate (/v1/regenerate, Discord's re-roll).
@@ -82,6 +82,7 @@ class Entry:
     outlet: str = ""  # position 7: where {{outlet::NAME}} stands in the card
     reverse_depth: int | None = None  # @@reverse_depth N: N messages from the chat's start (depth = length - N)
     triggers: list[str] = field(default_factory=list)  # SillyTavern's generation types it fires on; empty: all
+    greeting: int | None = None  # @@is_greeting N: only in chats that opened with greeting N (0: first_mes)
     for_names: set[str] = field(default_factory=set)  # SillyTavern's character filter: only (or, excluding: not) these
     exclude_names: bool = False
 
@@ -219,6 +220,8 @@ def _apply_decorators(entry: Entry, decorators: dict[str, str]) -> None:
         entry.sticky = FOREVER
     if "dont_activate_after_match" in decorators:
         entry.cooldown = FOREVER
+    if decorators.get("is_greeting", "").strip().isdigit():
+        entry.greeting = int(decorators["is_greeting"])
     if "ignore_on_max_context" in decorators:
         entry.priority = min(entry.priority, -(10 ** 6))  # first to go when the prompt is full
 
@@ -324,6 +327,7 @@ class ScanSettings:
     # Who answers, for character filters: SillyTavern names a character by its avatar file's name, which is
     # the character's name unless renamed; its name and id are matched, ignoring case.
     character: set[str] = field(default_factory=set)
+    greeting: int | None = None  # which greeting the chat opened with (0: first_mes); None: not known
 
 
 def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = None,
@@ -344,7 +348,9 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
     rng = random.Random(settings.seed)
     options = {"case_sensitive": settings.case_sensitive, "whole_words": settings.whole_words}
     candidates = sorted((e for e in entries(book) if e.enabled and (e.position != OUTLET or e.outlet)
-                         and (not e.triggers or settings.generation in e.triggers) and _for(e, settings.character)),
+                         and (not e.triggers or settings.generation in e.triggers) and _for(e, settings.character)
+                         # @@is_greeting: when the opening greeting is not known (cut from the history), not applied.
+                         and (e.greeting is None or settings.greeting is None or e.greeting == settings.greeting)),
                         key=lambda e: (-e.priority, -e.insertion_order, e.index))
     timed = {e.index: timed_state(e, texts, depth, settings, render, options) for e in candidates
              if e.sticky or e.cooldown or e.delay}

@@ -227,7 +227,8 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
         scan_depth=LORE_SCAN_MESSAGES, token_budget=max(int(budget * LORE_BUDGET_SHARE), 1),
         recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history),
         prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"], generation=generation,
-        character={character.name, character.id, character.display_name})
+        character={character.name, character.id, character.display_name},
+        greeting=opening_greeting(character, history, user))
     fired = lorebook.scan(character.character_book, [m["content"] for m in history], settings, render, tokens)
     lore = lorebook.injections(fired, render, chat_length=len(history))
     context.outlets.update(lorebook.outlets(fired, render))  # before the card is rendered: {{outlet::x}} is in it
@@ -242,6 +243,15 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
         card_head=len(character.instruction(user)),
         authors_note=render(authors_note),
     )
+
+
+def opening_greeting(character, history: list[dict], user: str) -> int | None:
+    """Which greeting the chat opened with (0: first_mes, 1: the first alternate, ...); None when not known."""
+    if not history or history[0]["role"] != "assistant":
+        return None
+    opened = (history[0]["content"] or "").strip()
+    texts = [character.first_mes, *character.alternate_greetings]
+    return next((i for i, text in enumerate(texts) if text and character.render(text, user).strip() == opened), None)
 
 
 def _fit(parts: PromptParts, tokenizer, budget: int) -> list[dict]:
