@@ -81,6 +81,7 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = Field(default=None, max_length=256)
     repetition_penalty: float | None = Field(default=None, gt=0, le=3)  # a common extension
+    min_p: float | None = Field(default=None, ge=0, le=1, description="0: off")  # vLLM's and llama.cpp's extension
     logit_bias: dict[str, float] | None = Field(default=None, description="token id -> bias in [-100, 100]")
     response_format: dict | None = Field(default=None, description="text, json_object or json_schema")
 
@@ -156,6 +157,7 @@ class ChatCompletionRequest(BaseModel):
             "stop": self.stop,
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
+            "min_p": self.min_p,
             "logprobs": (self.top_logprobs or 0) if self.logprobs else None,
             "logit_bias": {int(token): bias for token, bias in self.logit_bias.items()} if self.logit_bias else None,
             "response_format": response_format if schema_of(response_format) is not None else None,
