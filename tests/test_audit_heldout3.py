@@ -18,7 +18,7 @@ IDS = sorted(p.stem for p in (GROUP / "cards").glob("*.json"))
 # Measured once, after the voice model was refitted on the tuning data only (README, "Persona audits"):
 # replies agreeing (aligned vs not) out of 208, and the worst character's out of 26. A regression below
 # either fails. The targets (90 % overall, 80 % for every character) are NOT reached.
-MEASURED = {"binary": None, "worst": None}
+MEASURED = {"binary": 184, "worst": 20}
 
 
 def rows(character_id: str) -> list[dict]:
