@@ -28,6 +28,7 @@ class Endpoint:
 
     url: str
     model: str = ""  # the base model's name there (from /v1/models)
+    root: str = ""  # the folder it loaded the model from (vLLM's `root`)
     alive: bool = False
     outstanding: int = 0  # requests sent and not finished
     dead_since: float = 0.0
@@ -55,6 +56,7 @@ class EndpointPool:
         roots = [m["id"] for m in models if not m.get("parent")]
         with self._lock:
             endpoint.model = roots[0] if roots else models[0]["id"]
+            endpoint.root = next((m.get("root") or "" for m in models if m["id"] == endpoint.model), "")
             endpoint.adapters = {m["id"] for m in models if m.get("parent")}
             if not endpoint.alive:
                 log.info("vLLM endpoint %s serves %s", endpoint.url, endpoint.model)
