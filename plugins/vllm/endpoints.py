@@ -39,9 +39,10 @@ class Endpoint:
 class EndpointPool:
     """Every endpoint, least outstanding requests first; a dead one is skipped, probed again after a while."""
 
-    def __init__(self, urls: list[str], client: httpx.Client, retry_dead: float = 5.0):
+    def __init__(self, urls: list[str], client: httpx.Client, retry_dead: float = 5.0,
+                 hint: str = "start it, or fix [plugins.vllm] urls"):
         self.endpoints = [Endpoint(url) for url in urls]
-        self.client, self.retry_dead = client, retry_dead
+        self.client, self.retry_dead, self.hint = client, retry_dead, hint
         self._lock = threading.Lock()
 
     def probe(self, endpoint: Endpoint) -> bool:
@@ -93,7 +94,7 @@ class EndpointPool:
     def unavailable(self) -> BackendUnavailable:
         """The one-line error when no endpoint answers."""
         urls = ", ".join(e.url for e in self.endpoints)
-        return BackendUnavailable(f"no vLLM server answers ({urls}); start it, or fix [plugins.vllm] urls "
+        return BackendUnavailable(f"no vLLM server answers ({urls}); {self.hint} "
                                   f"(dead endpoints are tried again every {self.retry_dead:g} s)")
 
 

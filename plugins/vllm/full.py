@@ -73,7 +73,8 @@ class FullEndpoints:
         url = self.config.full_urls[vllm_ref(entry.label)]
         try:
             entry.folder = Path(loader.materialise())
-            pool = EndpointPool([url], self.client, self.config.retry_dead)
+            pool = EndpointPool([url], self.client, self.config.retry_dead,
+                                hint=f"start {vllm_ref(entry.label)}'s server again, or fix [plugins.vllm] full_urls")
             endpoint = pool.endpoints[0]
             if not pool.probe(endpoint):
                 raise RuntimeError(f"its vLLM server {url} is unreachable ({endpoint.error})")
@@ -99,7 +100,9 @@ class FullEndpoints:
             if entry.removed:  # unloaded while it started: nobody needs it any more
                 server.stop()
                 return
-            pool = EndpointPool([server.url], self.client, config.retry_dead)
+            pool = EndpointPool([server.url], self.client, config.retry_dead,
+                                hint=f"the server Personae started for {vllm_ref(entry.label)} stopped (see "
+                                     f"{server.log_path}); restart Personae to start it again")
             if not pool.probe(pool.endpoints[0]):
                 raise RuntimeError(f"the vLLM server started on it ({server.url}) does not list its model")
             entry.pool = pool
