@@ -232,3 +232,19 @@ def test_cancel_frees_the_slot_and_a_full_queue_is_busy(make_engine, real_base):
     "".join(pieces)
     assert long.stream.finish_reason == "cancelled" and long.message is None
     assert waiting.result() and waiting.message is not None  # the freed slot served the queued one
+
+
+@needs_llama_cpp
+@pytest.mark.real_model
+def test_json_schema_and_logit_bias_are_followed_on_llama_cpp(make_engine, real_base):
+    """response_format (and so forced tool calls) and logit_bias run in the runtime's sampler here too."""
+    engine = llamacpp_engine(make_engine, real_base)
+    schema = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}}, "required": ["mood"],
+              "additionalProperties": False}
+    shaped = chat(engine, "pixel", "json", max_new_tokens=30, guard=False,
+                  response_format={"type": "json_schema", "json_schema": {"schema": schema}})
+    assert json.loads(shaped.result())["mood"] in ("happy", "sad")
+    hello = real_base.tokenizer.encode(" hello", add_special_tokens=False)
+    forced = chat(engine, "pixel", "bias", max_new_tokens=3, logit_bias={hello[0]: 100.0})
+    assert len(hello) == 1 and forced.result() == "hello hello hello"
+    assert json.loads(forced.message["meta"])["backend"] == "llamacpp"

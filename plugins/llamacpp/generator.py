@@ -288,7 +288,7 @@ class LlamaCppGenerator:
         row.ids = torch.empty(len(prompt) + max(1, sampling.max_new_tokens), dtype=torch.long)
         row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         row.length = row.prompt_length = len(prompt)
-        row.sampler = RowSampler(sampling, len(prompt), self.eos)
+        row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)  # the tokenizer: JSON masks
         if sampling.guard and not row.sampler.greedy:
             row.guard = DegenerationMonitor()
         row.detok = Detokenizer(self.tokenizer)
