@@ -74,9 +74,10 @@ def authorised(header: str | None, keys: list[str]) -> bool:
     return any(matches)
 
 
-# Reachable without a key: probes, the page (it asks for the key itself and holds no data), its static
-# files and FastAPI's description of the API. Every other path, including routes added later, needs a key.
-PUBLIC_PATHS = frozenset({"/healthz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# Reachable without a key: probes, and the chat page's own files (a browser cannot send a key when it opens a
+# page; the page asks for the key and sends it with every request for data, and holds none itself). Every other
+# path needs a key: the API's description (/openapi.json, /docs, /redoc) too, and any route added later.
+PUBLIC_PATHS = frozenset({"/healthz", "/"})
 PUBLIC_PREFIXES = ("/static/",)
 REFUSAL = ("a valid API key is required: send 'Authorization: Bearer KEY' with a key from " + KEYS_VARIABLE)
 
