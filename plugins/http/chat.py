@@ -175,6 +175,13 @@ async def begin(engine, metrics, body, headers, regenerate: bool = False, limits
 
     character, version = resolve_model(engine, body.model)
     turn = make_turn(engine, body, headers, character, version, regenerate, limits)
+    # A full queue refuses here, on the event loop, in microseconds: under a flood the worker threads and the
+    # log's lock are taken, and going through them only to be refused took seconds (tests/test_floods.py).
+    refusal = getattr(engine.generator_started, "refusal", None)
+    busy = refusal() if refusal is not None else None
+    if busy is not None:
+        metrics.failed(character.id, "busy")
+        raise APIError.of(busy)
     try:
         return await run_in_threadpool(start_replies, engine, turn, character, regenerate, body.n)
     except PersonaeError as error:  # busy, nothing to re-roll, a version the registry refuses, no room

@@ -92,10 +92,17 @@ class BatchingGenerator:
         try:
             self._queue.put_nowait(stream)
         except queue.Full:
-            waiting = self._queue.qsize() + 1
-            raise GeneratorBusy(self._recent_seconds * (waiting / self.max_batch + 1)) from None
+            raise self._busy() from None
         self._wake.set()
         return stream
+
+    def refusal(self) -> GeneratorBusy | None:
+        """The busy error a submit would meet now, or None: a platform may refuse before doing any work."""
+        return self._busy() if self._queue.full() else None
+
+    def _busy(self) -> GeneratorBusy:
+        waiting = self._queue.qsize() + 1
+        return GeneratorBusy(self._recent_seconds * (waiting / self.max_batch + 1))
 
     def register_adapter(self, name: str, folder) -> None:
         """Make a LoRA folder known by name; it is loaded on first use (or by load_adapter)."""
