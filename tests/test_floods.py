@@ -144,8 +144,7 @@ async def stream_once(client, index):
 
 
 def test_concurrent_http_streams_are_answered_or_refused_politely(make_engine, tiny_base):
-    engine = make_engine(tiny_base, **SMALL_LIMITS,
-                         plugins={"http": {"max_body_bytes": 65_536, "max_messages": 50, **SMALL_HTTP}})
+    engine = make_engine(tiny_base, **SMALL_LIMITS, plugins={"http": SMALL_HTTP})
     engine.generator, engine.catalog.names()  # loaded before the first request, as `personae serve` does
     live = LiveServer(engine, keys=["flood-key"])
     headers = {"authorization": "Bearer flood-key"}
@@ -208,16 +207,19 @@ def time_to_reject(url: str, headers: dict, tries: int) -> dict[str, float]:
     costs ~40 ms here (measured against a raw socket), which would hide the server's time.
     """
     port = int(url.rsplit(":", 1)[1])
-    one = json.dumps({"model": "pixel", "messages": [{"role": "user", "content": "x"}]}).encode()
-    many = json.dumps({"model": "pixel", "messages": [{"role": "user", "content": "x"}] * 51}).encode()
+    def messages(n):
+        return json.dumps({"model": "pixel", "messages": [{"role": "user", "content": "x"}] * n}).encode()
+
     typed = {"content-type": "application/json"}
-    cases = {
-        "401 no key": ({**typed}, one),
-        "401 no key, 1 MB": ({}, b"x" * 1_000_000),
-        "413 1 MB body": (headers, b"x" * 1_000_000),
-        "413 1 MB chunked": (headers, None),
-        "400 51 messages": ({**headers, **typed}, many),
+    cases = {  # the server's default limits: 1 MiB bodies, 500 messages
+        "401 no key": ({**typed}, messages(1)),
+        "401 no key, 2 MB": ({}, b"x" * 2_000_000),
+        "413 2 MB body": (headers, b"x" * 2_000_000),
+        "413 2 MB chunked": (headers, None),
+        "400 10,000 messages": ({**headers, **typed}, messages(10_000)),
+        "400 501 messages": ({**headers, **typed}, messages(501)),
         "400 malformed JSON": ({**headers, **typed}, b"{nope"),
+        "400 invalid UTF-8": ({**headers, **typed}, b'{"model": "\xff\xfe"}'),
     }
     timings = {}
     for name, (sent_headers, body) in cases.items():
@@ -228,7 +230,7 @@ def time_to_reject(url: str, headers: dict, tries: int) -> dict[str, float]:
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             started = time.perf_counter()
             if body is None:  # chunked: no length declared, so the server counts as it reads
-                connection.request("POST", "/v1/chat/completions", body=iter([b"x" * 65_536] * 16),
+                connection.request("POST", "/v1/chat/completions", body=iter([b"x" * 65_536] * 32),
                                    headers=sent_headers, encode_chunked=True)
             else:
                 connection.request("POST", "/v1/chat/completions", body=body, headers=sent_headers)

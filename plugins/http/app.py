@@ -102,9 +102,11 @@ def create_app(engine, settings, keys: list[str] | None = None):
         character, _ = chat.resolve_model(engine, model)
         return next(m for m in chat.model_list(engine, created) if m["id"] in (model, character.id))
 
+    starting = chat.Starting()
+
     async def respond(body, request: Request, regenerate: bool):
         started = time.perf_counter()
-        replies = await chat.begin(engine, metrics, body, request.headers, regenerate, limits)
+        replies = await chat.begin(engine, metrics, body, request.headers, regenerate, limits, starting)
         tokens = chat.TokenText(engine.base.tokenizer)
         if body.stream:
             return ReplyStreamingResponse(chat.stream(metrics, body, replies, started, tokens),

@@ -96,9 +96,10 @@ class BatchingGenerator:
         self._wake.set()
         return stream
 
-    def refusal(self) -> GeneratorBusy | None:
-        """The busy error a submit would meet now, or None: a platform may refuse before doing any work."""
-        return self._busy() if self._queue.full() else None
+    def refusal(self, coming: int = 0) -> GeneratorBusy | None:
+        """The busy error a submit would meet now with `coming` requests on their way ahead of it, or None:
+        a platform may refuse before doing any work."""
+        return self._busy() if self._queue.qsize() + coming >= self._queue.maxsize else None
 
     def _busy(self) -> GeneratorBusy:
         waiting = self._queue.qsize() + 1
