@@ -137,7 +137,9 @@ def test_the_openapi_document_says_400_and_404_never_422(server):
     document = httpx.get(server.url + "/openapi.json").json()
     assert "422" not in json.dumps(document["paths"])
     chat_responses = document["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert {"200", "400", "401", "404", "413", "429", "500"} <= set(chat_responses)
+    assert {"200", "400", "401", "404", "413", "429", "500", "503"} <= set(chat_responses)
+    assert all("503" in operation["responses"] for path, operations in document["paths"].items()
+               for operation in operations.values() if path != "/healthz")
     assert chat_responses["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     assert "404" in document["paths"]["/v1/models/{model}"]["get"]["responses"]
     assert "400" in document["paths"]["/v1/feedback"]["post"]["responses"]
