@@ -8,11 +8,10 @@ import asyncio
 import http.client
 import json
 import os
+import socket
 import statistics
 import threading
 import time
-
-import socket
 
 import httpx
 import pytest

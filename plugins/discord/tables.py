@@ -3,9 +3,9 @@ messages refused unanswered."""
 
 from __future__ import annotations
 
-import sqlite_utils
 from datetime import datetime, timedelta, timezone
 
+import sqlite_utils
 from sqlite_utils import Migrations
 
 from runtime.store import now

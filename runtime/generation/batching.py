@@ -92,18 +92,15 @@ class BatchingGenerator:
         try:
             self._queue.put_nowait(stream)
         except queue.Full:
-            raise self._busy() from None
+            raise self.refusal(coming=self._queue.maxsize) from None  # (busy whatever the queue holds now)
         self._wake.set()
         return stream
 
     def refusal(self, coming: int = 0) -> GeneratorBusy | None:
-        """The busy error a submit would meet now with `coming` requests on their way ahead of it, or None:
-        a platform may refuse before doing any work."""
-        return self._busy() if self._queue.qsize() + coming >= self._queue.maxsize else None
-
-    def _busy(self) -> GeneratorBusy:
-        waiting = self._queue.qsize() + 1
-        return GeneratorBusy(self._recent_seconds * (waiting / self.max_batch + 1))
+        """The busy error a submit would meet with `coming` requests ahead of it, or None (checked before work)."""
+        waiting = self._queue.qsize()
+        busy = waiting + coming >= self._queue.maxsize
+        return GeneratorBusy(self._recent_seconds * ((waiting + 1) / self.max_batch + 1)) if busy else None
 
     def register_adapter(self, name: str, folder) -> None:
         """Make a LoRA folder known by name; it is loaded on first use (or by load_adapter)."""
