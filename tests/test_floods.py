@@ -215,6 +215,7 @@ def time_to_reject(url: str, headers: dict, tries: int) -> dict[str, float]:
         "401 no key, 2 MB": ({}, b"x" * 2_000_000),
         "413 2 MB body": (headers, b"x" * 2_000_000),
         "413 2 MB chunked": (headers, None),
+        "413 10 MB body": (headers, b"x" * 10_000_000),
         "400 10,000 messages": ({**headers, **typed}, messages(10_000)),
         "400 501 messages": ({**headers, **typed}, messages(501)),
         "400 malformed JSON": ({**headers, **typed}, b"{nope"),
