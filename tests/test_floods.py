@@ -171,6 +171,7 @@ def test_concurrent_http_streams_are_answered_or_refused_politely(make_engine, t
         done = [mid for status, mid, _ in results if status == "done"]
         refused = {code: sorted(t for status, _, t in results if status == code) for code in (429, 503)}
         healthy = httpx.get(live.url + "/healthz").json()
+        metrics = counted(httpx.get(live.url + "/metrics", headers=headers).text)
         timings = time_to_reject(live.url, headers, tries=30 if STRESS else 10)
     finally:
         stop.set()
@@ -186,6 +187,10 @@ def test_concurrent_http_streams_are_answered_or_refused_politely(make_engine, t
     assert {a["id"] for a in replies} == set(done)
     assert engine.store.query("pragma integrity_check")[0]["integrity_check"] == "ok"
     assert healthy["queue_depth"] == 0
+    # And every outcome is counted in /metrics, refusals included.
+    assert metrics.get(("personae_http_requests_total", "ok"), 0) == len(done)
+    assert metrics.get(("personae_http_requests_total", "busy"), 0) == len(refused[429])
+    assert metrics.get(("personae_http_request_seconds_count", "503"), 0) == len(refused[503])
 
     def spread(seconds):
         return f"median {statistics.median(seconds) * 1000:.0f} ms, max {seconds[-1] * 1000:.0f} ms" if seconds else "-"
@@ -197,6 +202,19 @@ def test_concurrent_http_streams_are_answered_or_refused_politely(make_engine, t
           f"{30 if STRESS else 10}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
     assert len(done) + len(refused[429]) + len(refused[503]) == STREAMS and done
     assert peak[0] - before < RSS_BOUND_MB
+
+
+def counted(text: str) -> dict[tuple[str, str], float]:
+    """(sample name, status) -> value of the Prometheus exposition's chat request counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("route", "other") == "other" and "status" in sample.labels:
+                key = (sample.name, sample.labels["status"])
+                found[key] = found.get(key, 0) + sample.value
+    return found
 
 
 def time_to_reject(url: str, headers: dict, tries: int) -> dict[str, float]:
