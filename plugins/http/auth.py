@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import os
 
+from plugins.http.errors import APIError, refuse
 from runtime.errors import PersonaeError
 
 KEYS_VARIABLE = "PERSONAE_API_KEYS"
@@ -88,7 +88,7 @@ def is_public(path: str) -> bool:
 
 
 class KeyCheck:
-    """ASGI middleware: a 401 for every non-public path without a valid key, before the body is read."""
+    """ASGI middleware: a 401 for every non-public path without a valid key, before the body is parsed."""
 
     def __init__(self, app, keys: list[str]):
         self.app, self.keys = app, list(keys)
@@ -100,9 +100,6 @@ class KeyCheck:
         header = dict(scope.get("headers") or ()).get(b"authorization")
         if authorised(header.decode("latin-1") if header is not None else None, self.keys):
             return await self.app(scope, receive, send)
-        payload = json.dumps({"error": {"message": REFUSAL, "type": "invalid_request_error", "param": None,
-                                        "code": "invalid_api_key"}}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        # Its body is read and thrown away unparsed (up to errors.DRAIN_BYTES, then the connection closes).
+        await refuse(scope, receive, send, APIError(401, REFUSAL, code="invalid_api_key",
+                                                    headers={"WWW-Authenticate": "Bearer"}))
