@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 ROOT = Path(__file__).parent.parent
 MOMENTS = 20 if os.environ.get("PERSONAE_STRESS") else 1
