@@ -93,8 +93,10 @@ def check_log(database: Path, finished: dict, seen_by_round: list[set]) -> dict:
     for _, role, text, reply_to, _ in rows:
         if role == "assistant" and reply_to is not None:
             assert reply_to in by_id and by_id[reply_to][1] == "user"  # no reply without its question
-    users = {row[4]: row for row in rows if row[1] == "user" and row[4].startswith("http:u")}
-    assert all(text == f"Tell me a long story number {user[6:]}" for user, (_, _, text, _, _) in users.items())
+    # Whole: each turn of a stream's user is exactly what it sent (or the question asked after a restart).
+    turns = [(row[4], row[2]) for row in rows if row[1] == "user" and row[4].startswith("http:u")]
+    assert all(text in (f"Tell me a long story number {user[6:]}", "Are you there?") for user, text in turns)
+    users = {user for user, _ in turns}
     # Not lost: a stream that got a chunk was answering a logged turn (the turn is logged before the reply).
     for seen in seen_by_round:
         assert {f"http:u{i}" for i in seen} <= set(users), seen
