@@ -29,8 +29,9 @@ def free_port() -> int:
 
 
 def start_server(tiny_model_folder, data_dir: Path, port: int) -> subprocess.Popen:
+    # PYTHONFAULTHANDLER: a server that hangs while starting is sent SIGABRT and writes every thread's stack.
     env = {**os.environ, "PERSONAE_BASE_MODEL": str(tiny_model_folder), "PERSONAE_DATA_DIR": str(data_dir),
-           "PERSONAE_MAX_NEW_TOKENS": "400", "PYTHONPATH": str(ROOT)}
+           "PERSONAE_MAX_NEW_TOKENS": "400", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     log = open(data_dir.parent / f"server-{port}-{time.monotonic_ns()}.log", "wb")  # a file: a pipe could fill
     process = subprocess.Popen([sys.executable, "-m", "runtime", "serve", "--http", f"127.0.0.1:{port}",
                                 "--no-scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -43,8 +44,10 @@ def start_server(tiny_model_folder, data_dir: Path, port: int) -> subprocess.Pop
                 return process
         except httpx.HTTPError:
             time.sleep(0.3)
-    process.kill()
-    raise AssertionError("the server did not start")
+    process.send_signal(signal.SIGABRT)
+    process.wait(30)
+    raise AssertionError("the server did not start in 300 s; its log:\n"
+                         + Path(log.name).read_text(errors="replace")[-6000:])
 
 
 def stream(url: str, index: int, seen: dict) -> None:
