@@ -21,7 +21,9 @@ class LiveServer:
         self.socket.bind(("127.0.0.1", 0))  # loopback only: tests never listen beyond this machine
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=1, limit_concurrency=200)
+        # As `personae serve` runs it: no uvicorn limit_concurrency (its 503 is plain text, closes the socket
+        # with the body unread, which the client sees as a reset); the app bounds requests itself (admission.py).
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()

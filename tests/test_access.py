@@ -16,8 +16,9 @@ from starlette.routing import Mount
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ["k-one-0123456789", "k-two-abcdefghij"]
-# Reachable without a key, each for a reason (see plugins/http/auth.py); everything else needs one.
-PUBLIC = {"/healthz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
+# Reachable without a key: the probe, and the chat page's own files, which hold no data (see plugins/http/auth.py).
+# Everything else needs one, the API's description included; a route made public later fails here.
+PUBLIC = {"/healthz", "/", "/static"}
 # A value for each path parameter: real ones, so that with a key the route answers 200.
 SAMPLE = {"model": "pixel", "character_id": "pixel", "name": "report.html"}
 HI = {"model": "pixel", "max_tokens": 1, "user": "u1", "messages": [{"role": "user", "content": "Hi"}]}
@@ -73,10 +74,14 @@ def test_every_route_but_the_public_ones_refuses_without_a_valid_key(client, eng
     assert client.post("/v1/chat/completions", json=BODIES["/v1/chat/completions"], headers=ok).status_code == 200
     served = routes(client.app)
     protected = [(m, p) for m, p in served if p not in PUBLIC]
-    assert {p for _, p in served} >= PUBLIC - {"/docs/oauth2-redirect"}
+    assert {p for _, p in served} >= PUBLIC
+    from plugins.http import auth
+
+    assert auth.PUBLIC_PATHS == {"/healthz", "/"} and auth.PUBLIC_PREFIXES == ("/static/",)
     # The ones the issue names (models, characters, avatars, audits, metrics, feedback, regenerate, the
     # page's data) are among them; any route added later is checked here too without being listed.
-    assert {p for _, p in protected} >= {"/v1/models", "/v1/models/{model}", "/v1/chat/completions",
+    assert {p for _, p in protected} >= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                                         "/v1/models", "/v1/models/{model}", "/v1/chat/completions",
                                          "/v1/regenerate", "/v1/feedback", "/v1/characters", "/metrics",
                                          "/v1/characters/{character_id}/avatar.png",
                                          "/v1/characters/{character_id}/audits",
@@ -96,7 +101,9 @@ def test_every_route_but_the_public_ones_refuses_without_a_valid_key(client, eng
         if path in PUBLIC and path != "/static":
             assert call(client, method, path).status_code == 200, path
     # What the public routes say: nothing about characters or conversations.
-    assert "pixel" not in client.get("/").text and "pixel" not in client.get("/openapi.json").text
+    for path in ("/", "/static/app.js", "/static/app.css"):
+        assert client.get(path).status_code == 200 and "pixel" not in client.get(path).text, path
+    assert client.get("/static/%2e%2e/openapi.json").status_code != 200  # the page's prefix leads nowhere else
     assert set(client.get("/healthz").json()) == {"status", "characters", "model_loaded", "queue_depth", "auth"}
 
 

@@ -236,3 +236,37 @@ def test_fuzzed_card_files_give_a_character_or_a_card_error(tmp_path, data):
         load_card(path)
     except CardError:
         pass
+
+
+def test_time_to_reject_each_hostile_card_is_printed(tmp_path):
+    """The probe's worst cards, each refused with a CardError; how long each refusal takes is printed (`-s`)."""
+    import statistics
+    import time
+    import warnings
+
+    files = {
+        "10 MB description": write(tmp_path, v2(description="d" * 10_000_000), "big.json"),
+        "3 MB name": write(tmp_path, v2(name="N" * 3_000_000), "name.json"),
+        "JSON 20,000 deep": write(tmp_path, '{"name": "D", "x": ' + "[" * 20_000 + "]" * 20_000 + "}", "deep.json"),
+        "5,000-digit number": write(tmp_path, '{"name": "N", "extensions": {"n": ' + "9" * 5000 + "}}", "n.json"),
+        "max_new_tokens 1e12": write(tmp_path, v2(extensions={"personae": {"generation": {
+            "max_new_tokens": 1e12}}}), "tokens.json"),
+        "10,000 lore entries": write(tmp_path, v2(character_book={"entries": [{"keys": ["k"], "content": "c"}]
+                                                                  * 10_000}), "lore.json"),
+        "9500x9500 avatar": tmp_path / "bomb.png",
+        "truncated PNG": tmp_path / "cut.png",
+    }
+    files["9500x9500 avatar"].write_bytes(png_card([v2()], size=(9500, 9500), mode="1"))
+    files["truncated PNG"].write_bytes(png_card([v2()])[:300])
+    timings = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for name, path in files.items():
+            seconds = []
+            for _ in range(3):
+                started = time.perf_counter()
+                with pytest.raises(CardError):
+                    load_card(path)
+                seconds.append(time.perf_counter() - started)
+            timings[name] = statistics.median(seconds) * 1000
+    print("\nTime to reject a hostile card (median of 3): " + ", ".join(f"{k} {v:.0f} ms" for k, v in timings.items()))

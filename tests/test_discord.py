@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from plugins.discord.tables import DiscordTables
 from runtime.hookspecs import hookimpl
 from tests.discord_harness import (
     ADMIN_CHANNEL_ID,
@@ -220,6 +221,8 @@ def test_busy_generator_answers_with_a_retry_time(make_engine, tiny_base):
                      answers[0].json["content"])
     assert str(answers[0].json["message_reference"]["message_id"]) == message["id"]
     assert_no_pings(fake)
+    # The log keeps why the message got no reply (its id and the reason, nothing of its text or author).
+    assert DiscordTables(engine.store).refusals() == {message["id"]: "busy"}
 
 
 def test_user_and_channel_rate_limits_answer_politely_once(make_engine, tiny_base):
@@ -243,6 +246,9 @@ def test_user_and_channel_rate_limits_answer_politely_once(make_engine, tiny_bas
     assert len(fake.webhook_sends()) == 3
     assert [r["text"] for r in rows(engine, "select text from messages where role = 'user' order by id")] == \
         ["Pixel one", "Pixel two", "Pixel, hi from Bob"]
+    # Every refused message is in the log with its reason, also those after the window's one warning.
+    assert sorted(DiscordTables(engine.store).refusals().values()) == ["channel_rate", "channel_rate",
+                                                                       "user_rate", "user_rate"]
 
 
 def test_admin_commands_need_permission_and_report_failures(make_engine, tiny_base, monkeypatch):

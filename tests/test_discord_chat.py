@@ -199,7 +199,8 @@ def test_admins_set_show_and_clear_a_channel_prompt_addition(make_engine, tiny_b
                         "order by name") == [{"name": "m001_webhooks_messages_notices"},
                                              {"name": "m002_channel_prompts"},
                                              {"name": "m003_no_webhook_tokens"},
-                                             {"name": "m004_channel_notes"}]
+                                             {"name": "m004_channel_notes"},
+                                             {"name": "m005_refusals"}]
 
 
 # --- stop and re-roll buttons ---------------------------------------------------------------------------

@@ -70,6 +70,41 @@ def test_rate_limiter_window_and_single_warning():
     assert RateLimiter(0).hit("x") == 0  # 0 = no limit
 
 
+def limiter_memory(limiter, clock, users: int, step: float) -> int:
+    """Bytes the limiter holds after `users` distinct users sent one message each, `step` seconds apart."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for i in range(users):
+            clock.now += step
+            if limiter.hit(f"user:{i}"):
+                limiter.should_warn(f"user:{i}", 1)
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+def test_rate_limiter_forgets_idle_users_so_memory_stays_bounded():
+    users, step = 100_000, 0.01  # 100,000 distinct users over 1,000 s, 600 of them a minute
+    clock = Clock()
+    kept = RateLimiter(6, 60, clock=clock)
+    held = limiter_memory(kept, clock, users, step)
+    # Only users heard from in the last two periods remain (a sweep runs at most once a period).
+    assert len(kept) <= 2 * 60 / step + 1
+    # The same traffic with a window that never expires keeps every user: what forgetting saves.
+    forever_clock = Clock()
+    forever = RateLimiter(6, 1e9, clock=forever_clock)
+    everyone = limiter_memory(forever, forever_clock, users, step)
+    assert len(forever) == users and held < everyone / 5, (held, everyone)
+    # Forgetting changes nothing for users still inside their window.
+    for _ in range(6):
+        assert kept.hit("busy") == 0
+    assert kept.hit("busy") == 60 and kept.should_warn("busy", 60) is True
+    clock.now += 61  # a sweep passes: "busy" is forgotten, and may speak again
+    assert kept.hit("someone") == 0 and "busy" not in kept._events and kept.hit("busy") == 0
+
+
 class Card:
     def __init__(self, id, name):
         self.id, self.name = id, name

@@ -137,7 +137,9 @@ def test_the_openapi_document_says_400_and_404_never_422(server):
     document = httpx.get(server.url + "/openapi.json").json()
     assert "422" not in json.dumps(document["paths"])
     chat_responses = document["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert {"200", "400", "401", "404", "413", "429", "500"} <= set(chat_responses)
+    assert {"200", "400", "401", "404", "413", "429", "500", "503"} <= set(chat_responses)
+    assert all("503" in operation["responses"] for path, operations in document["paths"].items()
+               for operation in operations.values() if path != "/healthz")
     assert chat_responses["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     assert "404" in document["paths"]["/v1/models/{model}"]["get"]["responses"]
     assert "400" in document["paths"]["/v1/feedback"]["post"]["responses"]
@@ -183,3 +185,87 @@ def test_health_answers_while_every_worker_thread_is_busy(server, engine, monkey
         release.set()
         for client in clients:
             client.join(30)
+
+
+def test_refusals_read_the_body_first_so_the_client_sees_them_never_a_reset(server, engine):
+    # Before, a 413 closed the socket with the body unread: the kernel answered with a reset (1 in ~30 here).
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for _ in range(40):
+            response = client.post("/v1/chat/completions", content=b"x" * 1_000_000, headers=headers)
+            assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+            assert "connection" not in response.headers  # the body was read: the connection stays usable
+    assert logged(engine) == 0
+
+
+def test_a_full_generator_queue_is_a_429_before_anything_is_logged(make_engine, tiny_base):
+    from http_server import LiveServer
+
+    from runtime.generation.batching import BatchingGenerator
+    from runtime.generation.types import GeneratorBusy, Request, SamplingSettings
+
+    generator = BatchingGenerator(tiny_base.model, tiny_base.tokenizer, max_queue=1)
+    generator.close()  # a stopped worker never takes requests off its queue: one request fills it
+    generator.submit(Request([1], SamplingSettings()))
+    assert isinstance(generator.refusal(), GeneratorBusy)
+    engine = make_engine(tiny_base, generator=generator)
+    live = LiveServer(engine)
+    try:
+        for stream in (False, True):
+            response = chat(live, messages=hi(), user="someone", stream=stream)
+            assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
+            assert response.json()["error"]["code"] == "server_busy"
+    finally:
+        live.close()
+    assert logged(engine) == 0  # not even the new conversation's greeting
+
+
+def test_requests_over_the_concurrency_limit_are_told_to_retry(make_engine, tiny_base):
+    import asyncio
+
+    from plugins.http.admission import Admission
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):  # a long stream holding its place
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async def request(admission, path, body_parts, sent):
+        parts = [{"type": "http.request", "body": b"x" * 10, "more_body": i < body_parts - 1}
+                 for i in range(body_parts)]
+        read = []
+
+        async def receive():
+            read.append(parts[len(read)])
+            return read[-1]
+
+        async def send(message):
+            sent.append(message)
+
+        await admission({"type": "http", "path": path, "headers": []}, receive, send)
+        return len(read)
+
+    async def scenario():
+        admission = Admission(slow_app, limit=2)
+        held = [[], []]
+        tasks = [asyncio.create_task(request(admission, "/v1/chat/completions", 1, held[i])) for i in range(2)]
+        await asyncio.sleep(0.05)
+        refused, probe = [], []
+        read = await request(admission, "/v1/chat/completions", 3, refused)
+        # Probes are not counted: /healthz reaches the app even now.
+        probe_task = asyncio.create_task(request(admission, "/healthz", 1, probe))
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(*tasks, probe_task)
+        return admission, held, refused, read, probe
+
+    admission, held, refused, read, probe = asyncio.run(scenario())
+    start, body = refused
+    assert start["status"] == 503 and dict(start["headers"])[b"retry-after"] == b"2"
+    error = json.loads(body["body"])["error"]
+    assert error["code"] == "server_busy" and "max_concurrent_requests" in error["message"]
+    assert read == 3  # its whole body was read before the answer
+    assert [m["status"] for m, _ in held] == [200, 200] and probe[0]["status"] == 200
+    assert admission.in_progress == 0

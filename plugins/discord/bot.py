@@ -238,18 +238,24 @@ class PersonaeBot(discord.Client):
     async def rate_limited(self, message: discord.Message) -> bool:
         """Count the message against the user's and the channel's limits; answer politely once if over."""
         checks = (
-            (self.user_limits, f"user:{message.author.id}",
+            (self.user_limits, f"user:{message.author.id}", "user_rate",
              "You're sending messages faster than the characters can answer. Please wait {} s and try again."),
-            (self.channel_limits, f"channel:{message.channel.id}",
+            (self.channel_limits, f"channel:{message.channel.id}", "channel_rate",
              "This channel is very busy right now; characters will answer again in {} s."),
         )
-        for limits, key, answer in checks:
+        for limits, key, reason, answer in checks:
             wait = limits.hit(key)
             if wait:
+                # Logged every time; told once per window (later messages in it would only spam the channel).
+                await self.refused(message, reason)
                 if limits.should_warn(key, wait):
                     await self.tell(message, answer.format(wait))
                 return True
         return False
+
+    async def refused(self, message: discord.Message, reason: str) -> None:
+        """Log a message left unanswered on purpose (off the event loop: the log's lock may be held)."""
+        await asyncio.to_thread(self.tables.record_refusal, message.id, message.channel.id, reason)
 
     async def tell(self, message: discord.Message, text: str) -> None:
         """Answer a user as the bot itself (errors, limits), pinging nobody."""
@@ -274,7 +280,8 @@ class PersonaeBot(discord.Client):
         turn = self.turn(message.channel, message.author, text, character, str(message.id),
                          history)  # engine.reply adds the user
         await self.speak(message.channel, character, lambda: self.engine.reply(turn),
-                         lambda words: self.tell(message, words), message.author.id)
+                         lambda words: self.tell(message, words), message.author.id,
+                         on_busy=lambda: self.refused(message, "busy"))
 
     async def reroll(self, interaction: discord.Interaction, character) -> None:
         """Re-roll a character's latest reply in the interaction's channel, as a swipe (/regenerate, Re-roll)."""
@@ -300,8 +307,11 @@ class PersonaeBot(discord.Client):
         """The buttons under a reply in this state, or None when they are turned off."""
         return controls(state) if self.config.buttons else None
 
-    async def speak(self, channel, character, start, tell, requester: int | None = None) -> dict | None:
-        """Generate a reply in a worker thread, show it (streamed or when done); map its ids; never silent."""
+    async def speak(self, channel, character, start, tell, requester: int | None = None,
+                    on_busy=None) -> dict | None:
+        """Generate a reply in a worker thread, show it (streamed or when done); map its ids; never silent.
+
+        `on_busy`: awaited when the generator's queue is full (the user is told too)."""
         stream = live = None
         try:
             voice = await self.speaker.voice(channel, character)
@@ -327,6 +337,8 @@ class PersonaeBot(discord.Client):
                 self.tables.map_messages(post.ids, row["id"], channel.id)
             return row
         except GeneratorBusy as busy:
+            if on_busy is not None:
+                await on_busy()
             await tell(f"{character.name} has a queue of people waiting right now — please retry in "
                        f"{busy.retry_after} s.")
         except LookupError as error:  # nothing to regenerate, a character uninstalled meanwhile

@@ -1,6 +1,9 @@
-"""The Discord plugin's own tables: cached webhooks, Discord message ids, one-time notices, channel prompts and notes."""
+"""The Discord plugin's own tables: cached webhooks, Discord message ids, one-time notices, channel prompts and notes,
+messages refused unanswered."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 from sqlite_utils import Migrations
@@ -42,6 +45,18 @@ def m004_channel_notes(db: sqlite_utils.Database) -> None:
     """Per-channel author's notes (SillyTavern's chat-level Author's Note): text and depth."""
     db["discord_channel_notes"].create({"channel_id": str, "text": str, "depth": int, "updated": str},
                                        pk="channel_id")
+
+
+@migrations(name="m005_refusals")
+def m005_refusals(db: sqlite_utils.Database) -> None:
+    """Messages left unanswered on purpose (rate limits, a full queue): ids and the reason, no text and no user."""
+    db["discord_refusals"].create({"discord_message_id": str, "channel_id": str, "reason": str, "created": str},
+                                  pk="discord_message_id")
+    db["discord_refusals"].create_index(["created"])
+
+
+REFUSALS_KEPT = timedelta(days=7)  # an account of floods, not a history: older rows are dropped as new ones come
+REFUSAL_REASONS = ("user_rate", "channel_rate", "busy")
 
 
 class DiscordTables:
@@ -139,6 +154,24 @@ class DiscordTables:
         self.store.write(lambda: self.store.db.execute(
             "delete from discord_channel_notes where channel_id = ?", [str(channel_id)]))
         return previous
+
+    # --- messages refused unanswered ---
+    def record_refusal(self, discord_id: int, channel_id: int, reason: str) -> None:
+        """Log that a message got no reply on purpose, and why (one of REFUSAL_REASONS)."""
+        stamp = now()
+        cutoff = (datetime.now(timezone.utc) - REFUSALS_KEPT).isoformat(timespec="milliseconds")
+
+        def record():
+            self.store.db.execute("delete from discord_refusals where created < ?", [cutoff])
+            self.store.db["discord_refusals"].upsert({"discord_message_id": str(discord_id),
+                                                      "channel_id": str(channel_id), "reason": reason,
+                                                      "created": stamp}, pk="discord_message_id")
+        self.store.write(record)
+
+    def refusals(self) -> dict[str, str]:
+        """Discord message id -> why it got no reply, for the refusals kept."""
+        return {r["discord_message_id"]: r["reason"]
+                for r in self.store.query("select discord_message_id, reason from discord_refusals")}
 
     # --- notices told once ---
     def first_notice(self, key: str) -> bool:

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plugins.http import auth, chat
+from plugins.http.admission import Admission
 from plugins.http.errors import APIError, validation_error
 from plugins.http.limits import BodyLimit, Limits
 from plugins.http.metrics import Metrics
@@ -47,9 +48,11 @@ def create_app(engine, settings, keys: list[str] | None = None):
     metrics = app.state.metrics = Metrics(engine)
     limits = app.state.limits = Limits.of(settings.plugin_settings("http"))
     created = int(time.time())
-    # Outermost: a body over the limit is refused before anything parses it.
+    # Middleware added later wraps what came before. A body over the limit is refused before anything parses it.
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    # Outside the body limit: a client without a key learns nothing, not even the limit.
+    # Outside the body limit: a request over the concurrency limit holds no buffered body.
+    app.add_middleware(Admission, limit=limits.max_concurrent_requests)
+    # Outside both: a client without a key learns nothing, not even the limits.
     app.add_middleware(auth.KeyCheck, keys=keys)
     app.add_middleware(metrics.timing_middleware())
 
@@ -99,9 +102,11 @@ def create_app(engine, settings, keys: list[str] | None = None):
         character, _ = chat.resolve_model(engine, model)
         return next(m for m in chat.model_list(engine, created) if m["id"] in (model, character.id))
 
+    starting = chat.Starting()
+
     async def respond(body, request: Request, regenerate: bool):
         started = time.perf_counter()
-        replies = await chat.begin(engine, metrics, body, request.headers, regenerate, limits)
+        replies = await chat.begin(engine, metrics, body, request.headers, regenerate, limits, starting)
         tokens = chat.TokenText(engine.base.tokenizer)
         if body.stream:
             return ReplyStreamingResponse(chat.stream(metrics, body, replies, started, tokens),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import os
 
+from plugins.http.errors import APIError, refuse
 from runtime.errors import PersonaeError
 
 KEYS_VARIABLE = "PERSONAE_API_KEYS"
@@ -74,9 +74,10 @@ def authorised(header: str | None, keys: list[str]) -> bool:
     return any(matches)
 
 
-# Reachable without a key: probes, the page (it asks for the key itself and holds no data), its static
-# files and FastAPI's description of the API. Every other path, including routes added later, needs a key.
-PUBLIC_PATHS = frozenset({"/healthz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# Reachable without a key: probes, and the chat page's own files (a browser cannot send a key when it opens a
+# page; the page asks for the key and sends it with every request for data, and holds none itself). Every other
+# path needs a key: the API's description (/openapi.json, /docs, /redoc) too, and any route added later.
+PUBLIC_PATHS = frozenset({"/healthz", "/"})
 PUBLIC_PREFIXES = ("/static/",)
 REFUSAL = ("a valid API key is required: send 'Authorization: Bearer KEY' with a key from " + KEYS_VARIABLE)
 
@@ -87,7 +88,7 @@ def is_public(path: str) -> bool:
 
 
 class KeyCheck:
-    """ASGI middleware: a 401 for every non-public path without a valid key, before the body is read."""
+    """ASGI middleware: a 401 for every non-public path without a valid key, before the body is parsed."""
 
     def __init__(self, app, keys: list[str]):
         self.app, self.keys = app, list(keys)
@@ -99,9 +100,6 @@ class KeyCheck:
         header = dict(scope.get("headers") or ()).get(b"authorization")
         if authorised(header.decode("latin-1") if header is not None else None, self.keys):
             return await self.app(scope, receive, send)
-        payload = json.dumps({"error": {"message": REFUSAL, "type": "invalid_request_error", "param": None,
-                                        "code": "invalid_api_key"}}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        # Its body is read and thrown away unparsed (up to errors.DRAIN_BYTES, then the connection closes).
+        await refuse(scope, receive, send, APIError(401, REFUSAL, code="invalid_api_key",
+                                                    headers={"WWW-Authenticate": "Bearer"}))

@@ -172,17 +172,36 @@ def start_replies(engine, turn, character, regenerate: bool, n: int):
     return engine.replies(turn, n)
 
 
-async def begin(engine, metrics, body, headers, regenerate: bool = False, limits=None):
+class Starting:
+    """Requests between the checks and the generator's queue (logging their turn, building the prompt)."""
+
+    def __init__(self):
+        self.count = 0
+
+
+async def begin(engine, metrics, body, headers, regenerate: bool = False, limits=None, starting=None):
     """Resolve, validate and start the replies (one per choice); errors become OpenAI-shaped API errors."""
     from starlette.concurrency import run_in_threadpool
 
     character, version = resolve_model(engine, body.model)
     turn = make_turn(engine, body, headers, character, version, regenerate, limits)
+    # A queue that is full, or will be once the requests already starting reach it, refuses here, on the event
+    # loop, in microseconds: in a flood, going through the worker threads and the log's lock only to be
+    # refused there took seconds (tests/test_floods.py).
+    starting = starting or Starting()
+    refusal = getattr(engine.generator_started, "refusal", None)
+    busy = refusal(starting.count) if refusal is not None else None
+    if busy is not None:
+        metrics.failed(character.id, "busy")
+        raise APIError.of(busy)
+    starting.count += body.n
     try:
         return await run_in_threadpool(start_replies, engine, turn, character, regenerate, body.n)
     except PersonaeError as error:  # busy, nothing to re-roll, a version the registry refuses, no room
         metrics.failed(character.id, "busy" if isinstance(error, Busy) else "invalid")
         raise APIError.of(error) from None
+    finally:
+        starting.count -= body.n
 
 
 # --- streaming a blocking reply into the event loop --------------------------------------------

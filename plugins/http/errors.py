@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from adapters.errors import RegistryError
 from runtime.errors import Busy, NotFound, PersonaeError
 
@@ -42,3 +44,34 @@ def validation_error(errors: list[dict]) -> APIError:
     where = f"'{param}': " if param else ""
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return APIError(400, f"{where}{message}{more}", param=param, code="invalid_value")
+
+
+# A refused request's body is read and thrown away up to this size before the answer goes out: closing a
+# socket with unread data makes the kernel send a reset, and the client never sees the answer. Past it the
+# connection is closed at once (a reset is then possible, for a client sending far more than any limit).
+DRAIN_BYTES = 16 << 20
+
+
+async def refuse(scope, receive, send, error: APIError) -> None:
+    """Answer an ASGI request with an error before the app sees it, reading its body first (bounded).
+
+    `receive` None: the body was read to its end already.
+    """
+    declared = dict(scope.get("headers") or ()).get(b"content-length")
+    drained = not (declared is not None and declared.isdigit() and int(declared) > DRAIN_BYTES)
+    size, more = 0, drained and receive is not None
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client left
+            return
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+        if size > DRAIN_BYTES:
+            drained = more = False
+    payload = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in error.headers.items()]
+    if not drained:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

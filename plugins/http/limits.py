@@ -1,15 +1,18 @@
-"""Request size limits of the HTTP API ([plugins.http] max_body_bytes, max_messages, max_message_chars)."""
+"""Request limits of the HTTP API ([plugins.http] max_body_bytes, max_messages, max_message_chars,
+max_concurrent_requests)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from plugins.http.errors import APIError
+from plugins.http.errors import APIError, refuse
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576  # 1 MiB: a long chat of short messages, never a 10 MB paste
 DEFAULT_MAX_MESSAGES = 500
 DEFAULT_MAX_MESSAGE_CHARS = 32_000
+# Requests in progress at once (streams included): past it, a 503 with Retry-After. With the body limit it
+# bounds what requests may hold in memory (256 x 1 MiB); the generator's own queue admits fewer still.
+DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 SEED_LIMIT = 2**63  # the generator seeds torch with a signed 64-bit integer
 ID_LIMIT = 2**63  # SQLite's integers are signed 64-bit
 
@@ -21,6 +24,7 @@ class Limits:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
 
     @classmethod
     def of(cls, table: dict) -> Limits:
@@ -28,7 +32,7 @@ class Limits:
         from runtime.config import ConfigError
 
         values = {}
-        for name in ("max_body_bytes", "max_messages", "max_message_chars"):
+        for name in ("max_body_bytes", "max_messages", "max_message_chars", "max_concurrent_requests"):
             value = table.get(name, getattr(cls, name))
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"[plugins.http] {name} must be a positive whole number, got {value!r}")
@@ -60,7 +64,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
+            return await refuse(scope, receive, send, self.too_large())
         # Chunked or lying clients: read the body here, at most limit + 1 bytes, then replay it.
         chunks, size, more = [], 0, True
         while more:
@@ -69,21 +73,16 @@ class BodyLimit:
                 return await self.app(scope, _replay([], message, receive), send)
             body = message.get("body", b"")
             size += len(body)
-            if size > self.limit:
-                return await self._refuse(send)
-            chunks.append(body)
             more = message.get("more_body", False)
+            if size > self.limit:
+                return await refuse(scope, receive if more else None, send, self.too_large())
+            chunks.append(body)
         whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay([whole], None, receive), send)
 
-    async def _refuse(self, send) -> None:
-        error = APIError(413, f"the request body is larger than the limit of {self.limit} bytes "
-                              f"([plugins.http] max_body_bytes); send less", code="body_too_large")
-        payload = json.dumps(error.body()).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": payload})
+    def too_large(self) -> APIError:
+        return APIError(413, f"the request body is larger than the limit of {self.limit} bytes "
+                             f"([plugins.http] max_body_bytes); send less", code="body_too_large")
 
 
 def _replay(messages: list, pending, receive):

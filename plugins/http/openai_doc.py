@@ -1,4 +1,4 @@
-"""The OpenAPI document says what the server answers: 400/401/404/413/429 in OpenAI's error shape, never 422."""
+"""The OpenAPI document says what the server answers: 400/401/404/413/429/503 in OpenAI's error shape, never 422."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ WHY = {
     "413": "The request body is larger than [plugins.http] max_body_bytes",
     "429": "The generator is busy; retry after the Retry-After header's seconds",
     "500": "A bug; the body says only that it happened, the server's log has the details",
+    "503": "The server is working on [plugins.http] max_concurrent_requests requests; retry after Retry-After",
 }
 
 
@@ -66,7 +67,7 @@ def _error_responses(path: str, method: str) -> dict:
     """The error statuses of one operation."""
     if path == "/healthz":
         return {}
-    statuses = ["401", "500"]
+    statuses = ["401", "500", "503"]
     if method == "post":
         statuses += ["400", "413"]
     if "{" in path or path in ("/v1/chat/completions", "/v1/regenerate", "/v1/feedback"):

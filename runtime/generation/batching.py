@@ -92,10 +92,15 @@ class BatchingGenerator:
         try:
             self._queue.put_nowait(stream)
         except queue.Full:
-            waiting = self._queue.qsize() + 1
-            raise GeneratorBusy(self._recent_seconds * (waiting / self.max_batch + 1)) from None
+            raise self.refusal(coming=self._queue.maxsize) from None  # (busy whatever the queue holds now)
         self._wake.set()
         return stream
+
+    def refusal(self, coming: int = 0) -> GeneratorBusy | None:
+        """The busy error a submit would meet with `coming` requests ahead of it, or None (checked before work)."""
+        waiting = self._queue.qsize()
+        busy = waiting + coming >= self._queue.maxsize
+        return GeneratorBusy(self._recent_seconds * ((waiting + 1) / self.max_batch + 1)) if busy else None
 
     def register_adapter(self, name: str, folder) -> None:
         """Make a LoRA folder known by name; it is loaded on first use (or by load_adapter)."""
