@@ -117,7 +117,7 @@ def test_the_converted_lora_moves_llama_cpp_like_peft_moves_the_fp32_model(real_
     model = Model(packaged_gguf(), threads=1)
     adapter = model.adapter(cached_lora(loras["v1"], real_base.model, tmp_path))
     lanes = {name: Lane(model, handle, slots=1, n_ctx=512) for name, handle in (("base", None), ("lora", adapter))}
-    quantised = {name: lane.decode([(lane.slots[0], prompt)])[0].copy() for name, lane in lanes.items()}
+    quantised = {name: lane.logits(lane.decode([(lane.slots[0], prompt)])[0]).copy() for name, lane in lanes.items()}
     with torch.inference_mode():
         ids = torch.tensor([prompt])
         fp32_base = real_base.model(ids).logits[0, -1].numpy()
