@@ -43,6 +43,9 @@ def test_bad_settings_are_one_line_config_errors(make_engine, tiny_base):
     with pytest.raises(ConfigError) as error:
         llamacpp_engine(make_engine, tiny_base, lanes=0).generator
     assert "lanes = 0 must be at least 1" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        llamacpp_engine(make_engine, tiny_base, sampler="numpy").generator
+    assert "sampler = 'numpy' is not one of llamacpp, python" in str(error.value)
     with pytest.raises(ConfigError) as error:  # a base other than the packaged one needs its own GGUF
         llamacpp_engine(make_engine, tiny_base).generator
     assert "needs a GGUF of base model" in str(error.value) and "[plugins.llamacpp] gguf" in str(error.value)
@@ -232,3 +235,23 @@ def test_cancel_frees_the_slot_and_a_full_queue_is_busy(make_engine, real_base):
     "".join(pieces)
     assert long.stream.finish_reason == "cancelled" and long.message is None
     assert waiting.result() and waiting.message is not None  # the freed slot served the queued one
+
+
+@needs_llama_cpp
+@pytest.mark.real_model
+def test_lanes_decoded_side_by_side_reply_what_lanes_in_turn_reply(make_engine, real_base, loras):
+    from runtime.generation.types import Request, SamplingSettings
+
+    prompt = real_base.tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}],
+                                                     add_generation_prompt=True, tokenize=True, return_dict=False)
+    texts = {}
+    for parallel, threads in ((1, 1), (2, 2)):  # in turn on one thread; two lanes at once, one thread each
+        gen = make_engine(real_base, backend="llamacpp", threads=threads,
+                          plugins={"llamacpp": {"parallel": parallel}}).generator
+        for name in ("v1", "v2"):
+            gen.load_adapter(name, loras[name])
+        sampling = SamplingSettings(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+        streams = [gen.submit(Request(list(prompt), sampling, name)) for name in ("v1", "v2", "__base__")]
+        texts[parallel] = [stream.result() for stream in streams]
+        assert (gen.stats["parallel_rounds"] > 0) == (parallel == 2)
+    assert texts[2] == texts[1] and len(set(texts[1])) == 3  # three different weights, the same replies

@@ -70,7 +70,7 @@ class LlamaCppGenerator:
         self._fallback = None
         self._lock = threading.Lock()
         self.stats = {"rounds": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0, "chain_rows": 0,
-                      "python_rows": 0}
+                      "python_rows": 0, "parallel_rounds": 0}
         self._worker = threading.Thread(target=self._run, name="personae-llamacpp", daemon=True)
         self._worker.start()
 
@@ -207,6 +207,7 @@ class LlamaCppGenerator:
 
                 self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="personae-llamacpp-lane")
             results = list(self._pool.map(lambda item: self._decode(*item, threads), work))
+            self.stats["parallel_rounds"] += 1
         else:
             results = [self._decode(lane, rows, self.model.threads) for lane, rows in work]
         for (lane, rows), result in zip(work, results):
