@@ -255,3 +255,19 @@ def test_lanes_decoded_side_by_side_reply_what_lanes_in_turn_reply(make_engine, 
         texts[parallel] = [stream.result() for stream in streams]
         assert (gen.stats["parallel_rounds"] > 0) == (parallel == 2)
     assert texts[2] == texts[1] and len(set(texts[1])) == 3  # three different weights, the same replies
+
+
+@needs_llama_cpp
+@pytest.mark.real_model
+def test_json_schema_and_logit_bias_are_followed_on_llama_cpp(make_engine, real_base):
+    """response_format (and so forced tool calls) run in the runtime's sampler, logit_bias in llama.cpp's chain."""
+    engine = llamacpp_engine(make_engine, real_base)
+    schema = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}}, "required": ["mood"],
+              "additionalProperties": False}
+    shaped = chat(engine, "pixel", "json", max_new_tokens=30, guard=False,
+                  response_format={"type": "json_schema", "json_schema": {"schema": schema}})
+    assert json.loads(shaped.result())["mood"] in ("happy", "sad")
+    hello = real_base.tokenizer.encode(" hello", add_special_tokens=False)
+    forced = chat(engine, "pixel", "bias", max_new_tokens=3, logit_bias={hello[0]: 100.0})
+    assert len(hello) == 1 and forced.result() == "hello hello hello"
+    assert json.loads(forced.message["meta"])["backend"] == "llamacpp"

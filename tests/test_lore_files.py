@@ -111,7 +111,7 @@ def test_charx_imports_with_its_icon_and_exports_with_every_asset(tmp_path):
     result = CliRunner().invoke(cli, ["characters", "import", str(tmp_path / "amaru.charx")])
     assert result.exit_code == 0, result.output
     assert "Imported Amaru Quispe as 'amaru-quispe'" in result.output
-    assert "@@is_greeting is not supported" in result.output  # unsupported decorators are listed
+    assert "@@is_user_icon is not supported" in result.output  # unsupported decorators are listed
     from runtime.characters.catalog import Catalog
     from runtime.config import load_settings
     from runtime.plugins import get_plugin_manager

@@ -127,3 +127,94 @@ def test_reverse_depth_counts_from_the_start_of_the_chat(tiny_base):
     messages = build_messages(card, history, tiny_base.tokenizer, 900)
     chat = [m["content"] for m in messages if not m.get("example")][1:]
     assert chat[:3] == ["m0", "OPENING", "m1"]  # after the first message, however long the chat is
+
+
+def test_generation_triggers_limit_an_entry_to_those_kinds_of_generation():
+    lore = book(entry(["sea"], "always"), entry(["sea"], "on swipes", triggers=["swipe"]),
+                entry(["sea"], "on re-rolls", triggers=["regenerate", "swipe"]),
+                entry(["sea"], "on continue only", triggers=["continue"]))
+    assert fired(lore, ["the sea"]) == ["always"]
+    assert sorted(fired(lore, ["the sea"], generation="swipe")) == ["always", "on re-rolls", "on swipes"]
+    assert sorted(fired(lore, ["the sea"], generation="regenerate")) == ["always", "on re-rolls"]
+    from runtime.characters.lorebook import unsupported
+
+    assert unsupported(lore) == ["lore entry 'sea': SillyTavern generation trigger(s) continue (triggers; Personae "
+                                 "generates only normal, swipe, regenerate) is not supported and is ignored"]
+
+
+def test_the_engine_scans_swipes_and_re_rolls_as_those_generations(make_engine, tiny_base, prompt_spy, tmp_path):
+    import json
+
+    from http_server import LiveServer
+
+    from runtime.chat.engine import Turn
+
+    card = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": "Tide", "description": "A sailor.", "first_mes": "Ahoy.", "character_book": book(
+            entry(["sea"], "NEW-REPLY-LORE", triggers=["normal"]), entry(["sea"], "SWIPE-LORE", triggers=["swipe"]),
+            entry(["sea"], "REROLL-LORE", triggers=["regenerate"]))}}
+    (tmp_path / "tide.json").write_text(json.dumps(card))
+    engine = make_engine(tiny_base, temperature=0, max_new_tokens=3)
+    engine.catalog.import_card(tmp_path / "tide.json")
+    spy = prompt_spy(engine)
+
+    def lore(index):
+        return {name for name in ("NEW-REPLY-LORE", "SWIPE-LORE", "REROLL-LORE")
+                if any(name in m["content"] for m in spy.prompts[index])}
+
+    live = LiveServer(engine)
+    try:
+        chat = [{"role": "assistant", "content": "Ahoy."}, {"role": "user", "content": "The sea is calm"}]
+        for _ in range(2):  # the second is SillyTavern's swipe: the same chat sent again
+            live.openai().chat.completions.create(model="tide", messages=chat, max_tokens=3)
+    finally:
+        live.close()
+    tide = engine.catalog.get("tide")
+    engine.reply(Turn(platform="test", channel="c", user_id="u", text="The sea is rough", character=tide)).result()
+    engine.regenerate(Turn(platform="test", channel="c", user_id="u", text="", character=tide)).result()
+    assert [lore(i) for i in range(4)] == [{"NEW-REPLY-LORE"}, {"SWIPE-LORE"}, {"NEW-REPLY-LORE"}, {"REROLL-LORE"}]
+
+
+def test_character_filters_from_a_world_info_file_keep_entries_to_their_characters():
+    from runtime.characters.lorebook import unsupported
+    from runtime.characters.worldinfo import to_character_book
+
+    world = {"entries": {
+        "0": {"uid": 0, "key": ["sea"], "content": "for Mara", "characterFilter": {"names": ["Mara"], "tags": []}},
+        "1": {"uid": 1, "key": ["sea"], "content": "not for Mara",
+              "characterFilter": {"isExclude": True, "names": ["mara"], "tags": []}},
+        "2": {"uid": 2, "key": ["sea"], "content": "by tag", "characterFilter": {"names": [], "tags": ["t1"]}},
+        "3": {"uid": 3, "key": ["sea"], "content": "for anyone"}}}
+    lore = to_character_book(world)
+    assert sorted(fired(lore, ["the sea"], character={"Mara", "mara"})) == ["by tag", "for Mara", "for anyone"]
+    assert sorted(fired(lore, ["the sea"], character={"Pixel", "pixel"})) == ["by tag", "for anyone", "not for Mara"]
+    assert unsupported(lore) == ["lore entry 'sea': SillyTavern character filter by tags (characterFilter.tags) "
+                                 "is not supported and is ignored"]
+
+
+def test_the_prompt_builder_filters_lore_by_the_character_answering(tiny_base):
+    def ask(name):
+        card = parse_card({"spec": "chara_card_v2", "data": {"name": name, "character_book": {"entries": [
+            entry(["sea"], "ONLY-FOR-MARA", st_characterFilter={"names": ["Mara"], "isExclude": False})]}}})
+        return str(build_messages(card, [{"role": "user", "content": "the sea"}], tiny_base.tokenizer, 900))
+
+    assert "ONLY-FOR-MARA" in ask("Mara") and "ONLY-FOR-MARA" not in ask("Pixel")
+
+
+def test_is_greeting_keeps_an_entry_to_chats_that_opened_with_that_greeting(tiny_base):
+    card = parse_card({"spec": "chara_card_v3", "spec_version": "3.0", "data": {
+        "name": "Ada", "first_mes": "Hello, {{user}}.", "alternate_greetings": ["Up early, {{user}}?"],
+        "character_book": {"entries": [
+            {"keys": [], "content": "@@is_greeting 0\nFIRST-GREETING-LORE", "constant": True, "enabled": True},
+            {"keys": [], "content": "@@is_greeting 1\nSECOND-GREETING-LORE", "constant": True, "enabled": True}]}}})
+
+    def lore(*history):
+        prompt = str(build_messages(card, [*history, {"role": "user", "content": "Hi"}], tiny_base.tokenizer, 900,
+                                    user="Ann"))
+        return [name for name in ("FIRST-GREETING-LORE", "SECOND-GREETING-LORE") if name in prompt]
+
+    assert lore({"role": "assistant", "content": "Hello, Ann."}) == ["FIRST-GREETING-LORE"]
+    assert lore({"role": "assistant", "content": "Up early, Ann?"}) == ["SECOND-GREETING-LORE"]
+    # Not known (no greeting, or it was cut from the history): the decorator is not applied.
+    assert lore() == ["FIRST-GREETING-LORE", "SECOND-GREETING-LORE"]
+    assert lore({"role": "assistant", "content": "Something else."}) == ["FIRST-GREETING-LORE", "SECOND-GREETING-LORE"]

@@ -113,7 +113,7 @@ def test_v3_decorators_and_warnings_for_the_rest():
     assert condor.content.startswith("The condor")  # decorators are not part of the text
     assert entries[""].force is True and entries["llama"].force is False  # @@@ fallback of an unknown one
     warnings = lorebook.unsupported(card.character_book)
-    assert any("@@is_greeting" in w for w in warnings) and any("@@instruct_depth" in w for w in warnings)
+    assert any("@@is_user_icon" in w for w in warnings) and any("@@instruct_depth" in w for w in warnings)
     assert not any("@@depth" in w or "@@role" in w or "@@dont_activate" in w for w in warnings)
     texts = lambda *t, turns=0: [e.content for e in scan(card.character_book, list(t),  # noqa: E731
                                                          ScanSettings(assistant_turns=turns))]
@@ -192,6 +192,7 @@ def test_sillytavern_features_not_run_are_named_in_warnings():
                                                                 "triggers": ["continue"]}),
                 entry(["b"], "y", name="plain", extensions={"group": "", "sticky": 0, "position": 7}))
     warnings = lorebook.unsupported(lore)
-    assert warnings == [  # inclusion groups and sticky run now (tests/test_lore_rules.py); triggers do not
-        "lore entry 'triggered': SillyTavern generation triggers (triggers) is not supported and is ignored",
+    assert warnings == [  # inclusion groups, sticky and triggers run now (tests/test_lore_rules.py); continue does not
+        "lore entry 'triggered': SillyTavern generation trigger(s) continue (triggers; Personae generates only "
+        "normal, swipe, regenerate) is not supported and is ignored",
         "lore entry 'plain': position 'outlet' without an outlet name; the entry is never inserted"]

@@ -72,7 +72,8 @@ def test_response_formats_that_cannot_be_followed_are_400s(server):
     assert "json_schema.schema" in refused(server, "response_format", response_format={
         "type": "json_schema", "json_schema": {"name": "x"}})
     assert "json_object" in refused(server, "response_format", response_format={"type": "regex"})
-    assert "tools" in refused(server, "tools", tools=[{"type": "function", "function": {"name": "f"}}])
+    # Function calling is forced calls only: tools without tool_choice mean "auto", which is refused.
+    assert "auto" in refused(server, "tool_choice", tools=[{"type": "function", "function": {"name": "f"}}])
 
 
 @pytest.mark.real_model

@@ -197,18 +197,19 @@ def test_logprob_options_out_of_range_are_400s(server):
 def test_sillytaverns_fields_are_accepted_and_reach_the_sampler(server, submitted):
     response = server.openai().chat.completions.create(
         model="pixel", messages=HI, max_tokens=4, temperature=0.9, top_p=0.95, presence_penalty=0.4,
-        frequency_penalty=0.3, logit_bias={}, seed=11, stop=[], extra_body={"top_k": 40})
+        frequency_penalty=0.3, logit_bias={}, seed=11, stop=[], extra_body={"top_k": 40, "min_p": 0.05})
     assert response.choices[0].finish_reason in ("length", "stop")
     sampling = submitted[0].sampling
     assert (sampling.top_k, sampling.presence_penalty, sampling.frequency_penalty) == (40, 0.4, 0.3)
+    assert sampling.min_p == 0.05  # vLLM's and llama.cpp's extension, as OpenRouter-style clients send it
     assert sampling.stop == ["\nUser:"]  # the empty list adds nothing
 
 
 @pytest.mark.parametrize("field, value", [
     ("logit_bias", {"99999999": -100}),  # a token this model does not have
     ("response_format", {"type": "grammar"}),
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
-    ("tool_choice", "auto"),
+    ("tools", [{"type": "code_interpreter"}]),  # only function tools (tests/test_openai_tools.py)
+    ("tool_choice", "auto"),  # tools are forced calls only
 ])
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(server, engine, field, value):
     assert field in refused(server, field, **{field: value})

@@ -101,3 +101,17 @@ def test_the_vllm_backend_sends_seed_zero_logit_bias_and_response_format_on():
     body = completion_body(Request([1, 2], sampled(seed=0, logit_bias={7: -100.0}, response_format=fmt)), "m")
     assert body["seed"] == 0 and body["logit_bias"] == {"7": -100.0} and body["response_format"] == fmt
     assert "seed" not in completion_body(Request([1], sampled(seed=None)), "m")  # random: vLLM picks
+
+
+def test_the_vllm_backend_asks_for_logprobs_as_token_ids_and_reads_them_back():
+    from plugins.vllm.generator import completion_body, token_logprobs
+    from runtime.generation.types import Request
+
+    body = completion_body(Request([1, 2], sampled(logprobs=2)), "m")
+    assert body["logprobs"] == 2 and body["return_tokens_as_token_ids"] is True
+    assert "logprobs" not in completion_body(Request([1], sampled()), "m")
+    # A streamed chunk's block as vLLM 0.32 writes it; the sampled token (9) is outside the top 2, so vLLM adds it.
+    block = {"tokens": ["token_id:9", "token_id:2"], "token_logprobs": [-3.5, -0.1],
+             "top_logprobs": [{"token_id:4": -0.2, "token_id:5": -1.0, "token_id:9": -3.5}, {"token_id:2": -0.1}]}
+    scored = token_logprobs(block, 2, skip={2})  # 2: end-of-sequence, which has no entry locally either
+    assert [(s.token, s.logprob, s.top) for s in scored] == [(9, -3.5, [(4, -0.2), (5, -1.0)])]

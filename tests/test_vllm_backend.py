@@ -332,3 +332,49 @@ def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server
         assert json.loads(after.message["meta"])["endpoint"] == vllm_server.url
     finally:
         second.stop()
+
+
+@pytest.mark.real_model
+def test_openai_request_fields_reach_vllm_and_come_back(make_engine, real_base, vllm_server):
+    """seed, logit_bias, logprobs, response_format, a forced tool call and the penalties, through the HTTP API
+    and the official openai client, served by vLLM (not the local fallback)."""
+    from http_server import LiveServer
+
+    engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url])
+    live = LiveServer(engine)
+    hello = real_base.tokenizer.encode(" hello", add_special_tokens=False)
+    try:
+        client = live.openai()
+
+        def ask(**body):
+            body.setdefault("max_tokens", 8)
+            return client.chat.completions.create(
+                model="pixel", messages=[{"role": "user", "content": "Hello! Who are you?"}], **body)
+
+        same = {ask(temperature=1.0, seed=7).choices[0].message.content for _ in range(2)}
+        assert len(same) == 1
+        forced = ask(temperature=1.0, max_tokens=3, logit_bias={str(hello[0]): 100})
+        assert len(hello) == 1 and forced.choices[0].message.content == "hello hello hello"
+        scored = ask(temperature=0, logprobs=True, top_logprobs=2, presence_penalty=0.5, frequency_penalty=0.5,
+                     extra_body={"top_k": 20})
+        entries = scored.choices[0].logprobs.content
+        assert len(entries) == scored.usage.completion_tokens or scored.choices[0].finish_reason == "stop"
+        assert entries and all(len(e.top_logprobs) == 2 and e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob
+                               for e in entries)
+        assert "".join(e.token for e in entries).strip() == scored.choices[0].message.content
+        schema = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}}, "required": ["mood"],
+                  "additionalProperties": False}
+        shaped = ask(temperature=0, max_tokens=30, response_format={
+            "type": "json_schema", "json_schema": {"name": "mood", "schema": schema}})
+        assert json.loads(shaped.choices[0].message.content)["mood"] in ("happy", "sad")
+        tool = {"type": "function", "function": {"name": "set_mood", "parameters": schema}}
+        # vLLM's grammar lets SmolLM2 pretty-print: {"name", "arguments"} took more than 30 tokens in the first run.
+        called = ask(temperature=0, max_tokens=100, tools=[tool], tool_choice="required")
+        call = called.choices[0].message.tool_calls[0]
+        assert called.choices[0].finish_reason == "tool_calls", call.function.arguments
+        assert call.function.name == "set_mood" and json.loads(call.function.arguments)["mood"] in ("happy", "sad")
+    finally:
+        live.close()
+    served = [json.loads(m["meta"]) for m in engine.store.query("select meta from messages where role = 'assistant' "
+                                                                "and meta like '%finish_reason%'")]
+    assert served and all(meta["backend"] == "vllm" and meta["endpoint"] == vllm_server.url for meta in served)

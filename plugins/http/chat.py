@@ -9,6 +9,7 @@ import logging
 import time
 from urllib.parse import unquote
 
+from plugins.http import tools
 from plugins.http.errors import APIError
 from runtime.chat.engine import Turn
 from runtime.chat.streaming import StreamedReply
@@ -93,24 +94,25 @@ def make_turn(engine, body, headers, character, version, regenerate: bool = Fals
         limits.check_messages(body.messages)
     user = (body.user or "").strip()
     conversation = (headers.get(CONVERSATION_HEADER) or "").strip()[:200]
-    chat = [m for m in body.messages if m.role in ("user", "assistant")]
+    chat = tools.chat_of(body.messages)
     # System messages are the client's own persona prompt; the character's card is the prompt here.
     text, history = "", None
     if not regenerate:
-        if not chat or chat[-1].role != "user":
-            raise APIError(400, "messages must end with the user's message (role 'user')", param="messages")
-        text = chat[-1].text()
+        if not chat or chat[-1]["role"] != "user":
+            raise APIError(400, "messages must end with the user's message (role 'user') or a tool result",
+                           param="messages")
+        text = chat[-1]["content"]
         if not text.strip():
             raise APIError(400, "the last user message is empty", param="messages")
         if len(chat) > 1:
             # Clients like SillyTavern and Open WebUI send the whole chat each time: it is the history.
-            history = [{"role": m.role, "content": m.text()} for m in chat[:-1]]
+            history = chat[:-1]
         elif not (conversation or user):
             history = []  # a one-off request: no conversation to continue
     elif not (conversation or user):
         raise APIError(400, f"regenerate needs a conversation: send the {CONVERSATION_HEADER} header or 'user'",
                        param="user")
-    name = next((m.name for m in reversed(chat) if m.role == "user" and m.name), None)
+    name = next((m.name for m in reversed(body.messages) if m.role == "user" and m.name), None)
     # The header is percent-encoded (header values are Latin-1 only; names need not be).
     user_name = (name or unquote(headers.get(USER_NAME_HEADER) or "") or "User").strip()[:64] or "User"
     sampling = body.sampling()
@@ -122,10 +124,11 @@ def make_turn(engine, body, headers, character, version, regenerate: bool = Fals
         raise APIError(400, f"{name} {max_tokens} leaves no room for the prompt (context_tokens is "
                        f"{engine.settings.context_tokens}); ask for at most {room}", param=name)
     note, depth = authors_note(body.messages)
+    plan = body.tool_plan()
     return Turn(platform=PLATFORM, channel=conversation or f"user:{user or 'anonymous'}",
                 user_id=f"http:{user or 'anonymous'}", text=text, user_name=user_name, character=character,
                 sampling=sampling, version=version, history=history, client_owns_chat=True,
-                authors_note=note, authors_note_depth=depth)
+                authors_note=note, authors_note_depth=depth, prompt_addition=plan.instruction() if plan else "")
 
 
 def authors_note(messages) -> tuple[str, int]:
@@ -155,7 +158,7 @@ def check_structure(engine, sampling: dict) -> None:
     if unknown:
         raise APIError(400, f"logit_bias names token {unknown[0]}, but this model's tokens are 0 to {vocabulary - 1}",
                        param="logit_bias")
-    if sampling["response_format"] and engine.settings.backend == "local":  # vLLM constrains on its side
+    if sampling["response_format"] and engine.settings.backend != "vllm":  # vLLM constrains on its side
         structured.warm(tokenizer)
 
 
@@ -248,9 +251,19 @@ class Choice:
     def message_id(self) -> int | None:
         return self.reply.message["id"] if self.reply.message else None
 
-    def finish_reason(self) -> str:
-        """OpenAI's finish_reason: 'length' when max_tokens cut the reply, else 'stop'."""
-        return "length" if self.reply.stream.finish_reason == "length" else "stop"
+    def finish_reason(self, plan=None) -> str:
+        """OpenAI's finish_reason: 'length' when max_tokens cut the reply, 'tool_calls' for a call, else 'stop'."""
+        if self.reply.stream.finish_reason == "length":
+            return "length"
+        return "tool_calls" if plan else "stop"
+
+    def message(self, plan) -> dict:
+        """The choice's assistant message: its text, or the function call it makes."""
+        if plan is None:
+            return {"role": "assistant", "content": self.reply.text}
+        name, arguments = plan.call(self.reply.text)
+        return {"role": "assistant", "content": None, "tool_calls": [
+            {"id": tools.call_id(), "type": "function", "function": {"name": name, "arguments": arguments}}]}
 
 
 class TokenText:
@@ -324,14 +337,14 @@ async def complete(metrics, body, replies, started: float, tokens) -> dict:
         metrics.in_flight.dec()
     for choice in choices:
         record(metrics, choice, started)
-    first = replies[0]
+    first, plan = replies[0], body.tool_plan()
     return {
         "id": f"chatcmpl-{choices[0].message_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.model,
-        "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.reply.text},
-                     "finish_reason": c.finish_reason(), "logprobs": c.logprobs(),
+        "choices": [{"index": c.index, "message": c.message(plan),
+                     "finish_reason": c.finish_reason(plan), "logprobs": c.logprobs(),
                      "personae_message_id": c.message_id} for c in choices],
         "usage": usage(replies),
         "personae_message_id": choices[0].message_id,
@@ -382,20 +395,27 @@ async def stream(metrics, body, replies, started: float, tokens):
                    "system_fingerprint": first.weights.version, "choices": listed, **extra}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
+    plan = body.tool_plan()
+    calls = {choice.index: tools.StreamedCall(plan) for choice in choices} if plan else {}
     completed = False
     metrics.in_flight.inc()
     try:
         for choice in choices:
-            yield event(choice, {"role": "assistant", "content": ""})
+            yield event(choice, {"role": "assistant", "content": None if plan else ""})
         try:
             async with contextlib.aclosing(merged(choices)) as pieces:
                 async for choice, text in pieces:
                     if text is not None:
-                        yield event(choice, {"content": text}, logprobs=choice.logprobs())
+                        delta = calls[choice.index].delta(text) if plan else {"content": text}
+                        if delta:
+                            yield event(choice, delta, logprobs=choice.logprobs())
                         continue
+                    last = calls[choice.index].rest(choice.reply.text) if plan else None
+                    if last:
+                        yield event(choice, last, logprobs=choice.logprobs())
                     # Exactly one chunk per choice carries its finish_reason (and the rest of its logprobs).
                     record(metrics, choice, started)
-                    yield event(choice, {}, choice.finish_reason(), choice.logprobs(),
+                    yield event(choice, {}, choice.finish_reason(plan), choice.logprobs(),
                                 personae_message_id=choice.message_id)
         except Exception:
             cancel(choices)

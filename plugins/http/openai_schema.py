@@ -6,6 +6,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from plugins.http.tools import ToolPlan, ToolProblem, plan_of
 from runtime.generation.structured import BadResponseFormat, check_schema, schema_of
 
 
@@ -46,10 +47,8 @@ SEED_LIMIT = 2**63  # the generator's torch.Generator takes 0 <= seed < 2**63
 
 # Fields real clients send that change nothing here when neutral: (field, is it neutral?, what to send instead).
 UNSUPPORTED = (
-    ("tools", lambda v: not v, "tools (function calling) are not supported; leave tools out"),
-    ("tool_choice", lambda v: v in (None, "none"), "tool_choice is not supported; leave it out or send \"none\""),
-    ("functions", lambda v: not v, "functions (function calling) are not supported; leave it out"),
-    ("function_call", lambda v: v in (None, "none"), "function_call is not supported; leave it out"),
+    ("functions", lambda v: not v, "the old functions field is not supported; send tools and tool_choice"),
+    ("function_call", lambda v: v in (None, "none"), "the old function_call field is not supported; send tool_choice"),
     ("modalities", lambda v: not v or list(v) == ["text"], "only the text modality is supported"),
     ("audio", lambda v: not v, "audio output is not supported; leave it out"),
     ("prediction", lambda v: not v, "predicted outputs are not supported; leave prediction out"),
@@ -82,6 +81,7 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = Field(default=None, max_length=256)
     repetition_penalty: float | None = Field(default=None, gt=0, le=3)  # a common extension
+    min_p: float | None = Field(default=None, ge=0, le=1, description="0: off")  # vLLM's and llama.cpp's extension
     logit_bias: dict[str, float] | None = Field(default=None, description="token id -> bias in [-100, 100]")
     response_format: dict | None = Field(default=None, description="text, json_object or json_schema")
 
@@ -121,7 +121,22 @@ class ChatCompletionRequest(BaseModel):
             check_schema(schema_of(self.response_format))
         except BadResponseFormat as error:
             return "response_format", str(error)
+        try:
+            plan = self.tool_plan()
+        except ToolProblem as error:
+            return error.param, str(error)
+        if plan is not None:
+            if schema_of(self.response_format) is not None:
+                return "response_format", "response_format and a forced tool call both shape the reply; send one"
+            try:
+                check_schema(plan.schema)
+            except BadResponseFormat as error:
+                return "tools", str(error).replace("response_format's JSON schema", "a function's parameters")
         return None
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The function call tools / tool_choice force (None: a plain reply)."""
+        return plan_of(self.model_extra or {})
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -130,6 +145,8 @@ class ChatCompletionRequest(BaseModel):
 
     def sampling(self) -> dict:
         """Per-request overrides for the engine (None = the character's or the config's value)."""
+        plan = self.tool_plan()
+        response_format = plan.response_format() if plan else self.response_format
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -140,11 +157,12 @@ class ChatCompletionRequest(BaseModel):
             "stop": self.stop,
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
+            "min_p": self.min_p,
             "logprobs": (self.top_logprobs or 0) if self.logprobs else None,
             "logit_bias": {int(token): bias for token, bias in self.logit_bias.items()} if self.logit_bias else None,
-            "response_format": self.response_format if schema_of(self.response_format) is not None else None,
+            "response_format": response_format if schema_of(response_format) is not None else None,
             # JSON is not prose: the degeneration guard's loop and word-list checks would cut it short.
-            **({"guard": False} if schema_of(self.response_format) is not None else {}),
+            **({"guard": False} if schema_of(response_format) is not None else {}),
         }
 
 

@@ -317,7 +317,7 @@ class LlamaCppGenerator:
 
             row.ids = torch.empty(row.limit, dtype=torch.long)
             row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-            row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)
+            row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)  # the tokenizer: JSON masks
             self.stats["python_rows"] += 1
         if sampling.guard and not row.sampler.greedy:
             row.guard = DegenerationMonitor()

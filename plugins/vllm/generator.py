@@ -16,7 +16,7 @@ import httpx
 
 from plugins.vllm.endpoints import BackendUnavailable, Endpoint, EndpointPool, describe
 from runtime.errors import PersonaeError
-from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request
+from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request, TokenLogprob
 
 log = logging.getLogger("personae.vllm")
 
@@ -36,6 +36,23 @@ def vllm_name(label: str) -> str:
     return label.split(":", 1)[-1]
 
 
+def token_logprobs(block: dict | None, top: int, skip: set[int]) -> list[TokenLogprob]:
+    """vLLM's completions logprobs block (tokens as 'token_id:N') as TokenLogprobs; tokens in `skip` left out."""
+    if not block:
+        return []
+    scored = []
+    for token, logprob, alternatives in zip(block.get("tokens") or [], block.get("token_logprobs") or [],
+                                            block.get("top_logprobs") or [None] * len(block.get("tokens") or [])):
+        token_id = int(str(token).rpartition(":")[2])
+        if token_id in skip:
+            continue
+        # vLLM adds the sampled token to the top ones when it is not among them: keep the `top` likeliest.
+        ranked = sorted(((int(k.rpartition(":")[2]), v) for k, v in (alternatives or {}).items()),
+                        key=lambda pair: -pair[1])[:top]
+        scored.append(TokenLogprob(token_id, logprob if logprob is not None else float("-inf"), ranked))
+    return scored
+
+
 def completion_body(request: Request, model: str) -> dict:
     """The /v1/completions request for one Request: the prompt as token ids, every sampling setting."""
     s = request.sampling
@@ -51,9 +68,12 @@ def completion_body(request: Request, model: str) -> dict:
         body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias.items()}
     if s.response_format:  # vLLM's completions take OpenAI's response_format and constrain the output themselves
         body["response_format"] = s.response_format
-    # Settings newer SamplingSettings carry, where vLLM has the same knob (repeat_last_n and the local
-    # degeneration guard have none: vLLM's repetition penalty looks at the whole prompt and reply; logprobs
-    # are not carried back yet).
+    if s.logprobs is not None:
+        # vLLM's logprobs are the model's own too (raw_logprobs, its default); token ids, not text, come back.
+        body["logprobs"] = s.logprobs
+        body["return_tokens_as_token_ids"] = True
+    # Settings newer SamplingSettings carry, where vLLM has the same knob (repeat_last_n, DRY and the local
+    # degeneration guard have none: vLLM's repetition penalty looks at the whole prompt and reply).
     for ours, theirs in (("top_k", "top_k"), ("min_p", "min_p"), ("frequency_penalty", "frequency_penalty"),
                          ("presence_penalty", "presence_penalty")):
         value = getattr(s, ours, None)
@@ -77,6 +97,12 @@ class VllmGenerator:
         self._fallback = None
         self._outstanding = 0
         self._closed = False
+        # End-of-sequence has no logprob entry locally either.
+        eos = getattr(getattr(base, "tokenizer", None), "eos_token_id", None)
+        self._end_tokens = {eos} if isinstance(eos, int) else set()
+        if getattr(settings, "dry_multiplier", 0):
+            log.warning("backend vllm: dry_multiplier is set, but vLLM has no DRY penalty; replies it serves "
+                        "are sampled without it")
         alive = [self.pool.probe(e) for e in self.pool.endpoints]
         if not any(alive):
             first = self.pool.endpoints[0]
@@ -274,6 +300,9 @@ class VllmGenerator:
                 if chunk.get("usage"):
                     stream.completion_tokens = chunk["usage"].get("completion_tokens", 0)
                 for choice in chunk.get("choices") or []:
+                    if stream.request.sampling.logprobs is not None:  # before the text, which a reader may await
+                        stream.logprobs += token_logprobs(choice.get("logprobs"), stream.request.sampling.logprobs,
+                                                          self._end_tokens)
                     if choice.get("text"):
                         stream.push(choice["text"])
                     reason = choice.get("finish_reason") or reason

@@ -27,8 +27,12 @@ MAX_RECURSION_STEPS = 3
 DECORATORS = {
     "activate", "dont_activate", "depth", "role", "scan_depth", "position", "additional_keys",
     "exclude_keys", "activate_only_after", "activate_only_every", "ignore_on_max_context",
-    "keep_activate_after_match", "dont_activate_after_match", "reverse_depth",
+    "keep_activate_after_match", "dont_activate_after_match", "reverse_depth", "is_greeting",
 }
+# SillyTavern's generation types an entry's `triggers` may name, and the ones Personae has: a new reply,
+# a swipe (a client re-sending the same chat) and a regenerate (/v1/regenerate, Discord's re-roll).
+TRIGGERS = ("normal", "continue", "impersonate", "swipe", "regenerate", "quiet")
+GENERATIONS = ("normal", "swipe", "regenerate")
 FOREVER = 10 ** 9  # a sticky or cooldown that never ends (@@keep_activate_after_match, @@dont_activate_after_match)
 GROUP_WEIGHT = 100  # SillyTavern's default weight of an entry in its inclusion group
 # V3 @@position values -> SillyTavern positions.
@@ -77,6 +81,10 @@ class Entry:
     delay: int = 0  # cannot fire before the chat has this many messages
     outlet: str = ""  # position 7: where {{outlet::NAME}} stands in the card
     reverse_depth: int | None = None  # @@reverse_depth N: N messages from the chat's start (depth = length - N)
+    triggers: list[str] = field(default_factory=list)  # SillyTavern's generation types it fires on; empty: all
+    greeting: int | None = None  # @@is_greeting N: only in chats that opened with greeting N (0: first_mes)
+    for_names: set[str] = field(default_factory=set)  # SillyTavern's character filter: only (or, excluding: not) these
+    exclude_names: bool = False
 
 
 @dataclass
@@ -159,13 +167,20 @@ def entry_from(raw: dict, index: int = 0) -> Entry:
     entry.group_weight = max(_int(ext.get("group_weight"), GROUP_WEIGHT), 0)
     entry.sticky, entry.cooldown, entry.delay = (max(_int(ext.get(k)), 0) for k in ("sticky", "cooldown", "delay"))
     entry.outlet = ext.get("outlet_name").strip() if isinstance(ext.get("outlet_name"), str) else ""
+    entry.triggers = [t for t in _strings(ext.get("triggers")) if t in TRIGGERS]
     # SillyTavern features set on the entry that Personae does not run: say so rather than act silently.
-    for key, label in (("triggers", "generation triggers"), ("vectorized", "vectorized")):
-        if ext.get(key):
-            entry.unsupported.append(f"SillyTavern {label} ({key})")
-    if isinstance(ext.get("st_characterFilter"), dict) and (ext["st_characterFilter"].get("names")
-                                                            or ext["st_characterFilter"].get("tags")):
-        entry.unsupported.append("SillyTavern character filter (characterFilter)")
+    if ext.get("vectorized"):
+        entry.unsupported.append("SillyTavern vectorized (vectorized)")
+    never = sorted(set(_strings(ext.get("triggers"))) - set(GENERATIONS))
+    if never:  # continue / impersonate / quiet generations do not happen here, or an unknown name
+        entry.unsupported.append(f"SillyTavern generation trigger(s) {', '.join(never)} (triggers; Personae "
+                                 f"generates only {', '.join(GENERATIONS)})")
+    where = ext.get("st_characterFilter")
+    if isinstance(where, dict):
+        entry.for_names = {n.strip().casefold() for n in _strings(where.get("names"))}
+        entry.exclude_names = bool(where.get("isExclude"))
+        if _strings(where.get("tags")):  # SillyTavern tag ids: its tag list is not in the file
+            entry.unsupported.append("SillyTavern character filter by tags (characterFilter.tags)")
     _apply_decorators(entry, decorators)
     return entry
 
@@ -205,6 +220,8 @@ def _apply_decorators(entry: Entry, decorators: dict[str, str]) -> None:
         entry.sticky = FOREVER
     if "dont_activate_after_match" in decorators:
         entry.cooldown = FOREVER
+    if decorators.get("is_greeting", "").strip().isdigit():
+        entry.greeting = int(decorators["is_greeting"])
     if "ignore_on_max_context" in decorators:
         entry.priority = min(entry.priority, -(10 ** 6))  # first to go when the prompt is full
 
@@ -306,6 +323,11 @@ class ScanSettings:
     seed: int | None = None
     # Chat lengths (messages) at which earlier prompts were built, for sticky / cooldown; None: every length.
     prompt_points: list[int] | None = None
+    generation: str = "normal"  # which kind of generation this prompt is for (an entry's `triggers`)
+    # Who answers, for character filters: SillyTavern names a character by its avatar file's name, which is
+    # the character's name unless renamed; its name and id are matched, ignoring case.
+    character: set[str] = field(default_factory=set)
+    greeting: int | None = None  # which greeting the chat opened with (0: first_mes); None: not known
 
 
 def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = None,
@@ -325,7 +347,10 @@ def scan(book: dict | None, texts: list[str], settings: ScanSettings | None = No
     recursive = settings.recursive if not isinstance(recursive, bool) else recursive
     rng = random.Random(settings.seed)
     options = {"case_sensitive": settings.case_sensitive, "whole_words": settings.whole_words}
-    candidates = sorted((e for e in entries(book) if e.enabled and (e.position != OUTLET or e.outlet)),
+    candidates = sorted((e for e in entries(book) if e.enabled and (e.position != OUTLET or e.outlet)
+                         and (not e.triggers or settings.generation in e.triggers) and _for(e, settings.character)
+                         # @@is_greeting: when the opening greeting is not known (cut from the history), not applied.
+                         and (e.greeting is None or settings.greeting is None or e.greeting == settings.greeting)),
                         key=lambda e: (-e.priority, -e.insertion_order, e.index))
     timed = {e.index: timed_state(e, texts, depth, settings, render, options) for e in candidates
              if e.sticky or e.cooldown or e.delay}
@@ -446,6 +471,14 @@ def _score(entry: Entry, text: str, render, options) -> int:
         if entry.logic == AND_ANY or (entry.logic == AND_ALL and secondary == len(entry.secondary_keys)):
             return primary + secondary
     return primary
+
+
+def _for(entry: Entry, character: set[str]) -> bool:
+    """SillyTavern's character filter: an entry naming characters is only for them (or, excluding, not for them)."""
+    if not entry.for_names:
+        return True
+    named = bool(entry.for_names & {name.casefold() for name in character})
+    return named != entry.exclude_names
 
 
 def _timing_allows(entry: Entry, assistant_turns: int) -> bool:

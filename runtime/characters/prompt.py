@@ -185,7 +185,7 @@ def build_messages(character, history: list[dict], tokenizer, budget: int, user:
                    group: list[str] | None = None, authors_note: str = "", seed: int | None = None,
                    now: datetime | None = None, idle_since: datetime | None = None,
                    recursive_lore: bool = False, authors_note_depth: int = AUTHORS_NOTE_DEPTH,
-                   addition: str = "") -> list[dict]:
+                   addition: str = "", generation: str = "normal") -> list[dict]:
     """Chat messages for the next reply: never over `budget` tokens.
 
     `history` holds role/content dicts, oldest first, ending with the user's new message. When the
@@ -194,6 +194,7 @@ def build_messages(character, history: list[dict], tokenizer, budget: int, user:
     `seed` makes {{random}}/{{roll}} and lore probabilities reproducible. `authors_note` goes in as a
     system message `authors_note_depth` messages from the end (SillyTavern's Author's Note); `addition`
     (a channel's prompt) joins the character's instructions and counts against the budget like the card.
+    `generation` ("normal", "swipe" or "regenerate") is matched against lore entries' `triggers`.
     """
     if budget < 16:
         raise PromptTooSmall(f"a prompt budget of {budget} tokens is too small; raise context_tokens")
@@ -205,14 +206,15 @@ def build_messages(character, history: list[dict], tokenizer, budget: int, user:
     context = macros.MacroContext(group=list(group or []), now=now, idle_since=idle_since, history=history,
                                   seed=seed)
     with macros.active(context):
-        parts = _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore, context)
+        parts = _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore, context,
+                       generation)
         parts.authors_note_depth = max(0, int(authors_note_depth))
         parts.addition = character.render(addition, user).strip() if addition.strip() else ""
         return _fit(parts, tokenizer, budget)
 
 
 def _parts(character, history, tokenizer, budget, user, authors_note, seed, recursive_lore,
-           context: macros.MacroContext) -> PromptParts:
+           context: macros.MacroContext, generation: str = "normal") -> PromptParts:
     """Every piece of the prompt, before any is given up."""
     def render(text):
         return character.render(text, user)
@@ -224,7 +226,9 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
     settings = lorebook.ScanSettings(
         scan_depth=LORE_SCAN_MESSAGES, token_budget=max(int(budget * LORE_BUDGET_SHARE), 1),
         recursive=recursive_lore, seed=seed, assistant_turns=sum(m["role"] == "assistant" for m in history),
-        prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"])
+        prompt_points=[i + 1 for i, m in enumerate(history[:-1]) if m["role"] == "user"], generation=generation,
+        character={character.name, character.id, character.display_name},
+        greeting=opening_greeting(character, history, user))
     fired = lorebook.scan(character.character_book, [m["content"] for m in history], settings, render, tokens)
     lore = lorebook.injections(fired, render, chat_length=len(history))
     context.outlets.update(lorebook.outlets(fired, render))  # before the card is rendered: {{outlet::x}} is in it
@@ -239,6 +243,15 @@ def _parts(character, history, tokenizer, budget, user, authors_note, seed, recu
         card_head=len(character.instruction(user)),
         authors_note=render(authors_note),
     )
+
+
+def opening_greeting(character, history: list[dict], user: str) -> int | None:
+    """Which greeting the chat opened with (0: first_mes, 1: the first alternate, ...); None when not known."""
+    if not history or history[0]["role"] != "assistant":
+        return None
+    opened = (history[0]["content"] or "").strip()
+    texts = [character.first_mes, *character.alternate_greetings]
+    return next((i for i, text in enumerate(texts) if text and character.render(text, user).strip() == opened), None)
 
 
 def _fit(parts: PromptParts, tokenizer, budget: int) -> list[dict]:

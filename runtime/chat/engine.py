@@ -244,7 +244,8 @@ class Engine:
             resent = self._resent(conversation, digest)
             if resent is not None:
                 user_message, swipe_of = resent
-                return self._start(turn, character, history + [user_message], user_message, swipe_of, n)
+                return self._start(turn, character, history + [user_message], user_message, swipe_of, n,
+                                   "swipe" if swipe_of else "normal")
         user_message = self.store.log_message(
             conversation_id=conversation, role="user", text=turn.text, character=character.id,
             platform=turn.platform, channel=turn.channel, user_id=turn.user_id, user_name=turn.user_name,
@@ -304,9 +305,11 @@ class Engine:
         if turn.history is not None:
             # The platform knows the thread the reply answered (a Discord reply chain): re-roll within it.
             earlier = [{"role": m["role"], "text": m["content"]} for m in turn.history] + [user_message]
-        return self._start(turn, character, earlier, user_message, last_reply["id"], n)
+        return self._start(turn, character, earlier, user_message, last_reply["id"], n, "regenerate")
 
-    def _start(self, turn, character, history, user_message, swipe_of=None, n: int = 1) -> list[Reply]:
+    def _start(self, turn, character, history, user_message, swipe_of=None, n: int = 1,
+               generation: str = "normal") -> list[Reply]:
+        """Build the prompt and submit `n` replies; `generation` is SillyTavern's kind (normal, swipe, regenerate)."""
         base = self.base
         budget = min(self.settings.context_tokens, base.context_length)
         sampling = SamplingSettings.from_sources(self.settings, character, **turn.sampling)
@@ -323,6 +326,7 @@ class Engine:
             authors_note=turn.authors_note,
             authors_note_depth=turn.authors_note_depth,
             addition=turn.prompt_addition,
+            generation=generation,
         )
         self.pm.hook.prompt_messages(character=character, messages=messages, turn=turn)
         input_ids = list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -378,6 +382,8 @@ class Engine:
             latency_ms=round((stream.finished_at - stream.request.submitted) * 1000, 1),
             meta={"finish_reason": stream.finish_reason, "backend": self.settings.backend, **stream.served_by,
                   **({"degenerate": stream.degenerate} if stream.degenerate else {}),
+                  # JSON a client forced (response_format, a tool call): curation keeps it out of training.
+                  **({"structured": True} if stream.request.sampling.response_format else {}),
                   **({"resampled": stream.resampled} if stream.resampled else {})},
         )
 

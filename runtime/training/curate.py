@@ -18,8 +18,8 @@ from runtime.training.scrub import scrub
 
 # Rules in the order they are applied; `dropped` reports every one, zeros included.
 # degenerate, unsafe, leakage and misaligned also come from the audit's screen of every reply (curate.screen).
-RULES = ("swiped_away", "orphaned", "opted_out", "thumbs_down", "degenerate", "leakage", "unsafe", "misaligned",
-         "empty", "duplicate", "user_cap")
+RULES = ("swiped_away", "orphaned", "opted_out", "thumbs_down", "degenerate", "structured", "leakage", "unsafe",
+         "misaligned", "empty", "duplicate", "user_cap")
 LEAKAGE_TABLES = ("audit_verdicts", "audit_replies", "verdicts")
 
 
@@ -275,6 +275,9 @@ def curate(store, character, settings=None, *, config: TrainingConfig | None = N
             continue
         if _meta(reply).get("finish_reason") == "degenerate":
             dropped["degenerate"] += 1
+            continue
+        if _meta(reply).get("structured"):  # JSON or a function call a client forced: not the character speaking
+            dropped["structured"] += 1
             continue
         if reply["id"] in flagged or _meta_leaks(_meta(reply)):
             dropped["leakage"] += 1
