@@ -44,8 +44,7 @@ def start_server(gguf, loras, log_path):
         port = probe.getsockname()[1]
     command = [str(SERVER), "-m", str(gguf), "-t", str(THREADS), "-tb", str(THREADS), "-np", str(CHATS),
                "-c", str(CHATS * 2048), "--host", "127.0.0.1", "--port", str(port), "--lora-init-without-apply"]
-    for lora in loras:
-        command += ["--lora", str(lora)]
+    command += ["--lora", ",".join(str(lora) for lora in loras)]  # one list: a repeated --lora is deprecated
     process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
