@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.personae-installed
 
-.PHONY: setup chat test bench stress clean vllm llamacpp llama-server
+.PHONY: setup chat test bench bench-vllm stress clean vllm llamacpp llama-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,8 +71,12 @@ stress: setup
 	PERSONAE_STRESS=1 $(PY) -m pytest -q -s tests/test_http_schemathesis.py tests/test_crash_streams.py \
 		tests/test_crash_matrix.py tests/test_adapter_fuzz.py tests/test_floods.py
 
-bench: setup llamacpp llama-server
+bench: setup vllm llamacpp llama-server
 	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench -q -s
+
+# The vLLM benchmark alone: Personae on vLLM vs vLLM direct, and the local-vs-vLLM table (~15 min on 2 cores).
+bench-vllm: setup vllm
+	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench/test_bench_vllm.py -q -s
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .cache

@@ -21,6 +21,7 @@ from adapters.character import weights_from_character
 from adapters.convert import compose_files
 from adapters.errors import IncompatibleAdapter, IntegrityError, PickledWeights, RegistryError  # noqa: F401
 from adapters.full_delta import DELTA_FILE, ENCODINGS, encode_delta
+from adapters.materialise import discard, materialise, materialised_folder, prune
 from adapters.manifest import (
     FORMAT,
     KINDS,
@@ -178,6 +179,8 @@ class Registry:
         for (character, number), row in known.items():
             if row["state"] not in ("removed", "failed") and not (self.root / row["folder"]).is_dir():
                 self._set_state(character, number, "failed", "folder is missing")
+        # Plain model folders of versions removed (or failed) since, e.g. by a process that died mid-remove.
+        prune(self.root, {f"{c}@{n}" for (c, n), r in known.items() if r["state"] not in ("removed", "failed")})
 
     # --- reading -------------------------------------------------------------------------
 
@@ -530,6 +533,13 @@ class Registry:
                 fsync_dir(trash.parent)
             self._set_state(character, number, "removed")
             shutil.rmtree(trash, ignore_errors=True)
+            discard(materialised_folder(self.root, character, number))
+
+    def materialise(self, version: Version) -> Path:
+        """A full version as a plain model folder (e.g. for a vLLM server of its own); cached, removed with it."""
+        if self.base is None:
+            raise RegistryError("materialising a full version needs the base model it is a delta of")
+        return materialise(version, self.base, self.root)
 
     def set_audit(self, character: str, number: int, scores: dict) -> Version:
         """Record audit scores in the database and the manifest (rewritten atomically)."""

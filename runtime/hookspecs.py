@@ -58,7 +58,8 @@ class Generator(Protocol):
         """Free an adapter."""
 
     def load_model(self, name: str, loader: Callable[[], Any] | None = None) -> None:
-        """Make a fully fine-tuned model servable under `name`; `loader()` builds it."""
+        """Make a fully fine-tuned model servable under `name`; `loader()` builds it in memory and
+        `loader.materialise()` returns it as a plain model folder (for engines that load a folder)."""
 
     def unload_model(self, name: str, forget: bool = True, wait: bool = True) -> None:
         """Free a full model."""

@@ -36,7 +36,7 @@ def test_cli_lifecycle(run, tiny_base, tmp_path):
     assert "pixel@1" in run("list") and "active" in run("list", "pixel")
     shown = run("show", "pixel")
     assert shown.startswith("pixel@2  lora  active") and "integrity: ok" in shown
-    assert "adapter_model.safetensors" in shown and "serving:   local, vllm" in shown
+    assert "adapter_model.safetensors" in shown and "serving:   vLLM LoRA (loaded at run time as pixel@2)" in shown
     assert "pixel@1 is now active" in run("promote", "pixel", 1)
     assert "rolled back to pixel@2" in run("rollback", "pixel")
     assert "Removed pixel@1" in run("remove", "pixel", 1, "--yes")
@@ -87,7 +87,7 @@ def test_cli_merge_and_extract(run, tiny_base, tmp_path):
     assert "Extracted pixel@4 (LoRA r=4" in out and "relative Frobenius error per layer" in out
     assert "top-1 agreement" in out
     shown = json.loads(run("show", "pixel@4", "--json"))
-    assert shown["kind"] == "lora" and shown["parent"] == 3 and shown["serving"].startswith("local, vllm")
+    assert shown["kind"] == "lora" and shown["parent"] == 3 and shown["serving"].startswith("vLLM LoRA")
     assert "local only (a full fine-tune" in run("show", "pixel@3")
     assert 0 < shown["manifest"]["metrics"]["extract"]["mean_relative_error"] < 1
     assert "extract takes a full fine-tune" in run("extract", "pixel", 1, "--rank", 4, code=2)

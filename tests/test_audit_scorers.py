@@ -51,9 +51,9 @@ def test_verdicts_agree_with_hand_labels_on_the_held_out_half(catalog):
         agreement[split] = (binary / len(rows), exact / len(rows))
     print(f"\nagreement with hand labels (binary, three-way): tuning half {agreement['tune']}, "
           f"held-out half {agreement['heldout']}")
-    # Issue 15: the voice model is fitted across 9 characters, no longer on these three alone; the held-out
-    # half fell from 97 % three-way (thresholds tuned on these characters) to 85 % binary / 76 % three-way.
-    assert agreement["heldout"][0] >= 0.84 and agreement["heldout"][1] >= 0.75
+    # Issue 15: the voice model is fitted across 21 characters (the tuning half of these three among them) with
+    # an assistant-mode head on the reply's embedding; the held-out half is at 97 % binary (32/33), 94 % three-way.
+    assert agreement["heldout"][0] >= 0.96 and agreement["heldout"][1] >= 0.93
     assert agreement["tune"][0] >= 0.90
 
 

@@ -14,8 +14,17 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from helpers_adapters import train_tiny_lora
-from helpers_vllm import complete, load_lora, running_requests, served_models, start_server
+from helpers_adapters import train_tiny_full, train_tiny_lora
+from helpers_vllm import (
+    TEST_ARGS,
+    TEST_ENV,
+    VLLM_COMMAND,
+    complete,
+    load_lora,
+    running_requests,
+    served_models,
+    start_server,
+)
 
 from runtime.chat.engine import Turn
 from runtime.config import ConfigError
@@ -53,6 +62,15 @@ def test_a_bad_urls_entry_is_a_one_line_config_error(make_engine, tiny_base):
     with pytest.raises(ConfigError) as error:
         vllm_engine(make_engine, tiny_base).generator
     assert "needs exactly one of [plugins.vllm] urls" in one_line_error(error)
+
+
+def test_a_bad_full_urls_entry_is_a_one_line_config_error(make_engine, tiny_base):
+    with pytest.raises(ConfigError) as error:
+        vllm_engine(make_engine, tiny_base, urls=["http://127.0.0.1:1"], full_urls={"pixel": "http://x:1"}).generator
+    assert "full_urls" in one_line_error(error) and '"pixel@3"' in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        vllm_engine(make_engine, tiny_base, urls=["http://127.0.0.1:1"], full_urls={"pixel@3": "x:1"}).generator
+    assert "[plugins.vllm] full_urls: 'x:1' is not an http(s) URL" in one_line_error(error)
 
 
 def test_an_unreachable_server_is_a_one_line_error(make_engine, tiny_base):
@@ -332,6 +350,67 @@ def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server
         assert json.loads(after.message["meta"])["endpoint"] == vllm_server.url
     finally:
         second.stop()
+
+
+@pytest.fixture(scope="module")
+def full_model(real_base, tmp_path_factory):
+    """A real full fine-tune of SmolLM2 (every tensor, 2 AdamW steps): stored as an int8 delta by the registry."""
+    return train_tiny_full(real_base, tmp_path_factory.mktemp("vllm-full") / "full", steps=2, lr=1e-3, seed=3)
+
+
+@pytest.mark.real_model
+def test_a_full_version_is_served_by_its_own_vllm_server_on_the_materialised_folder(make_engine, real_base,
+                                                                                     vllm_server, full_model):
+    import httpx
+
+    from adapters.materialise import materialised_folder
+
+    engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url], full_command=VLLM_COMMAND,
+                         args=TEST_ARGS, env=TEST_ENV)
+    registry = engine.weights.registry
+    version = registry.add(full_model, "pixel", activate=True)
+    assert version.kind == "full" and version.manifest["delta"]["encoding"] == "int8"  # stored as a delta
+    reply = chat(engine, "pixel", "full")  # waits while Personae starts the version's own server
+    reply.result()
+    own = engine.generator.full.get("full:pixel@1")
+    url = own.pool.endpoints[0].url
+    folder = materialised_folder(registry.root, "pixel", 1)
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+    assert url != vllm_server.url and [m["root"] for m in models] == [str(folder)]  # vLLM on the plain folder
+    assert json.loads(reply.message["meta"]) == {"finish_reason": reply.stream.finish_reason, "backend": "vllm",
+                                                 "endpoint": url}
+    assert reply.message["weights_version"] == "full:pixel@1"
+    assert engine.generator.where("full:pixel@1") == f"vllm (own endpoint {url})"
+    request = reply.stream.request
+    expected = complete(url, models[0]["id"], request.input_ids, request.sampling)  # vLLM direct on the folder
+    assert reply.stream.text == expected and expected.strip()
+    # The fine-tune answers, not the base: the base server gives another reply to the same token ids.
+    assert complete(vllm_server.url, served_base(vllm_server.url), request.input_ids, request.sampling) != expected
+
+    # The same server named in full_urls (a running one, e.g. on another machine): used as it is.
+    named = vllm_engine(make_engine, real_base, urls=[vllm_server.url], full_urls={"pixel@1": url})
+    again = chat(named, "pixel", "full-named")
+    again.result()
+    assert json.loads(again.message["meta"])["endpoint"] == url
+    assert again.stream.text == complete(url, models[0]["id"], again.stream.request.input_ids, request.sampling)
+    # A full_urls server with other weights (here: the base) is not trusted: the local generator answers, and says why.
+    wrong = vllm_engine(make_engine, real_base, urls=[vllm_server.url], full_urls={"pixel@1": vllm_server.url})
+    local = chat(wrong, "pixel", "full-wrong", max_new_tokens=8)
+    local.result()
+    meta = json.loads(local.message["meta"])
+    assert meta["backend"] == "local" and "not the materialised folder" in meta["fallback"] and local.stream.text
+    assert wrong.generator.where("full:pixel@1").startswith("local (full_urls:")
+
+    # Rolled back: its server stops once its replies are done; removed: the materialised folder goes too.
+    process = own.server.process
+    registry.rollback("pixel")
+    chat(engine, "pixel", "after").result()
+    process.wait(timeout=60)  # stopped (the tether and vLLM's processes with it), not left running
+    assert engine.generator.full.get("full:pixel@1") is None
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=5)
+    registry.remove("pixel", 1)
+    assert not folder.exists()
 
 
 @pytest.mark.real_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -10,7 +11,8 @@ from urllib.parse import urlparse
 from runtime.config import ConfigError
 
 KEYS = ("urls", "command", "args", "host", "port", "start_timeout", "request_timeout", "max_loras",
-        "max_lora_rank", "retry_dead", "env", "log_dir")
+        "max_lora_rank", "retry_dead", "env", "log_dir", "full_urls", "full_command")
+FULL_REF = re.compile(r"^[a-z0-9][a-z0-9._-]*@[0-9]+$")
 
 
 @dataclass
@@ -30,12 +32,16 @@ class VllmConfig:
     env: dict = field(default_factory=dict)  # extra environment for a server we start
     log_dir: str = ""  # where a started server's log goes; empty: DATA_DIR/logs
     api_key: str = ""  # from $VLLM_API_KEY only (secrets never live in personae.toml)
+    # Full fine-tunes: a running server per version ('pixel@3' -> URL) on its materialised folder, or how to
+    # start one on it (like `command`; `args`, `host`, `env` apply too). Neither: the local generator answers.
+    full_urls: dict = field(default_factory=dict)
+    full_command: list[str] = field(default_factory=list)
 
 
-def _url(value) -> str:
+def _url(value, key: str = "urls") -> str:
     parsed = urlparse(str(value))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"[plugins.vllm] urls: {value!r} is not an http(s) URL of a vLLM server "
+        raise ConfigError(f"[plugins.vllm] {key}: {value!r} is not an http(s) URL of a vLLM server "
                           "(write it like 'http://10.0.0.5:8000')")
     return str(value).rstrip("/").removesuffix("/v1")
 
@@ -54,6 +60,13 @@ def parse_config(table: dict) -> VllmConfig:
     config.urls = [_url(u) for u in urls]
     command = table.get("command", "")
     config.command = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+    full_command = table.get("full_command", "")
+    config.full_command = shlex.split(full_command) if isinstance(full_command, str) else [str(c) for c in full_command]
+    full_urls = table.get("full_urls", {})
+    if not isinstance(full_urls, dict) or not all(FULL_REF.match(str(ref)) for ref in full_urls):
+        raise ConfigError(f"[plugins.vllm] full_urls = {full_urls!r}: write a table of versions to URLs, like "
+                          "full_urls = { \"pixel@3\" = \"http://10.0.0.7:8000\" }")
+    config.full_urls = {str(ref): _url(url, "full_urls") for ref, url in full_urls.items()}
     args = table.get("args", [])
     config.args = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
     if bool(config.urls) == bool(config.command):

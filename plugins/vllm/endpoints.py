@@ -28,6 +28,7 @@ class Endpoint:
 
     url: str
     model: str = ""  # the base model's name there (from /v1/models)
+    root: str = ""  # the folder it loaded the model from (vLLM's `root`)
     alive: bool = False
     outstanding: int = 0  # requests sent and not finished
     dead_since: float = 0.0
@@ -38,9 +39,10 @@ class Endpoint:
 class EndpointPool:
     """Every endpoint, least outstanding requests first; a dead one is skipped, probed again after a while."""
 
-    def __init__(self, urls: list[str], client: httpx.Client, retry_dead: float = 5.0):
+    def __init__(self, urls: list[str], client: httpx.Client, retry_dead: float = 5.0,
+                 hint: str = "start it, or fix [plugins.vllm] urls"):
         self.endpoints = [Endpoint(url) for url in urls]
-        self.client, self.retry_dead = client, retry_dead
+        self.client, self.retry_dead, self.hint = client, retry_dead, hint
         self._lock = threading.Lock()
 
     def probe(self, endpoint: Endpoint) -> bool:
@@ -55,6 +57,7 @@ class EndpointPool:
         roots = [m["id"] for m in models if not m.get("parent")]
         with self._lock:
             endpoint.model = roots[0] if roots else models[0]["id"]
+            endpoint.root = next((m.get("root") or "" for m in models if m["id"] == endpoint.model), "")
             endpoint.adapters = {m["id"] for m in models if m.get("parent")}
             if not endpoint.alive:
                 log.info("vLLM endpoint %s serves %s", endpoint.url, endpoint.model)
@@ -91,7 +94,7 @@ class EndpointPool:
     def unavailable(self) -> BackendUnavailable:
         """The one-line error when no endpoint answers."""
         urls = ", ".join(e.url for e in self.endpoints)
-        return BackendUnavailable(f"no vLLM server answers ({urls}); start it, or fix [plugins.vllm] urls "
+        return BackendUnavailable(f"no vLLM server answers ({urls}); {self.hint} "
                                   f"(dead endpoints are tried again every {self.retry_dead:g} s)")
 
 

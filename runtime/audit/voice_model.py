@@ -22,7 +22,7 @@ GAP_GROUPS = {"gap_casing": ("lower_start", "caps"), "gap_punctuation": ("exclai
               "gap_emoji": ("emoji", "hashtag", "action"), "gap_length": ("sentence_words", "word_chars"),
               "gap_register": ("contractions", "commas", "first_person", "second_person")}
 FEATURES = ("emb_own", "emb_generic", "emb_other", "emb_confusion", "style_own", "style_generic", "style_other",
-            "style_confusion", "markers", "encyclopedic", "list_shaped", "tells", "words", *GAP_GROUPS)
+            "style_confusion", "markers", "encyclopedic", "list_shaped", "tells", "words", *GAP_GROUPS, "assistant")
 
 
 @lru_cache(maxsize=1)
@@ -59,9 +59,11 @@ def features(text: str, voice: dict, vector=None, tells: int = 0) -> tuple[dict,
         nearest = max(others, key=others.get) if others else None
         other = others[nearest] if nearest else 0.0
         evidence["nearest_voice"] = nearest
+        assistant = assistant_mode(vector)
     else:  # no embedding model: the embedding features sit at the fitted means (they say nothing)
         means = dict(zip(FEATURES, load_model()["mean"]))
         own, generic, other = means["emb_own"], means["emb_generic"], means["emb_other"]
+        assistant = means["assistant"]
     values = {
         "emb_own": own, "emb_generic": generic, "emb_other": other,
         "emb_confusion": max(generic, other) - own,
@@ -70,12 +72,27 @@ def features(text: str, voice: dict, vector=None, tells: int = 0) -> tuple[dict,
         "markers": min(2.0, style.marker_rate(text, voice["markers"])),
         "encyclopedic": style.encyclopedic(text), "list_shaped": style.list_shaped(text),
         "tells": min(3.0, float(tells)), "words": math.log(1 + len(style.words(text))),
+        "assistant": assistant,
     }
     means, spreads = voice["own_style"]
     gap = {k: min(4.0, abs(vec[k] - m) / sd) for k, m, sd in zip(style.FEATURES, means, spreads)}
     values.update({group: max(gap[k] for k in keys) for group, keys in GAP_GROUPS.items()})
     evidence.update(style_gaps=_gaps(vec, voice["own_style"]), other_voice=other - own)
     return values, evidence
+
+
+def assistant_mode(vector) -> float:
+    """P(the reply reads as a plain assistant's answer, whoever the character), from its embedding alone.
+
+    A logistic model on the 384 all-MiniLM-L6-v2 dimensions, fitted on labelled replies of many
+    characters (encyclopedic, list-shaped, generic or name-dropping answers, tasks done as an assistant,
+    the base model's identity against everything else); card-independent, so it carries to new cards.
+    """
+    head = load_model().get("assistant")
+    if head is None:
+        return 0.5
+    logit = head["intercept"] + sum(a * float(b) for a, b in zip(head["coef"], vector))
+    return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
 
 
 def _gaps(vector: dict, voice) -> list[str]:

@@ -49,6 +49,20 @@ class WeightsLease:
         self.release()
 
 
+class FullLoader:
+    """How to serve a full version: call it for the model in memory, or materialise() for a plain model folder."""
+
+    def __init__(self, registry, version, base):
+        self.registry, self.version, self.base = registry, version, base
+
+    def __call__(self):
+        return load_full(self.version, self.base)
+
+    def materialise(self):
+        """The version as a plain model folder (built once, cached in the registry; for engines that load folders)."""
+        return self.registry.materialise(self.version)
+
+
 class WeightsManager:
     """Registry versions -> generator adapters / full models, reference-counted for hot swap."""
 
@@ -135,7 +149,7 @@ class WeightsManager:
         if version.kind in LORA_KINDS:
             generator.load_adapter(label, version.folder)
         elif version.kind == "full":
-            generator.load_model(label, loader=lambda v=version: load_full(v, base))
+            generator.load_model(label, loader=FullLoader(self.registry, version, base))
         else:
             raise ValueError(f"{version.ref}: weights of kind {version.kind!r} cannot be served")
         self._loaded[label] = version

@@ -98,14 +98,30 @@ def list_versions(name, as_json):
     Console().print(table)
 
 
-def serving(version) -> str:
-    """Which backends can serve a version: vLLM loads plain PEFT LoRA only."""
-    config = version.folder / "adapter_config.json"
+def serving(version, config=None) -> str:
+    """Where a version can be served: vLLM as a LoRA, vLLM on an endpoint of its own, or local only (and why)."""
+    config = config or settings()
+    table = config.plugin_settings("vllm")
+    now = f"; backend now: {config.backend}"
+    ref = f"{version.character}@{version.number}"
+    adapter_config = version.folder / "adapter_config.json"
     if version.kind == "full":
-        return "local only (a full fine-tune; vLLM would need it materialised as a model of its own)"
-    if config.is_file() and json.loads(config.read_text()).get("modules_to_save"):
-        return "local only (vLLM refuses LoRA adapters with modules_to_save; backend vllm answers it locally)"
-    return "local, vllm (loaded at run time)"
+        from adapters.materialise import materialised_folder
+
+        folder = materialised_folder(version.folder.parent.parent, version.character, version.number)
+        full_urls = table.get("full_urls") or {}
+        built = f"materialised at {folder}" if folder.is_dir() else "not materialised yet"
+        if ref in full_urls:
+            return (f"vLLM own endpoint {full_urls[ref]} ([plugins.vllm] full_urls; it must serve the materialised "
+                    f"folder, {built}), or local{now}")
+        if table.get("full_command"):
+            return (f"vLLM own endpoint, started by Personae on the materialised folder ([plugins.vllm] "
+                    f"full_command; {built}), or local{now}")
+        return ("local only (a full fine-tune: vLLM serves it only as a model of its own; set [plugins.vllm] "
+                f"full_command or full_urls to give it one){now}")
+    if adapter_config.is_file() and json.loads(adapter_config.read_text()).get("modules_to_save"):
+        return f"local only (vLLM refuses LoRA adapters with modules_to_save; backend vllm answers it locally){now}"
+    return f"vLLM LoRA (loaded at run time as {ref}), or local{now}"
 
 
 @adapters.command(name="show")
@@ -149,6 +165,20 @@ def show_version(ref, as_json):
         click.echo(f"  {file:32} {_size(entry['bytes']):>10}  sha256:{entry['sha256'][:16]}…")
     click.echo(f"serving:   {serving(version)}")
     click.echo(f"integrity: {integrity}")
+
+
+@adapters.command(name="materialise")
+@click.argument("ref")
+@friendly_errors
+def materialise_version(ref):
+    """Write a full version as a plain model folder (safetensors, config, tokenizer) and print its path.
+
+    For a vLLM server of its own ([plugins.vllm] full_urls): start it on this folder. Built once,
+    reused, and deleted when the version is removed.
+    """
+    registry = _registry()
+    version = registry.verify(registry.resolve(weights_ref(ref, registry)))
+    click.echo(registry.materialise(version))
 
 
 @adapters.command(name="add")

@@ -55,34 +55,42 @@ def test_audit_benchmarks(real_base, make_engine):
 
 
 def test_scoring_speed_on_the_generalisation_set():
-    """Replies scored per second (no generation) over the 468-reply set, each against the whole catalog.
+    """Replies scored per second (no generation) over both labelled sets (676 replies), each against the whole catalog.
 
     Baseline in the same run: only embedding the same replies with all-MiniLM-L6-v2 (the floor any
-    embedding-based scorer pays), so the ratio holds on a busy machine where replies/s does not.
+    embedding-based scorer pays), interleaved with scoring (A, B, A, B) so the ratio holds on a busy
+    machine where replies/s does not.
     """
+    import os
+
     from runtime.audit import score_replies
     from runtime.audit.embeddings import embed, load_model
     from runtime.characters import load_card
 
-    folder = LABELS.parent / "audit_generalisation"
-    cards = {p.stem: load_card(p) for p in sorted((folder / "cards").glob("*.json"))}
+    folders = [LABELS.parent / "audit_generalisation", LABELS.parent / "audit_heldout3"]
+    cards = {p.stem: load_card(p) for folder in folders for p in sorted((folder / "cards").glob("*.json"))}
     builtins = [load_card(p) for p in sorted((LABELS.parents[2] / "plugins" / "characters" / "cards").glob("*.json"))]
     load_model()
-    sets = {cid: [json.loads(line) for line in (folder / "replies" / f"{cid}.jsonl").read_text().splitlines()]
-            for cid in cards}
+    sets = {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+            for folder in folders for p in sorted((folder / "replies").glob("*.jsonl"))}
     catalog = builtins + list(cards.values())
     score_replies(cards["kai"], sets["kai"][:2], others=catalog)  # reference caches warm
     replies = [row["reply"] for rows in sets.values() for row in rows]
-    started = time.perf_counter()
-    embed(replies)
-    embedding = time.perf_counter() - started
-    started = time.perf_counter()
-    scored = sum(len(score_replies(cards[cid], rows, others=catalog)) for cid, rows in sets.items())
-    seconds = time.perf_counter() - started
+    embedding, scoring, scored = [], [], 0
+    for _ in range(2):
+        started = time.perf_counter()
+        embed(replies)
+        embedding.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        scored = sum(len(score_replies(cards[cid], rows, others=catalog)) for cid, rows in sets.items())
+        scoring.append(time.perf_counter() - started)
+    load = os.getloadavg()[0]
     report("audit-scoring", [
         {"metric": f"scoring only: replies/s ({scored} replies, {len(cards)} characters, {len(catalog)}-card catalog)",
-         "value": round(scored / seconds, 1), "target": ">= 20"},
-        {"metric": "baseline: embedding the same replies only, replies/s", "value": round(len(replies) / embedding, 1)},
-        {"metric": "scoring time / embedding-only time", "value": round(seconds / embedding, 2)},
+         "value": round(scored / min(scoring), 1), "target": ">= 20"},
+        {"metric": "baseline: embedding the same replies only, replies/s", "value": round(len(replies) / min(embedding), 1)},
+        {"metric": "scoring time / embedding-only time (each the faster of two interleaved rounds)",
+         "value": round(min(scoring) / min(embedding), 2)},
+        {"metric": "load average (1 min) at the end", "value": round(load, 1)},
     ])
     assert scored == len(replies)
