@@ -43,6 +43,9 @@ def test_bad_settings_are_one_line_config_errors(make_engine, tiny_base):
     with pytest.raises(ConfigError) as error:
         llamacpp_engine(make_engine, tiny_base, lanes=0).generator
     assert "lanes = 0 must be at least 1" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        llamacpp_engine(make_engine, tiny_base, sampler="numpy").generator
+    assert "sampler = 'numpy' is not one of llamacpp, python" in str(error.value)
     with pytest.raises(ConfigError) as error:  # a base other than the packaged one needs its own GGUF
         llamacpp_engine(make_engine, tiny_base).generator
     assert "needs a GGUF of base model" in str(error.value) and "[plugins.llamacpp] gguf" in str(error.value)
@@ -117,7 +120,7 @@ def test_the_converted_lora_moves_llama_cpp_like_peft_moves_the_fp32_model(real_
     model = Model(packaged_gguf(), threads=1)
     adapter = model.adapter(cached_lora(loras["v1"], real_base.model, tmp_path))
     lanes = {name: Lane(model, handle, slots=1, n_ctx=512) for name, handle in (("base", None), ("lora", adapter))}
-    quantised = {name: lane.decode([(lane.slots[0], prompt)])[0].copy() for name, lane in lanes.items()}
+    quantised = {name: lane.logits(lane.decode([(lane.slots[0], prompt)])[0]).copy() for name, lane in lanes.items()}
     with torch.inference_mode():
         ids = torch.tensor([prompt])
         fp32_base = real_base.model(ids).logits[0, -1].numpy()
@@ -236,8 +239,28 @@ def test_cancel_frees_the_slot_and_a_full_queue_is_busy(make_engine, real_base):
 
 @needs_llama_cpp
 @pytest.mark.real_model
+def test_lanes_decoded_side_by_side_reply_what_lanes_in_turn_reply(make_engine, real_base, loras):
+    from runtime.generation.types import Request, SamplingSettings
+
+    prompt = real_base.tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}],
+                                                     add_generation_prompt=True, tokenize=True, return_dict=False)
+    texts = {}
+    for parallel, threads in ((1, 1), (2, 2)):  # in turn on one thread; two lanes at once, one thread each
+        gen = make_engine(real_base, backend="llamacpp", threads=threads,
+                          plugins={"llamacpp": {"parallel": parallel}}).generator
+        for name in ("v1", "v2"):
+            gen.load_adapter(name, loras[name])
+        sampling = SamplingSettings(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+        streams = [gen.submit(Request(list(prompt), sampling, name)) for name in ("v1", "v2", "__base__")]
+        texts[parallel] = [stream.result() for stream in streams]
+        assert (gen.stats["parallel_rounds"] > 0) == (parallel == 2)
+    assert texts[2] == texts[1] and len(set(texts[1])) == 3  # three different weights, the same replies
+
+
+@needs_llama_cpp
+@pytest.mark.real_model
 def test_json_schema_and_logit_bias_are_followed_on_llama_cpp(make_engine, real_base):
-    """response_format (and so forced tool calls) and logit_bias run in the runtime's sampler here too."""
+    """response_format (and so forced tool calls) run in the runtime's sampler, logit_bias in llama.cpp's chain."""
     engine = llamacpp_engine(make_engine, real_base)
     schema = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}}, "required": ["mood"],
               "additionalProperties": False}

@@ -2,8 +2,10 @@
 
 Set `backend = "llamacpp"` (after `make llamacpp`, which compiles llama-cpp-python); an optional
 [plugins.llamacpp] table sets `gguf` (default: the packaged SmolLM2 Q4_1 the base was converted from),
-`threads`, `context` (KV cells per lane), `slots` (chats per lane decoded together) and `lanes` (LoRAs
-held at once, one llama.cpp context each).
+`threads`, `context` (KV cells per lane), `slots` (chats per lane decoded together), `lanes` (LoRAs
+held at once, one llama.cpp context each), `parallel` (lanes decoded at the same time, each on
+threads / parallel of the threads) and `sampler` ("llamacpp": llama.cpp's sampler chain for every request
+it covers; "python": the runtime's sampler for all).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 
 from runtime.hookspecs import hookimpl
 
-KEYS = {"gguf": str, "threads": int, "context": int, "slots": int, "lanes": int}
-DEFAULTS = {"context": 4096, "slots": 4, "lanes": 8}
+KEYS = {"gguf": str, "threads": int, "context": int, "slots": int, "lanes": int, "parallel": int, "sampler": str}
+DEFAULTS = {"context": 4096, "slots": 4, "lanes": 8, "parallel": 1, "sampler": "llamacpp"}
+SAMPLERS = ("llamacpp", "python")
 
 
 def parse_config(settings) -> dict:
@@ -33,6 +36,8 @@ def parse_config(settings) -> dict:
             raise ConfigError(f"[plugins.llamacpp] {name} = {value!r} is not a {KEYS[name].__name__}") from None
         if KEYS[name] is int and config[name] < 1:
             raise ConfigError(f"[plugins.llamacpp] {name} = {value!r} must be at least 1")
+    if config["sampler"] not in SAMPLERS:
+        raise ConfigError(f"[plugins.llamacpp] sampler = {config['sampler']!r} is not one of {', '.join(SAMPLERS)}")
     return config
 
 
@@ -64,6 +69,7 @@ def llamacpp_generator(settings, base):
     config = parse_config(settings)
     return LlamaCppGenerator(settings, base, base_gguf(settings, config, base.folder), threads=config["threads"],
                              context=config["context"], slots=config["slots"], lanes=config["lanes"],
+                             parallel=config["parallel"], sampler=config["sampler"],
                              cache_dir=Path(settings.cache_dir).expanduser() / "llamacpp-lora")
 
 

@@ -1,11 +1,13 @@
 """The llama.cpp backend's generator: the 4-bit GGUF base in llama.cpp, the runtime's own sampling and streaming.
 
 One worker thread owns the llama.cpp model. Requests (token ids from the runtime's prompts) go to the
-lane of their adapter (runtime.generation's Row, RowSampler, guard, detokeniser and stop strings per
-reply, so replies read as the local backend's); each round decodes every lane's live rows together,
-lane after lane, so characters on different LoRAs interleave token by token instead of waiting for
-one another. Hybrid LoRAs (modules_to_save) and full fine-tunes are answered by the local generator,
-and every stream says who served it (`served_by`).
+lane of their adapter (runtime.generation's Row, guard, detokeniser and stop strings per reply, so
+replies read as the local backend's); each round decodes every lane's live rows together, so characters
+on different LoRAs interleave token by token instead of waiting for one another, `parallel` lanes at a
+time on their own share of the threads (a lone lane gets them all). Tokens are picked by llama.cpp's
+own sampler chain in C (plugins.llamacpp.sampler) unless a request needs the runtime's Python sampler
+(logprobs, response_format, DRY). Hybrid LoRAs (modules_to_save) and full fine-tunes are answered by
+the local generator, and every stream says who served it (`served_by`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from plugins.llamacpp.lora_gguf import cached_lora
 from plugins.llamacpp.native import Lane, LlamaCppError, Model
+from plugins.llamacpp.sampler import ChainSampler, python_only
 from runtime.generation.detok import Detokenizer, StopText
 from runtime.generation.guard import DegenerationMonitor
 from runtime.generation.rows import Row
@@ -39,16 +42,21 @@ class LaneRow(Row):
 
     lane: Lane | None = None
     slot: object = None
+    last: int = 0  # the last token (the next decode's input)
+    limit: int = 0  # prompt + max_new_tokens
 
 
 class LlamaCppGenerator:
     """The Generator protocol over llama.cpp: lanes of LoRA contexts sharing one quantised model."""
 
     def __init__(self, settings, base, gguf: Path, threads: int, context: int, slots: int, lanes: int,
-                 cache_dir: Path):
+                 cache_dir: Path, parallel: int = 1, sampler: str = "llamacpp"):
         self.settings, self.base, self.tokenizer = settings, base, base.tokenizer
         self.model = Model(gguf, threads)
         self.context, self.slots, self.max_lanes = context, max(1, slots), max(1, lanes)
+        self.parallel = max(1, min(parallel, threads))  # lanes decoded at once, each on threads // parallel
+        self.native_sampling = sampler == "llamacpp"  # "python": every request takes the runtime's sampler
+        self._pool = None
         self.cache_dir = cache_dir
         self.eos = eos_ids(base.model, base.tokenizer)
         self._queue: queue.Queue = queue.Queue(maxsize=settings.max_queue)
@@ -61,7 +69,8 @@ class LlamaCppGenerator:
         self._local: dict[str, str] = {}  # name -> why the local generator serves it
         self._fallback = None
         self._lock = threading.Lock()
-        self.stats = {"rounds": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0}
+        self.stats = {"rounds": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0, "chain_rows": 0,
+                      "python_rows": 0, "parallel_rounds": 0}
         self._worker = threading.Thread(target=self._run, name="personae-llamacpp", daemon=True)
         self._worker.start()
 
@@ -166,6 +175,7 @@ class LlamaCppGenerator:
     def _run(self) -> None:
         import torch
 
+        torch.set_num_threads(1)  # the Python sampler's few vector ops must not spin threads against llama.cpp's
         try:
             with torch.inference_mode():
                 while not self._stopping.is_set():
@@ -185,19 +195,32 @@ class LlamaCppGenerator:
             except BaseException as error:  # noqa: BLE001 - handed to the caller
                 future.set_exception(error)
         self._admit()
-        live = [lane for lane in self._lanes.values() if any(s.row is not None for s in lane.slots)]
-        if not live:
+        work = [(lane, rows) for lane in list(self._lanes.values()) if (rows := self._live_rows(lane))]
+        if not work:
             self._wake.wait(0.5)
             self._wake.clear()
             return
-        for lane in live:
-            self._step(lane)
+        if self.parallel > 1 and len(work) > 1:  # lanes side by side, each on its share of the threads
+            threads = max(1, self.model.threads // min(self.parallel, len(work)))
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="personae-llamacpp-lane")
+            results = list(self._pool.map(lambda item: self._decode(*item, threads), work))
+            self.stats["parallel_rounds"] += 1
+        else:
+            results = [self._decode(lane, rows, self.model.threads) for lane, rows in work]
+        for (lane, rows), result in zip(work, results):
+            self._advance(lane, rows, result)
         self.stats["rounds"] += 1
 
     def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         for lane in self._lanes.values():
             for slot in lane.slots:
                 if slot.row is not None:
+                    _close_sampler(slot.row)
                     slot.row.stream.finish("cancelled")
             self._close_lane(lane)
         self._lanes.clear()
@@ -267,36 +290,44 @@ class LlamaCppGenerator:
         slot.row = row
         try:
             lane.forget(slot, reused)
+            lane.set_threads(self.model.threads)
             rest = prompt[reused:]
-            logits = None
+            index = None
             for start in range(0, len(rest), lane.n_batch):
-                logits = lane.decode([(slot, rest[start:start + lane.n_batch])])[0]
+                index = lane.decode([(slot, rest[start:start + lane.n_batch])])[0]
             self.stats["prefill_tokens"] += len(rest)
             self.stats["reused_tokens"] += reused
-            self._sample(row, logits)
+            self._accept(row, self._choose(row, index))
         except Exception as error:
             log.exception("prefill failed")
             self._end(row, "error", error)
 
     def _new_row(self, stream: ReplyStream, lane: Lane, slot, prompt: list[int]) -> LaneRow:
-        import torch
-
         sampling = stream.request.sampling
         if not prompt:
             raise ValueError("empty prompt")
         row = LaneRow(stream, None, stream.request.adapter, lane=lane, slot=slot)
-        row.ids = torch.empty(len(prompt) + max(1, sampling.max_new_tokens), dtype=torch.long)
-        row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         row.length = row.prompt_length = len(prompt)
-        row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)  # the tokenizer: JSON masks
+        row.limit = len(prompt) + max(1, sampling.max_new_tokens)
+        if self.native_sampling and python_only(sampling) is None:
+            row.sampler = ChainSampler(self.model.lib, self.model.n_vocab, sampling, prompt, self.eos)
+            self.stats["chain_rows"] += 1
+        else:  # the runtime's sampler, over a copy of each step's logits
+            import torch
+
+            row.ids = torch.empty(row.limit, dtype=torch.long)
+            row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+            row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)  # the tokenizer: JSON masks
+            self.stats["python_rows"] += 1
         if sampling.guard and not row.sampler.greedy:
             row.guard = DegenerationMonitor()
+            row.sampler.want_probability = True
         row.detok = Detokenizer(self.tokenizer)
         row.stop = StopText(list(sampling.stop or []))
         return row
 
-    def _step(self, lane: Lane) -> None:
-        """One token for every live row of a lane, in one llama_decode."""
+    def _live_rows(self, lane: Lane) -> list[LaneRow]:
+        """The lane's rows to decode this round (cancelled ones end here)."""
         rows = []
         for slot in lane.slots:
             row = slot.row
@@ -306,27 +337,49 @@ class LlamaCppGenerator:
                 self._end(row, "cancelled")
             else:
                 rows.append(row)
-        if not rows:
-            return
+        return rows
+
+    def _decode(self, lane: Lane, rows: list[LaneRow], threads: int):
+        """One token for every row of a lane in one llama_decode (any thread: C calls only, the GIL let go).
+
+        Returns (output indices, tokens picked in C, None for Python-sampled rows) or the exception.
+        """
         try:
-            logits = lane.decode([(row.slot, [int(row.ids[row.length - 1])]) for row in rows])
+            lane.set_threads(threads)
+            indices = lane.decode([(row.slot, [row.last]) for row in rows])
+            return indices, [row.sampler.choose(lane.ctx, index, self.model.n_vocab)
+                             if isinstance(row.sampler, ChainSampler) else None
+                             for row, index in zip(rows, indices)]
         except Exception as error:  # a failed step fails its rows, not the worker
-            log.exception("decode step failed")
+            return error
+
+    def _advance(self, lane: Lane, rows: list[LaneRow], result) -> None:
+        """Stream (or finish) each row of a decoded lane; the Python-sampled rows pick their token here."""
+        if isinstance(result, Exception):
+            log.error("decode step failed", exc_info=result)
             for row in rows:
-                self._end(row, "error", error)
+                self._end(row, "error", result)
             return
         self.stats["tokens"] += len(rows)
-        for row, row_logits in zip(rows, logits):
-            self._sample(row, row_logits)
+        for row, index, token in zip(rows, *result):
+            self._accept(row, self._choose(row, index) if token is None else token)
 
-    def _sample(self, row: LaneRow, logits) -> None:
-        """Pick the next token with the row's own sampler from llama.cpp's logits; stream or finish."""
+    def _choose(self, row: LaneRow, index: int) -> int:
+        """The row's next token from output `index` of its lane's last decode."""
+        if isinstance(row.sampler, ChainSampler):
+            return row.sampler.choose(row.lane.ctx, index, self.model.n_vocab)
         import torch
 
-        token = row.sampler.choose(row.ids[: row.length], torch.from_numpy(logits).unsqueeze(0))
+        logits = torch.from_numpy(row.lane.logits(index)).unsqueeze(0)
+        token = row.sampler.choose(row.ids[: row.length], logits)
         if row.sampler.scored is not None and token not in self.eos:
             row.stream.logprobs.append(row.sampler.scored)
         row.ids[row.length] = token
+        return token
+
+    def _accept(self, row: LaneRow, token: int) -> None:
+        """A row's new token: stream its text or finish the reply."""
+        row.last = token
         row.length += 1
         stream = row.stream
         stream.completion_tokens = row.generated
@@ -342,7 +395,7 @@ class LlamaCppGenerator:
         if verdict:  # stopped where it went wrong, marked so it never becomes history or training data
             stream.degenerate = verdict.reason
             return self._end(row, "degenerate", flush=False)
-        if row.length >= row.ids.shape[0]:
+        if row.length >= row.limit:
             return self._end(row, "length")
 
     def _end(self, row: LaneRow, reason: str, error: BaseException | None = None, flush: bool = True) -> None:
@@ -354,6 +407,7 @@ class LlamaCppGenerator:
             if tail:
                 row.stream.push(tail)
         row.done = True
+        _close_sampler(row)
         row.slot.row = None
         if error is not None or reason == "cancelled":
             row.lane.forget(row.slot)  # its cache may hold half a step
@@ -380,6 +434,12 @@ class LlamaCppGenerator:
         lane.close()
         if lane.adapter is not None:
             self.model.free_adapter(lane.adapter)
+
+
+def _close_sampler(row: LaneRow) -> None:
+    """Free a row's llama.cpp sampler chain (the Python sampler needs nothing)."""
+    if isinstance(row.sampler, ChainSampler):
+        row.sampler.close()
 
 
 def eos_ids(model, tokenizer) -> set[int]:

@@ -93,7 +93,7 @@ class Lane:
             handles = (self.lib.llama_adapter_lora_p_ctypes * 1)(adapter)
             self.lib.llama_set_adapters_lora(self.ctx, handles, 1, (ctypes.c_float * 1)(1.0))
         self.memory = self.lib.llama_get_memory(self.ctx)
-        self.n_batch = n_batch
+        self.n_batch, self.threads = n_batch, model.threads
         self.batch = self.lib.llama_batch_init(n_batch, 0, 1)
         self.slots = [Slot(i) for i in range(slots)]
 
@@ -125,8 +125,14 @@ class Lane:
             if slot.row is None and slot.tokens:
                 self.forget(slot)
 
-    def decode(self, items: list[tuple[Slot, list[int]]]) -> list:
-        """Append tokens to slots in one llama_decode; the logits (a float array) after each slot's last token."""
+    def set_threads(self, threads: int) -> None:
+        """How many CPU threads this context's decodes use (fewer when several lanes decode at once)."""
+        if threads != self.threads:
+            self.lib.llama_set_n_threads(self.ctx, threads, threads)
+            self.threads = threads
+
+    def decode(self, items: list[tuple[Slot, list[int]]]) -> list[int]:
+        """Append tokens to slots in one llama_decode; the output index after each slot's last token."""
         total = sum(len(tokens) for _, tokens in items)
         if total > self.n_batch:
             raise ValueError(f"{total} tokens exceed the batch of {self.n_batch}")
@@ -151,8 +157,11 @@ class Lane:
                                 f"([plugins.llamacpp] context) may be too small for {len(items)} chats")
         for slot, tokens in items:
             slot.tokens.extend(tokens)
-        n_vocab = self.model.n_vocab
-        return [_floats(self.lib, self.ctx, i, n_vocab) for i in outputs]
+        return outputs
+
+    def logits(self, index: int):
+        """Output `index`'s logits, a float32 view of llama.cpp's buffer (valid until this lane's next decode)."""
+        return _floats(self.lib, self.ctx, index, self.model.n_vocab)
 
     def score(self, tokens: list[int]) -> list[float]:
         """Log-probabilities of tokens[1:] given what comes before each (perplexity), in a scratch slot."""
