@@ -166,3 +166,63 @@ def test_on_smollm2_a_reply_said_again_is_resampled_when_unseen_and_cut_when_sho
     pieces = list(shown)  # printed as it comes: too late to re-sample, so cut and marked
     assert shown.resampled is None and shown.finish_reason == "degenerate" and shown.degenerate.startswith("copy:")
     assert said.startswith("".join(pieces).strip()[:40])
+
+
+def _encode(tokenizer, text):
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_a_retry_after_a_copy_bans_the_copied_runs_but_not_shared_words_or_word_middles(tiny_base):
+    from runtime.generation.avoid import NGRAM, banned_runs, word_starts
+
+    tokenizer = tiny_base.tokenizer
+    card = _encode(tokenizer, "You are Captain Mara Voss of the Grey Gull, and I've got plans to sail.")
+    copied = _encode(tokenizer, EARLIER)
+    prompt = card + _encode(tokenizer, "\nuser: hi\nassistant: ") + copied + _encode(tokenizer, "\nuser: more?")
+    starts = word_starts(tokenizer)
+    runs = banned_runs(prompt, copied, copied, starts)
+    assert runs and all(len(run) == NGRAM and run[-1] in starts for run in runs)  # never a word's middle
+    joined = [tokenizer.decode(run) for run in runs]
+    assert any("South Seas in a few" in text for text in joined)  # the copied reply's own words
+    assert not any(text.endswith(" Grey") for text in joined if "Voss of the" in text)  # the card says it too
+    assert all(tuple(run) not in {tuple(card[i:i + NGRAM]) for i in range(len(card))} for run in runs)
+    new = _encode(tokenizer, " The kraken rises tonight, lads, and we sail at dawn.")
+    assert len(banned_runs(prompt, copied, copied + new, starts)) > len(runs)  # the attempt's own runs too
+
+
+def _near_greedy(**options):
+    """Almost greedy, guarded, no loops: the tiny model says the same thing whatever the seed."""
+    return SamplingSettings(temperature=0.001, top_k=0, min_p=0, repetition_penalty=1.0, presence_penalty=5.0,
+                            max_new_tokens=40, seed=3, **options)
+
+
+def test_the_retry_after_a_forced_copy_says_something_else_on_the_tiny_model(make_engine, tiny_base, monkeypatch):
+    """The reply the model just gave, handed back as an earlier reply: both attempts would copy it without the ban."""
+    import runtime.generation.guard as guard
+    import runtime.generation.rows as rows
+    from runtime.generation.avoid import NGRAM
+    from runtime.generation.guard import Verdict, copy_signal
+
+    engine = make_engine(tiny_base)
+    tokenizer = tiny_base.tokenizer
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    prompt = _encode(tokenizer, chat)
+    said = engine.generator.submit(Request(prompt, _near_greedy(guard=False))).result()
+    assert len(said.split()) >= 10, said
+    # The random model's words are gibberish to the within-reply checks; only the copy check judges here.
+    monkeypatch.setattr(guard, "check_reply", lambda *args, **kwargs: Verdict(False))
+
+    with monkeypatch.context() as without:  # the retry as it was: same prompt, new seed, no ban
+        without.setattr(rows, "copy_ban", lambda *args: [])
+        plain = engine.generator.submit(Request(prompt + [], _near_greedy(), earlier=[said]))
+        plain.result()
+    assert plain.resampled.startswith("copy:") and plain.request.avoid == []
+    assert plain.finish_reason == "degenerate" and plain.degenerate.startswith("copy:"), (said, plain.text)  # copied again
+
+    banned = engine.generator.submit(Request(prompt + [], _near_greedy(), earlier=[said]))
+    text = banned.result()
+    assert banned.resampled.startswith("copy:") and banned.request.avoid
+    assert banned.finish_reason in ("stop", "length") and not copy_signal(text, [said]), text
+    reply = _encode(tokenizer, text)
+    grams = {tuple(reply[i:i + NGRAM]) for i in range(len(reply))}
+    assert not grams & {tuple(run) for run in banned.request.avoid}
