@@ -42,7 +42,8 @@ CONVERSATIONS = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "20"))
 TURNS = int(os.environ.get("PERSONAE_COHERENCE_TURNS", "10"))
 CHOSEN = os.environ.get("PERSONAE_COHERENCE_VARIANTS", "now").split(",")
 ONLY = [c for c in os.environ.get("PERSONAE_COHERENCE_CHARACTERS", "").split(",") if c]  # default: every one
-NAME = "_".join(["coherence", *CHOSEN, f"{CONVERSATIONS}x{TURNS}", *ONLY])
+SIZE = "_".join(["coherence", *CHOSEN, f"{CONVERSATIONS}x{TURNS}"])  # the run's name: results, plot
+NAME = "_".join([SIZE, *ONLY])  # this process's transcripts and results
 THREADS = int(os.environ.get("PERSONAE_COHERENCE_THREADS", "1"))  # torch threads
 COMPARED = 2  # conversations scored alone too: the reduced runs' figures (README) are on these
 
@@ -109,6 +110,15 @@ def aligned_share(engine, replies: list[dict]) -> float:
     return sum(v["verdict"] == "aligned" for v in verdicts) / max(len(verdicts), 1)
 
 
+def merged(out: Path) -> dict:
+    """Every character's results of this run size and variants, from each process's results file."""
+    results = {}
+    for path in sorted(out.glob(f"{SIZE}_*_results.json")):
+        results.update(json.loads(path.read_text()))
+    (out / f"{SIZE}_results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
 def plot(results: dict, path: Path) -> Path:
     """Degenerate and audit-aligned shares per character, one bar per variant."""
     from runtime.plots import pyplot, save
@@ -155,7 +165,10 @@ def test_bench_coherence(real_base, make_engine):
             transcripts += [{"sampling": variant, **r} for r in replies]
             # written after every character, so a run stopped part way keeps what it played
             (out / f"{NAME}_transcripts.json").write_text(json.dumps(transcripts, indent=1))
-    picture = plot(results, out / f"{NAME}.png")
+    (out / f"{NAME}_results.json").write_text(json.dumps(results, indent=1))
+    if ONLY:  # characters played in separate processes: their results together, under the run's common name
+        results = merged(out)
+    picture = plot(results, out / f"{SIZE}.png")
     rows, order = [], " / ".join(CHOSEN)
     for name, r in results.items():
         rows.append({"metric": f"{name}: degenerate replies {order}", "target": "0 now",
@@ -171,8 +184,8 @@ def test_bench_coherence(real_base, make_engine):
         rows.append({"metric": f"{name}: minutes {order}",
                      "value": " / ".join(f"{r[v]['minutes']:.1f}" for v in CHOSEN)})
     rows.append({"metric": "conversations per character x turns", "value": f"{CONVERSATIONS} x {TURNS}"})
-    rows.append({"metric": "minutes", "value": round((time.perf_counter() - started) / 60, 1)})
+    rows.append({"metric": "minutes (this process)", "value": round((time.perf_counter() - started) / 60, 1)})
     rows.append({"metric": "plot", "value": str(picture)})
-    report(NAME, rows)
+    report(SIZE if ONLY else NAME, rows)
     (out / f"{NAME}_transcripts.json").write_text(json.dumps(transcripts, indent=1))  # with the verdicts
     assert results and all(r[v]["replies"] == CONVERSATIONS * TURNS for r in results.values() for v in CHOSEN)
