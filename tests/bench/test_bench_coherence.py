@@ -189,3 +189,56 @@ def test_bench_coherence(real_base, make_engine):
     report(SIZE if ONLY else NAME, rows)
     (out / f"{NAME}_transcripts.json").write_text(json.dumps(transcripts, indent=1))  # with the verdicts
     assert results and all(r[v]["replies"] == CONVERSATIONS * TURNS for r in results.values() for v in CHOSEN)
+
+
+def from_log(database: Path) -> list[dict]:
+    """The replies a bench run logged so far, read from its SQLite log (a run stopped part way, or still going)."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    connection.row_factory = sqlite3.Row
+    asked = {row["id"]: row["text"] for row in connection.execute("select id, text from messages where role = 'user'")}
+    replies, turns = [], {}
+    for row in connection.execute("select * from messages where role = 'assistant' and reply_to is not null "
+                                  "and channel like 'coherence-%' order by id"):
+        _, rest = row["channel"].split("-", 1)
+        character, number, variant = rest.rsplit("-", 2)
+        meta = json.loads(row["meta"] or "{}")
+        key = (character, int(number), variant)
+        turns[key] = turns.get(key, -1) + 1
+        replies.append({"sampling": variant, "character": character, "conversation": int(number),
+                        "turn": turns[key], "user": asked.get(row["reply_to"], ""), "text": row["text"],
+                        "finish_reason": meta.get("finish_reason"), "guard": meta.get("degenerate"),
+                        "resampled": meta.get("resampled")})
+    return sorted(replies, key=lambda r: (r["character"], r["sampling"], r["conversation"], r["turn"]))
+
+
+def partial(databases: list[str]) -> dict:
+    """Judge and score the replies in bench logs; writes {SIZE}_partial_transcripts.json and _partial_results.json."""
+    import tempfile
+
+    from runtime.characters.catalog import Catalog
+    from runtime.plugins import get_plugin_manager
+
+    class Scored:  # what aligned_share needs of an engine: the built-in characters
+        catalog = Catalog(get_plugin_manager(), tempfile.mkdtemp())
+
+    replies = [r for database in databases for r in from_log(Path(database))]
+    results = {}
+    for character in sorted({r["character"] for r in replies}):
+        mine = [r for r in replies if r["character"] == character]
+        first = [r for r in mine if r["conversation"] < COMPARED]
+        results[character] = {"now": {**judge(mine), "aligned": aligned_share(Scored, mine),
+                                      "aligned_first": aligned_share(Scored, first),
+                                      "complete_turns": min(sum(r["conversation"] == n for r in mine)
+                                                            for n in {r["conversation"] for r in mine})}}
+    out = Path(__file__).parent / "results"
+    (out / f"{SIZE}_partial_transcripts.json").write_text(json.dumps(replies, indent=1))
+    (out / f"{SIZE}_partial_results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":  # python tests/bench/test_bench_coherence.py LOG.db ...: a stopped run's figures
+    import sys
+
+    print(json.dumps(partial(sys.argv[1:]), indent=1))
