@@ -19,7 +19,7 @@ prompt, no min_p / top_k, no guard), all on the same prompts and seeds.
     PERSONAE_BENCH=1 python -m pytest tests/bench/test_bench_coherence.py -s   # the full 20 x 10 per character
 
 PERSONAE_COHERENCE_CONVERSATIONS / _TURNS shrink it (a duration estimate), PERSONAE_COHERENCE_CHARACTERS=pixel,...
-plays only those; PERSONAE_COHERENCE_THREADS sets torch's threads (default 1: the machine is shared).
+plays only those, PERSONAE_COHERENCE_TOGETHER=1 plays every character's chats at once (one batch; more memory); PERSONAE_COHERENCE_THREADS sets torch's threads (default 1: the machine is shared).
 Seeded replies are reproducible alone; side by side, a batch's padding can move a logit by a rounding
 error, so a rerun may differ in a few tokens.
 """
@@ -45,6 +45,8 @@ ONLY = [c for c in os.environ.get("PERSONAE_COHERENCE_CHARACTERS", "").split(","
 SIZE = "_".join(["coherence", *CHOSEN, f"{CONVERSATIONS}x{TURNS}"])  # the run's name: results, plot
 NAME = "_".join([SIZE, *ONLY])  # this process's transcripts and results
 THREADS = int(os.environ.get("PERSONAE_COHERENCE_THREADS", "1"))  # torch threads
+TOGETHER = os.environ.get("PERSONAE_COHERENCE_TOGETHER") == "1"  # every character's chats side by side too
+BUILT_IN = ("captain-mara-voss", "pixel", "professor-quill")
 COMPARED = 2  # conversations scored alone too: the reduced runs' figures (README) are on these
 
 
@@ -145,25 +147,26 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def test_bench_coherence(real_base, make_engine):
-    engine = make_engine(real_base, max_new_tokens=80, threads=THREADS, max_batch=max(CONVERSATIONS, 1),
-                         prefix_cache_mb=64 * max(CONVERSATIONS, 4))  # each chat's last prompt stays cached
+    rows_at_once = CONVERSATIONS * (len(ONLY or BUILT_IN) if TOGETHER else 1)
+    engine = make_engine(real_base, max_new_tokens=80, threads=THREADS, max_batch=max(rows_at_once, 1),
+                         prefix_cache_mb=64 * max(rows_at_once, 4))  # each chat's last prompt stays cached
+    characters = [c for c in engine.catalog.characters.values() if not ONLY or c.id in ONLY]
     engine.generator  # started before the clock
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    results, transcripts, started = {}, [], time.perf_counter()
-    for character in engine.catalog.characters.values():
-        if ONLY and character.id not in ONLY:
-            continue
-        results[character.id] = {}
-        for variant in CHOSEN:
+    results, transcripts, started = {c.id: {} for c in characters}, [], time.perf_counter()
+    for variant in CHOSEN:
+        for group in ([characters] if TOGETHER else [[c] for c in characters]):
             began = time.perf_counter()
-            replies = play(engine, character, variant, CONVERSATIONS)
-            minutes = (time.perf_counter() - began) / 60
-            first = [r for r in replies if r["conversation"] < COMPARED]
-            results[character.id][variant] = {**judge(replies), "aligned": aligned_share(engine, replies),
-                                              "aligned_first": aligned_share(engine, first), "minutes": minutes}
-            transcripts += [{"sampling": variant, **r} for r in replies]
-            # written after every character, so a run stopped part way keeps what it played
+            with ThreadPoolExecutor(max_workers=len(group)) as pool:
+                played = list(pool.map(lambda c: play(engine, c, variant, CONVERSATIONS), group))
+            minutes = (time.perf_counter() - began) / 60  # together: the whole group's time
+            for character, replies in zip(group, played):
+                first = [r for r in replies if r["conversation"] < COMPARED]
+                results[character.id][variant] = {**judge(replies), "aligned": aligned_share(engine, replies),
+                                                  "aligned_first": aligned_share(engine, first), "minutes": minutes}
+                transcripts += [{"sampling": variant, **r} for r in replies]
+            # written after every group, so a run stopped part way keeps what it played
             (out / f"{NAME}_transcripts.json").write_text(json.dumps(transcripts, indent=1))
     (out / f"{NAME}_results.json").write_text(json.dumps(results, indent=1))
     if ONLY:  # characters played in separate processes: their results together, under the run's common name
