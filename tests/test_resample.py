@@ -172,22 +172,28 @@ def _encode(tokenizer, text):
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_a_retry_after_a_copy_bans_the_copied_runs_but_not_shared_words_or_word_middles(tiny_base):
-    from runtime.generation.avoid import NGRAM, banned_runs, word_starts
+def test_a_retry_after_a_copy_bans_the_copied_runs_but_not_shared_words_names_or_word_middles(tiny_base):
+    from runtime.generation.avoid import NGRAM, banned_runs, name_tokens, word_starts
 
     tokenizer = tiny_base.tokenizer
     card = _encode(tokenizer, "You are Captain Mara Voss of the Grey Gull, and I've got plans to sail.")
     copied = _encode(tokenizer, EARLIER)
     prompt = card + _encode(tokenizer, "\nuser: hi\nassistant: ") + copied + _encode(tokenizer, "\nuser: more?")
     starts = word_starts(tokenizer)
-    runs = banned_runs(prompt, copied, copied, starts)
+    runs = banned_runs(prompt, [copied], copied, starts)
     assert runs and all(len(run) == NGRAM and run[-1] in starts for run in runs)  # never a word's middle
     joined = [tokenizer.decode(run) for run in runs]
     assert any("South Seas in a few" in text for text in joined)  # the copied reply's own words
-    assert not any(text.endswith(" Grey") for text in joined if "Voss of the" in text)  # the card says it too
-    assert all(tuple(run) not in {tuple(card[i:i + NGRAM]) for i in range(len(card))} for run in runs)
+    assert all(tuple(run) not in {tuple(card[i:i + NGRAM]) for i in range(len(card))} for run in runs)  # the card's
+    names = name_tokens(tokenizer, ["Captain Mara Voss", "Ann"])
+    assert any(run[-1] in names for run in runs)  # ", I'm Captain" -> " Mar(a)": not in the card, banned ...
+    kept = banned_runs(prompt, [copied], copied, starts, names)
+    assert not any(run[-1] in names for run in kept) and 0 < len(kept) < len(runs)  # ... unless names are kept
     new = _encode(tokenizer, " The kraken rises tonight, lads, and we sail at dawn.")
-    assert len(banned_runs(prompt, copied, copied + new, starts)) > len(runs)  # the attempt's own runs too
+    assert len(banned_runs(prompt, [copied], copied + new, starts)) > len(runs)  # the attempt's own runs too
+    other = _encode(tokenizer, "Storms roll in off the cape every evening, and the crew sings.")
+    both = banned_runs(prompt + other, [copied, other], copied, starts)
+    assert len(both) > len(runs)  # a second banned reply adds its runs
 
 
 def _near_greedy(**options):
