@@ -20,7 +20,10 @@ prompt, no min_p / top_k, no guard), all on the same prompts and seeds.
 
 PERSONAE_COHERENCE_CONVERSATIONS / _TURNS shrink it (a duration estimate), PERSONAE_COHERENCE_CHARACTERS=pixel,...
 plays only those, PERSONAE_COHERENCE_TOGETHER=1 plays every character's chats at once (one batch; more memory); PERSONAE_COHERENCE_THREADS sets torch's threads (default 1: the machine is shared).
-Seeded replies are reproducible alone; side by side, a batch's padding can move a logit by a rounding
+Cost, measured on a 2-core machine shared with other work (load 8-40): 20 chats x 2 turns of one character took
+4.8 minutes (1 thread), so the full run is 1.5-3 hours there; 20 chats side by side held ~3.7 GB by turn 2
+(the keys and values of 20 growing prompts, twice: the batch and the prefix cache), and two such processes
+ran the shared machine out of memory. Seeded replies are reproducible alone; side by side, a batch's padding can move a logit by a rounding
 error, so a rerun may differ in a few tokens.
 """
 
@@ -217,7 +220,7 @@ def from_log(database: Path) -> list[dict]:
 
 
 def partial(databases: list[str]) -> dict:
-    """Judge and score the replies in bench logs; writes {SIZE}_partial_transcripts.json and _partial_results.json."""
+    """Judge and score the replies in bench logs; writes {SIZE}_partial_transcripts.json, _results.json and .png."""
     import tempfile
 
     from runtime.characters.catalog import Catalog
@@ -238,6 +241,7 @@ def partial(databases: list[str]) -> dict:
     out = Path(__file__).parent / "results"
     (out / f"{SIZE}_partial_transcripts.json").write_text(json.dumps(replies, indent=1))
     (out / f"{SIZE}_partial_results.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / f"{SIZE}_partial.png")
     return results
 
 
