@@ -158,11 +158,77 @@ def test_on_smollm2_a_reply_said_again_is_resampled_when_unseen_and_cut_when_sho
     again = engine.generator.submit(replace(request, sampling=replace(request.sampling), earlier=[said]))
     text = again.result()
     assert again.resampled and again.resampled.startswith("copy:"), (again.resampled, text)
-    assert text.strip() != said.strip()
-    if again.finish_reason != "degenerate":  # the second try is new text, not the first said again
-        assert not copy_signal(text, [said])
+    assert again.request.avoid  # the retry may not go on with the copied reply's runs
+    assert text.strip() != said.strip() and again.finish_reason != "degenerate", text
+    assert not copy_signal(text, [said])  # the second try is new text, not the first said again
 
     shown = engine.generator.submit(replace(request, sampling=replace(request.sampling), earlier=[said]))
     pieces = list(shown)  # printed as it comes: too late to re-sample, so cut and marked
     assert shown.resampled is None and shown.finish_reason == "degenerate" and shown.degenerate.startswith("copy:")
     assert said.startswith("".join(pieces).strip()[:40])
+
+
+def _encode(tokenizer, text):
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_a_retry_after_a_copy_bans_the_copied_runs_but_not_shared_words_names_or_word_middles(tiny_base):
+    from runtime.generation.avoid import NGRAM, banned_runs, name_tokens, word_starts
+
+    tokenizer = tiny_base.tokenizer
+    card = _encode(tokenizer, "You are Captain Mara Voss of the Grey Gull, and I've got plans to sail.")
+    copied = _encode(tokenizer, EARLIER)
+    prompt = card + _encode(tokenizer, "\nuser: hi\nassistant: ") + copied + _encode(tokenizer, "\nuser: more?")
+    starts = word_starts(tokenizer)
+    runs = banned_runs(prompt, [copied], copied, starts)
+    assert runs and all(len(run) == NGRAM and run[-1] in starts for run in runs)  # never a word's middle
+    joined = [tokenizer.decode(run) for run in runs]
+    assert any("South Seas in a few" in text for text in joined)  # the copied reply's own words
+    assert all(tuple(run) not in {tuple(card[i:i + NGRAM]) for i in range(len(card))} for run in runs)  # the card's
+    names = name_tokens(tokenizer, ["Captain Mara Voss", "Ann"])
+    assert any(run[-1] in names for run in runs)  # ", I'm Captain" -> " Mar(a)": not in the card, banned ...
+    kept = banned_runs(prompt, [copied], copied, starts, names)
+    assert not any(run[-1] in names for run in kept) and 0 < len(kept) < len(runs)  # ... unless names are kept
+    new = _encode(tokenizer, " The kraken rises tonight, lads, and we sail at dawn.")
+    assert len(banned_runs(prompt, [copied], copied + new, starts)) > len(runs)  # the attempt's own runs too
+    other = _encode(tokenizer, "Storms roll in off the cape every evening, and the crew sings.")
+    both = banned_runs(prompt + other, [copied, other], copied, starts)
+    assert len(both) > len(runs)  # a second banned reply adds its runs
+
+
+def _near_greedy(**options):
+    """Almost greedy, guarded, no loops: the tiny model says the same thing whatever the seed."""
+    return SamplingSettings(temperature=0.001, top_k=0, min_p=0, repetition_penalty=1.0, presence_penalty=5.0,
+                            max_new_tokens=40, seed=3, **options)
+
+
+def test_the_retry_after_a_forced_copy_says_something_else_on_the_tiny_model(make_engine, tiny_base, monkeypatch):
+    """The reply the model just gave, handed back as an earlier reply: both attempts would copy it without the ban."""
+    import runtime.generation.guard as guard
+    import runtime.generation.rows as rows
+    from runtime.generation.avoid import NGRAM
+    from runtime.generation.guard import Verdict, copy_signal
+
+    engine = make_engine(tiny_base)
+    tokenizer = tiny_base.tokenizer
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    prompt = _encode(tokenizer, chat)
+    said = engine.generator.submit(Request(prompt, _near_greedy(guard=False))).result()
+    assert len(said.split()) >= 10, said
+    # The random model's words are gibberish to the within-reply checks; only the copy check judges here.
+    monkeypatch.setattr(guard, "check_reply", lambda *args, **kwargs: Verdict(False))
+
+    with monkeypatch.context() as without:  # the retry as it was: same prompt, new seed, no ban
+        without.setattr(rows, "copy_ban", lambda *args: [])
+        plain = engine.generator.submit(Request(prompt + [], _near_greedy(), earlier=[said]))
+        plain.result()
+    assert plain.resampled.startswith("copy:") and plain.request.avoid == []
+    assert plain.finish_reason == "degenerate" and plain.degenerate.startswith("copy:"), (said, plain.text)  # copied again
+
+    banned = engine.generator.submit(Request(prompt + [], _near_greedy(), earlier=[said]))
+    text = banned.result()
+    assert banned.resampled.startswith("copy:") and banned.request.avoid
+    assert banned.finish_reason in ("stop", "length") and not copy_signal(text, [said]), text
+    reply = _encode(tokenizer, text)
+    grams = {tuple(reply[i:i + NGRAM]) for i in range(len(reply))}
+    assert not grams & {tuple(run) for run in banned.request.avoid}

@@ -341,7 +341,8 @@ class Engine:
                 choice = replace(sampling, seed=(sampling.seed + index) % 2**63) if seeded else sampling
                 weights = self.weights_for(character, turn.version)
                 try:
-                    stream = self.generator.submit(Request(input_ids, choice, weights.adapter, earlier=earlier))
+                    stream = self.generator.submit(Request(input_ids, choice, weights.adapter, earlier=earlier,
+                                                           names=[character.display_name, turn.user_name or ""]))
                 except Exception:
                     weights.release()
                     raise

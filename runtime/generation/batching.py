@@ -287,7 +287,7 @@ class BatchingGenerator:
         row.ids = torch.empty(len(prompt) + max(1, sampling.max_new_tokens), dtype=torch.long)
         row.ids[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         row.length = row.prompt_length = len(prompt)
-        row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)
+        row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer, request.avoid)
         if sampling.guard and not row.sampler.greedy:
             row.guard = DegenerationMonitor(earlier=request.earlier)
         row.detok = Detokenizer(self.tokenizer)
@@ -479,7 +479,7 @@ class BatchingGenerator:
         row.done = True
         verdict = row.guard.finish() if row.guard else None  # also the tail, and a copy of an earlier reply
         if verdict:
-            if ready_to_resample(row.stream, verdict.reason):  # nothing shown yet: once more, from the prompt
+            if ready_to_resample(row, verdict, self.tokenizer):  # nothing shown yet: once more, from the prompt
                 return self._pending.append(row.stream)  # its prompt's KV is in the prefix cache
             row.stream.degenerate, reason = verdict.reason, "degenerate"  # never history or training data
         row.stream.finish(reason)

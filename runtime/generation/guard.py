@@ -80,6 +80,7 @@ class Verdict:
     degenerate: bool
     reason: str = ""
     signals: list[str] = field(default_factory=list)
+    copied: int = -1  # a copy: the index of the earlier text it repeats (its retry is kept off that text)
 
     def __bool__(self) -> bool:
         return self.degenerate
@@ -196,17 +197,18 @@ def copy_signal(text: str, earlier: list[str], share: float = COPY_SHARE) -> str
     `earlier` holds the character's previous replies in the chat (a reply said again) and, if the
     caller wishes, the prompt's instructions (a post-history instruction read back).
     """
-    return _copy(_trigrams(text), [_trigrams(other) for other in earlier], share, COPY_MIN_TRIGRAMS)
+    return _copy(_trigrams(text), [_trigrams(other) for other in earlier], share, COPY_MIN_TRIGRAMS)[0]
 
 
-def _copy(grams: set, earlier: list[set], share: float, least: int) -> str:
+def _copy(grams: set, earlier: list[set], share: float, least: int) -> tuple[str, int]:
+    """The copy reason and the index of the earlier text copied, or ("", -1)."""
     if len(grams) < least:
-        return ""
+        return "", -1
     for k, other in enumerate(earlier):
         overlap = len(grams & other) / len(grams)
         if overlap >= share:
-            return f"copy: {overlap:.0%} of the reply's trigrams come from earlier text #{k}"
-    return ""
+            return f"copy: {overlap:.0%} of the reply's trigrams come from earlier text #{k}", k
+    return "", -1
 
 
 def check_reply(text: str, probs: list[float] | None = None, pieces: list[str] | None = None) -> Verdict:
@@ -265,6 +267,6 @@ class DegenerationMonitor:
     def _check(self, text: str, copy_trigrams: int) -> Verdict:
         verdict = check_reply(text, self.probs if self.use_probs else None)
         if not verdict and self.earlier:
-            copied = _copy(_trigrams(text), self.earlier, COPY_SHARE, copy_trigrams)
-            verdict = Verdict(bool(copied), copied, [copied] if copied else [])
+            copied, k = _copy(_trigrams(text), self.earlier, COPY_SHARE, copy_trigrams)
+            verdict = Verdict(bool(copied), copied, [copied] if copied else [], k)
         return verdict

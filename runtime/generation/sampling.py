@@ -119,12 +119,16 @@ class LogitBias:
         return scores + self.vector
 
 
-def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[int], tokenizer=None):
-    """The LogitsProcessorList of one row whose first `prompt_length` ids are the prompt (`tokenizer`: for JSON and DRY)."""
+def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[int], tokenizer=None, avoid=()):
+    """The LogitsProcessorList of one row whose first `prompt_length` ids are the prompt (`tokenizer`: for JSON and DRY).
+
+    `avoid`: token runs whose last token may not follow the others (a retry after a copy; runtime.generation.avoid).
+    """
     from transformers import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
         MinPLogitsWarper,
+        NoBadWordsLogitsProcessor,
         TemperatureLogitsWarper,
         TopKLogitsWarper,
         TopPLogitsWarper,
@@ -138,6 +142,8 @@ def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[in
         if tokenizer is None:
             raise BadResponseFormat("response_format needs the generator's tokenizer; this sampler has none")
         processors.append(JsonLogitsProcessor(schema, tokenizer, prompt_length))
+    if avoid:
+        processors.append(NoBadWordsLogitsProcessor([list(run) for run in avoid]))
     if sampling.min_new_tokens and eos:
         processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, int(sampling.min_new_tokens), sorted(eos)))
     if sampling.repetition_penalty and sampling.repetition_penalty != 1.0 and sampling.repeat_last_n:
@@ -165,10 +171,10 @@ def build_processors(sampling: SamplingSettings, prompt_length: int, eos: set[in
 class RowSampler:
     """The processors, greedy flag and random generator of one reply, so rows never share sampling state."""
 
-    def __init__(self, sampling: SamplingSettings, prompt_length: int, eos: set[int], tokenizer=None):
+    def __init__(self, sampling: SamplingSettings, prompt_length: int, eos: set[int], tokenizer=None, avoid=()):
         import torch
 
-        self.processors = build_processors(sampling, prompt_length, eos, tokenizer)
+        self.processors = build_processors(sampling, prompt_length, eos, tokenizer, avoid)
         self.greedy = not sampling.temperature or sampling.temperature <= 0
         self.rng = None
         self.last_probability = 1.0  # the model's own probability of the last chosen token

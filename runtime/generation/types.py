@@ -89,6 +89,8 @@ class Request:
     adapter: str = BASE_ADAPTER  # adapter name in the model, or the bare base
     submitted: float = field(default_factory=time.perf_counter)
     earlier: list[str] = field(default_factory=list)  # the character's earlier replies: the guard's copy check
+    avoid: list[list[int]] = field(default_factory=list)  # token runs this attempt may not complete (a retry after a copy)
+    names: list[str] = field(default_factory=list)  # the character's and user's names: never banned by `avoid`
 
 
 class ReplyStream:
