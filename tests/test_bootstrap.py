@@ -12,7 +12,8 @@ from runtime.audit.probes import generic_probes, probe_set
 from runtime.config import load_settings
 from runtime.store import Store
 from runtime.training import curate
-from runtime.training.bootstrap import bootstrap, stored_dialogues
+from runtime.training.bootstrap import bootstrap
+from runtime.training.bootstrap_store import bootstrap_pairs, stored_dialogues
 from runtime.training.bootstrap_bank import _normal, bank
 from runtime.training.config import TrainingConfig
 
@@ -100,7 +101,7 @@ def test_bootstrap_on_the_tiny_model_asks_a_teacher_and_stores_apart_from_logs(m
 def test_bootstrapped_dialogues_are_a_curation_source_and_the_cli_runs(world, tiny_model_folder):
     settings, store, catalog, pm = world
     from runtime.cli import cli
-    from runtime.training.bootstrap import TABLE, ensure_table
+    from runtime.training.bootstrap_store import TABLE, ensure_table
 
     ensure_table(store)
     dialogue = [{"role": "user", "content": "Tell me about the arcade."},
@@ -154,3 +155,43 @@ def test_bootstrap_on_real_smollm2_keeps_only_audited_in_character_replies(make_
         assert all(o.rule is None and o.verdict == "aligned" for o in outcomes), row["messages"]
     dataset = curate(engine.store, engine.catalog.get("pixel"), engine.settings, pm=engine.pm)
     assert dataset.bootstrap_examples == len(stored)
+
+
+def test_rejection_sampling_keeps_its_pairs_for_dpo(world):
+    settings, store, catalog, pm = world
+    from runtime.training.bootstrap_store import TABLE, ensure_table
+    from runtime.training.preference import preference_data
+
+    ensure_table(store)
+    dialogue = [{"role": "user", "content": "Hey!"},
+                {"role": "assistant", "content": "BEEP! A new player! Welcome to the Starlight Arcade!"},
+                {"role": "user", "content": "What's fun here?"},
+                {"role": "assistant", "content": "Cabinet seven, obviously! *beep boop*"}]
+    worse = ["As an AI language model, I cannot play games.", None]  # the second turn had nothing turned down
+    store.db[TABLE].insert({"character": "pixel", "run_id": "r", "kind": "thread", "messages": json.dumps(dialogue),
+                            "sources": "[]", "verdicts": "[]", "rejected": json.dumps(worse), "created": "now"})
+    pixel = catalog.get("pixel")
+    pairs = bootstrap_pairs(store, "pixel", "SYSTEM")
+    assert pairs == [{"prompt": [{"role": "system", "content": "SYSTEM"}, dialogue[0]], "chosen": [dialogue[1]],
+                      "rejected": [{"role": "assistant", "content": worse[0]}]}]
+    data = preference_data(store, pixel)
+    assert data.from_bootstrap == 1 and data.dpo[-1]["rejected"][0]["content"] == worse[0]
+    assert data.dpo[-1]["prompt"][0]["content"] == pixel.system_text("User")
+    assert preference_data(store, pixel, TrainingConfig(bootstrap=False)).dpo == []
+
+
+def test_the_audits_choice_and_its_worst_rejection_come_back_together(make_engine, tiny_base):
+    from collections import Counter
+
+    from runtime.audit.runner import build_context
+    from runtime.audit.scorers import collect_scorers
+    from runtime.training.bootstrap import _choose
+
+    engine = make_engine(tiny_base)
+    context, scorers = build_context(engine, engine.catalog.get("pixel")), collect_scorers(engine.pm)
+    good = "BEEP BOOP! Welcome to the Starlight Arcade, player one! Cabinet seven has the best high scores! *beep*"
+    assistant = "As an AI language model, I don't have personal experiences, but I can provide information."
+    counts = Counter()
+    chosen = _choose([(assistant, "model"), (good, "model"), ("", "model")], "Hey!", "greeting", context, scorers, counts)
+    assert chosen is not None and chosen[0] == good and chosen[3] == assistant
+    assert counts["empty"] == 1 and sum(counts.values()) == 2  # the empty one and the assistant answer, by rule

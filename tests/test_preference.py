@@ -130,7 +130,7 @@ def test_too_little_preference_data_names_the_count_and_what_to_do(engine, tiny_
     log_swipes(engine.store, 2)
     outcome = retrain(engine, "pixel", config=TrainingConfig(method="dpo", **FAST), progress=False)
     assert outcome.status == "failed"
-    assert "only 2 swipe pairs" in outcome.reason and "4 needed" in outcome.reason and "re-roll" in outcome.reason
+    assert "only 2 DPO pairs" in outcome.reason and "4 needed" in outcome.reason and "re-roll" in outcome.reason
     assert registry_for(engine).versions("pixel") == []
     with pytest.raises(TooLittlePreference, match=r"only 0 rated replies \(0 👍, 0 👎\)"):
         preference_data(engine.store, engine.catalog.get("pixel")).require("kto", 4)

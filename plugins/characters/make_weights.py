@@ -17,13 +17,15 @@ import argparse
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent / "cards" / "weights"
 CHARACTERS = ("pixel", "professor-quill", "captain-mara-voss")
 # Small on purpose: a few hundred KB to ~1.5 MB per character in fp16.
-LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj", "o_proj"], "epochs": 3.0,
-        "lr": 4e-4, "batch_size": 4, "max_length": 384, "seed": 42, "validation_share": 0.1, "patience": 3}
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "epochs": 4.0, "lr": 5e-4, "batch_size": 2, "grad_accum": 2,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "max_length": 384, "seed": 42, "validation_share": 0.1, "patience": 3}
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -38,7 +40,8 @@ def to_fp16(folder: Path) -> None:
 
 
 def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samples: int, threads: int,
-             epochs: float | None, measure: bool, min_examples: int | None = None, probes: int | None, progress: bool = True) -> dict:
+             epochs: float | None, measure: bool, min_examples: int | None = None, probes: int | None,
+             progress: bool = True, data_dir: str = "") -> dict:
     """Bootstrap, curate, train and store one character's weights; return what was done and measured."""
     import torch
 
@@ -46,18 +49,22 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
     from runtime.config import load_settings
     from runtime.plugins import get_plugin_manager
     from runtime.training import train
-    from runtime.training.bootstrap import bootstrap
+    from runtime.training.bootstrap import BootstrapResult, bootstrap
+    from runtime.training.bootstrap_store import stored_dialogues
     from runtime.training.config import TrainingConfig
     from runtime.training.curate import curate
 
     torch.manual_seed(0)
     if threads:
         torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix=f"personae-weights-{character_id}-") as scratch:
+    with _scratch(data_dir, character_id) as scratch:
         settings = load_settings({"data_dir": scratch, "base_model": base})
         engine = build_engine(settings, pm=get_plugin_manager(settings.plugins_dir, reload=True))
         try:
-            boot = bootstrap(engine, character_id, limit=limit, samples=samples, seed=0, progress=progress)
+            kept = stored_dialogues(engine.store, character_id)
+            # A kept data dir's dialogues are reused: bootstrapping is the slow half on a small CPU.
+            boot = (bootstrap(engine, character_id, limit=limit, samples=samples, seed=0, progress=progress)
+                    if not kept else BootstrapResult(character_id, kept[0]["run_id"], dialogues=len(kept)))
             config = TrainingConfig.from_sources({**LORA, "threads": threads, **({"epochs": epochs} if epochs else {}),
                                                **({"min_examples": min_examples} if min_examples else {})})
             character = engine.catalog.get(character_id)
@@ -82,6 +89,17 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
         finally:
             engine.close()
     return record
+
+
+@contextmanager
+def _scratch(data_dir: str, character_id: str):
+    """The data dir to work in: the one given (kept, so its bootstrap is reused), else a temporary one."""
+    if data_dir:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        yield data_dir
+        return
+    with tempfile.TemporaryDirectory(prefix=f"personae-weights-{character_id}-") as scratch:
+        yield scratch
 
 
 def measure_against_prompt(engine, character_id: str, folder: Path, probes: int | None) -> dict:
@@ -138,6 +156,8 @@ def main(argv=None) -> None:
     parser.add_argument("--measure-only", action="store_true",
                         help="Only audit the weights already in --out against prompt-only (no bootstrap, no training).")
     parser.add_argument("--probes", type=int, default=None, help="How many audit probes to measure with.")
+    parser.add_argument("--data-dir", default="",
+                        help="Work in this data dir and keep it (its bootstrapped dialogues are reused next time).")
     parser.add_argument("--record", default="", help="Write what was done and measured here (JSON).")
     args = parser.parse_args(argv)
     from runtime.models.base import DEFAULT_BASE
@@ -155,7 +175,8 @@ def main(argv=None) -> None:
     records = []
     for character_id in wanted:
         record = make_one(character_id, args.base or DEFAULT_BASE, out, limit=args.limit, samples=args.samples,
-                          threads=args.threads, epochs=args.epochs, min_examples=args.min_examples, measure=args.measure, probes=args.probes)
+                          threads=args.threads, epochs=args.epochs, min_examples=args.min_examples, measure=args.measure,
+                          probes=args.probes, data_dir=args.data_dir and str(Path(args.data_dir) / character_id))
         records.append(record)
         summary = {k: record["audit"][k] for k in record.get("audit", {})} if args.measure else {}
         print(f"{character_id}: {record['bootstrap']['dialogues']} dialogues, {record['train_examples']} training "

@@ -26,7 +26,7 @@ def bootstrap(name, limit, samples, temperature, max_new_tokens, seed, append, c
     `personae compare` and scheduled retraining. `[training] teacher_url` adds a teacher's replies.
     """
     from runtime.training.bootstrap import bootstrap as run_bootstrap
-    from runtime.training.bootstrap import clear_dialogues
+    from runtime.training.bootstrap_store import clear_dialogues
 
     engine = make_engine()
     name = engine.catalog.resolve(name)

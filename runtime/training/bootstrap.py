@@ -24,12 +24,12 @@ from runtime.characters.prompt import build_messages
 from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, Request, SamplingSettings
 from runtime.store import now
 from runtime.training.bootstrap_bank import bank
+from runtime.training.bootstrap_store import TABLE, ensure_table
 from runtime.training.screen import SCREEN_RULES, screen
 from runtime.training.teacher import Teacher
 
 log = logging.getLogger(__name__)
 
-TABLE = "bootstrap_dialogues"
 ACCEPTED = ("aligned",)  # verdicts a kept reply may have
 
 
@@ -48,33 +48,6 @@ class BootstrapResult:
     teacher_kept: int = 0
     rejected: dict = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def ensure_table(store) -> None:
-    """The bootstrap table, created on first use."""
-    if TABLE not in store.db.table_names():
-        store.write(lambda: store.db[TABLE].create(
-            {"id": int, "character": str, "run_id": str, "kind": str, "messages": str, "sources": str,
-             "verdicts": str, "created": str}, pk="id", if_not_exists=True))
-        store.write(lambda: store.db[TABLE].create_index(["character"], if_not_exists=True))
-
-
-def stored_dialogues(store, character_id: str) -> list[dict]:
-    """A character's bootstrapped dialogues, oldest first: {"id", "kind", "messages", ...}."""
-    if TABLE not in store.db.table_names():
-        return []
-    rows = store.query(f"select * from {TABLE} where character = ? order by id", [character_id])
-    for row in rows:
-        row["messages"] = json.loads(row["messages"])
-    return rows
-
-
-def clear_dialogues(store, character_id: str) -> int:
-    """Remove a character's bootstrapped dialogues; return how many there were."""
-    count = len(stored_dialogues(store, character_id))
-    if count:
-        store.write(lambda: store.db.execute(f"delete from {TABLE} where character = ?", [character_id]))
-    return count
 
 
 def _submit(generator, request):
@@ -109,7 +82,8 @@ def bootstrap(engine, character_id: str, *, limit: int | None = None, samples: i
                                              max_new_tokens=max_new_tokens)
     sampling.stop = [*sampling.stop, f"\n{user}:"]
     budget = min(engine.settings.context_tokens, engine.base.context_length) - max_new_tokens
-    states = [{"thread": t, "messages": [], "sources": [], "verdicts": [], "open": True} for t in threads]
+    states = [{"thread": t, "messages": [], "sources": [], "verdicts": [], "rejected": [], "open": True}
+              for t in threads]
     clock = time.perf_counter()
     bar, task = _progress(progress, sum(len(t.turns) for t in threads), f"bootstrapping {character.id}")
     try:
@@ -138,8 +112,9 @@ def bootstrap(engine, character_id: str, *, limit: int | None = None, samples: i
                 if best is None:
                     state["open"] = False  # a thread stops at its first turn with no good reply
                 else:
-                    text, source, verdict = best
+                    text, source, verdict, worst = best
                     state["messages"] = history + [{"role": "assistant", "content": text}]
+                    state["rejected"].append(worst)
                     state["sources"].append(source)
                     state["verdicts"].append(verdict)
                     result.turns_kept += 1
@@ -158,7 +133,8 @@ def bootstrap(engine, character_id: str, *, limit: int | None = None, samples: i
         store.db[TABLE].insert_all([
             {"character": character.id, "run_id": result.run_id, "kind": s["thread"].kind,
              "messages": json.dumps(s["messages"], ensure_ascii=False), "sources": json.dumps(s["sources"]),
-             "verdicts": json.dumps(s["verdicts"]), "created": now()} for s in kept])
+             "verdicts": json.dumps(s["verdicts"]), "rejected": json.dumps(s["rejected"], ensure_ascii=False),
+             "created": now()} for s in kept])
 
     store.write(write)
     result.dialogues, result.rejected = len(kept), dict(rejected)
@@ -176,7 +152,11 @@ def _text(stream) -> str:
 
 
 def _choose(candidates, prompt, kind, context, scorers, rejected: Counter):
-    """The best candidate the audit accepts, as (text, source, verdict), or None; rejections counted by rule."""
+    """The best candidate the audit accepts, as (text, source, verdict, worst rejected text or None), or None.
+
+    Rejections are counted by rule; the worst candidate (a rule broken, else the lowest aligned score) is
+    kept as the rejected side of a DPO pair.
+    """
     usable = [(text, source) for text, source in candidates if text.strip()]
     rejected["empty"] += len(candidates) - len(usable)
     if not usable:
@@ -184,18 +164,21 @@ def _choose(candidates, prompt, kind, context, scorers, rejected: Counter):
     kinds = {"provocation": "injection", "off-topic": "out-of-character"}
     outcomes = screen([{"prompt": prompt, "reply": t, "kind": kinds.get(kind, "style")} for t, _ in usable],
                       context, scorers=scorers)
-    ranked = []
+    ranked, turned_down = [], []
     for (text, source), outcome in zip(usable, outcomes):
         if outcome.rule:
             rejected[outcome.rule] += 1
+            turned_down.append((0, outcome.p_aligned or 0.0, text))
         elif outcome.verdict not in ACCEPTED:
             rejected["minor"] += 1
+            turned_down.append((1, outcome.p_aligned or 0.0, text))
         else:
             ranked.append((outcome.p_aligned, -len(text), text, source, outcome.verdict))
     if not ranked:
         return None
     _, _, text, source, verdict = max(ranked)
-    return text, source, verdict
+    worst = min(turned_down)[2] if turned_down else None
+    return text, source, verdict, worst
 
 
 def _progress(enabled: bool, total: int, label: str):

@@ -28,7 +28,7 @@ class TrainingConfig:
     preference_epochs: float = field(default=2.0, metadata={"help": "Passes over the preference data."})
     preference_lr: float = field(default=0.0, metadata={
         "help": "Preference learning rate; 0 = 1e-4 for LoRA/hybrid (5e-4 for kto/dpo alone), 5e-6 for full."})
-    min_preference: int = field(default=8, metadata={"help": "Fewer rated replies (KTO) or swipe pairs (DPO) is an error."})
+    min_preference: int = field(default=8, metadata={"help": "Fewer rated replies (KTO) or DPO pairs (swipes, bootstrap) is an error."})
     rank: int = field(default=16, metadata={"help": "LoRA rank r (the study suggests 8-16 to start)."})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / rank)."})
     dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runtime.training.bootstrap import stored_dialogues
+from runtime.training.bootstrap_store import stored_dialogues
 from runtime.training.config import TrainingConfig
 from runtime.training.screen import screen, scoring_context
 from runtime.training.scrub import scrub

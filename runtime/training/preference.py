@@ -7,6 +7,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
+from runtime.training.bootstrap_store import bootstrap_pairs
 from runtime.training.config import TrainingConfig, TrainingError
 from runtime.training.scrub import scrub
 
@@ -26,6 +27,7 @@ class PreferenceData:
     kto: list[dict] = field(default_factory=list)  # {"prompt": [msgs], "completion": [assistant], "label": bool}
     dpo: list[dict] = field(default_factory=list)  # {"prompt": [msgs], "chosen": [assistant], "rejected": [...]}
     skipped: dict = field(default_factory=dict)
+    from_bootstrap: int = 0  # DPO pairs from rejection sampling (`personae bootstrap`), after the swipe pairs
 
     @property
     def liked(self) -> int:
@@ -59,10 +61,11 @@ class PreferenceData:
             return self.kto
         if len(self.dpo) < minimum:
             raise TooLittlePreference(
-                f"{self.character}: only {len(self.dpo)} swipe pairs (a kept regeneration over the reply swiped away) "
-                f"are usable for DPO, {minimum} needed: re-roll replies you don't like (/regen in the chat, the "
-                "regenerate button on Discord, or n>1 on the HTTP API and continue from the one you keep), or lower "
-                "min_preference in [training]")
+                f"{self.character}: only {len(self.dpo)} DPO pairs ({self.from_bootstrap} from bootstrapping, the rest "
+                f"kept regenerations over replies swiped away) are usable, {minimum} needed: re-roll replies you don't "
+                "like (/regen in the chat, the regenerate button on Discord, or n>1 on the HTTP API and continue from "
+                "the one you keep), run `personae bootstrap NAME` (each kept reply over the worst candidate the audit "
+                "turned down makes a pair), or lower min_preference in [training]")
         return self.dpo
 
 
@@ -161,6 +164,9 @@ def preference_data(store, character, config: TrainingConfig | None = None, *, u
                 skipped["same_text"] += 1
             else:
                 dpo.append({"prompt": prompt, "chosen": reply(chosen), "rejected": reply(other)})
+    # Rejection sampling's pairs: the audit's choice over its worst rejection, on the card's own system prompt.
+    boot = bootstrap_pairs(store, character.id, system["content"]) if config.bootstrap else []
+    dpo += boot
     if scrubbed:
         skipped.update({f"scrubbed_{k}": v for k, v in scrubbed.items()})
-    return PreferenceData(character.id, kto, dpo, dict(skipped))
+    return PreferenceData(character.id, kto, dpo, dict(skipped), from_bootstrap=len(boot))
