@@ -145,8 +145,8 @@ def test_llamacpp_backend_against_llama_server(make_engine, real_base, tmp_path)
     folders = make_adapters(real_base, tmp_path, count=CHATS)
     prompts = character_prompts(real_base.tokenizer, CHATS, questions=QUESTIONS)
     names = [f"a{i}" for i in range(CHATS)]
-    engine = make_engine(real_base, backend="llamacpp", threads=THREADS)
-    gen = engine.generator
+    engine = make_engine(real_base, backend="llamacpp", threads=THREADS, plugins={"llamacpp": {"parallel": 1}})
+    gen = engine.generator  # lanes in turn, both threads each
     side_by_side = make_engine(real_base, backend="llamacpp", threads=THREADS,
                                plugins={"llamacpp": {"parallel": 2}}).generator
     for name, folder in zip(names, folders):
