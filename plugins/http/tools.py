@@ -12,6 +12,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from runtime.errors import PersonaeError
+
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 NO_PARAMETERS = {"type": "object", "properties": {}}
 MAX_TOOLS = 128  # OpenAI's own limit
@@ -20,7 +22,7 @@ AUTO = ("tool_choice \"auto\" (the default when tools are sent) is not supported
         "{\"type\": \"function\", \"function\": {\"name\": ...}} or \"none\"")
 
 
-class ToolProblem(ValueError):
+class ToolProblem(PersonaeError, ValueError):
     """A tools / tool_choice request this server cannot follow: (field, message)."""
 
     def __init__(self, param: str, message: str):
