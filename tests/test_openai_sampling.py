@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
+from openai_helpers import refused_by
 
 HI = [{"role": "user", "content": "Hello there"}]
 
@@ -21,10 +21,7 @@ def ask(server, **body):
 
 
 def refused(server, param, **body):
-    with pytest.raises(openai.BadRequestError) as caught:
-        ask(server, **body)
-    assert caught.value.status_code == 400 and caught.value.body["param"] == param, caught.value.body
-    return caught.value.body["message"]
+    return refused_by(ask, server, param, **body)
 
 
 def test_seed_zero_is_a_real_seed_and_the_same_seed_gives_the_same_reply(server):

@@ -10,6 +10,7 @@ import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai_helpers import refused_by
 from pydantic import BaseModel
 
 HI = [{"role": "user", "content": "How do you feel today?"}]
@@ -36,10 +37,7 @@ def ask(server, **body):
 
 
 def refused(server, param, **body):
-    with pytest.raises(openai.BadRequestError) as caught:
-        ask(server, **body)
-    assert caught.value.status_code == 400 and caught.value.body["param"] == param, caught.value.body
-    return caught.value.body["message"]
+    return refused_by(ask, server, param, **body)
 
 
 def follows(name: str, arguments: str) -> bool:
