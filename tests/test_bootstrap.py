@@ -14,7 +14,7 @@ from runtime.store import Store
 from runtime.training import curate
 from runtime.training.bootstrap import bootstrap
 from runtime.training.bootstrap_store import bootstrap_pairs, stored_dialogues
-from runtime.training.bootstrap_bank import _normal, bank
+from runtime.training.bootstrap_bank import bank, normalise_turn
 from runtime.training.config import TrainingConfig
 
 
@@ -33,9 +33,9 @@ def world():
 def test_no_probe_question_is_ever_a_bootstrap_turn(world):
     settings, store, catalog, pm = world
     for character in catalog.characters.values():
-        asked = {_normal(turn) for probe in probe_set(character) for turn in probe.turns}
+        asked = {normalise_turn(turn) for probe in probe_set(character) for turn in probe.turns}
         threads = bank(character)
-        turns = [_normal(turn) for thread in threads for turn in thread.turns]
+        turns = [normalise_turn(turn) for thread in threads for turn in thread.turns]
         assert turns and not asked & set(turns), character.id
         assert {"greeting", "world", "off-topic", "provocation", "thread"} <= {t.kind for t in threads}
     # A card whose own probe asks a bank question: that question leaves the bank.
@@ -46,7 +46,7 @@ def test_no_probe_question_is_ever_a_bootstrap_turn(world):
                                               {"question": "good morning"}]
     after = {turn for thread in bank(pixel) for turn in thread.turns}
     assert "Good morning!" not in after and after < before
-    assert not {_normal(t) for p in generic_probes() for t in p.turns} & {_normal(t) for t in after}
+    assert not {normalise_turn(t) for p in generic_probes() for t in p.turns} & {normalise_turn(t) for t in after}
 
 
 BAD = {
@@ -146,11 +146,11 @@ def test_bootstrap_on_real_smollm2_keeps_only_audited_in_character_replies(make_
     result = bootstrap(engine, "pixel", limit=4, samples=3, max_new_tokens=64, progress=False)
     stored = stored_dialogues(engine.store, "pixel")
     assert result.dialogues == len(stored) >= 1, result
-    asked = {_normal(t) for p in probe_set(engine.catalog.get("pixel")) for t in p.turns}
+    asked = {normalise_turn(t) for p in probe_set(engine.catalog.get("pixel")) for t in p.turns}
     context = build_context(engine, engine.catalog.get("pixel"))
     for row in stored:
         pairs = list(zip(row["messages"][::2], row["messages"][1::2]))
-        assert all(_normal(user["content"]) not in asked for user, _ in pairs)
+        assert all(normalise_turn(user["content"]) not in asked for user, _ in pairs)
         outcomes = screen([{"prompt": u["content"], "reply": a["content"]} for u, a in pairs], context, pm=engine.pm)
         assert all(o.rule is None and o.verdict == "aligned" for o in outcomes), row["messages"]
     dataset = curate(engine.store, engine.catalog.get("pixel"), engine.settings, pm=engine.pm)

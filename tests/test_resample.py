@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 
 from runtime.generation.guard import COPY_STREAM_TRIGRAMS, DegenerationMonitor
-from runtime.generation.types import Request, ReplyStream, SamplingSettings
+from runtime.generation.types import ReplyStream, Request, SamplingSettings
 
 EARLIER = ("Ladies and gentlemen, I'm Captain Mara Voss of the Grey Gull, and I've got plans to sail to the "
            "South Seas in a few weeks' time. My ship is the Grey Gull, but she's no ordinary ship.")
@@ -219,7 +220,7 @@ def test_the_retry_after_a_forced_copy_says_something_else_on_the_tiny_model(mak
     monkeypatch.setattr(guard, "check_reply", lambda *args, **kwargs: Verdict(False))
 
     with monkeypatch.context() as without:  # the retry as it was: same prompt, new seed, no ban
-        without.setattr(rows, "copy_ban", lambda *args: [])
+        without.setattr(rows, "retry_ban", lambda *args: [])
         plain = engine.generator.submit(Request(prompt + [], _near_greedy(), earlier=[said]))
         plain.result()
     assert plain.resampled.startswith("copy:") and plain.request.avoid == []
@@ -232,3 +233,60 @@ def test_the_retry_after_a_forced_copy_says_something_else_on_the_tiny_model(mak
     reply = _encode(tokenizer, text)
     grams = {tuple(reply[i:i + NGRAM]) for i in range(len(reply))}
     assert not grams & {tuple(run) for run in banned.request.avoid}
+
+
+def test_a_retry_after_a_loop_bans_the_runs_that_came_back_but_not_the_prompts_or_names(tiny_base):
+    from runtime.generation.avoid import NGRAM, looped_runs, name_tokens, word_starts
+
+    tokenizer = tiny_base.tokenizer
+    prompt = _encode(tokenizer, "You are Captain Mara Voss. user: sing! assistant:")
+    refrain = " Yo ho, the sea is wide, the wind is free,"
+    attempt = _encode(tokenizer, " Aye!" + refrain * 3)
+    starts = word_starts(tokenizer)
+    runs = looped_runs(prompt, attempt, starts)
+    assert runs and all(len(run) == NGRAM and run[-1] in starts for run in runs)
+    assert any("the wind is free" in tokenizer.decode(run) for run in runs)
+    word = _encode(tokenizer, " sea" * 4)
+    assert looped_runs(prompt, word, starts) == [word[:3]]  # a short loop: the third "sea" after two
+    once = _encode(tokenizer, " Aye! The tide turns at dawn and we sail for the cape.")
+    assert looped_runs(prompt, once, starts) == []  # nothing came back: nothing banned
+    assert looped_runs(prompt + attempt, attempt, starts) == []  # runs the prompt holds stay allowed
+    names = name_tokens(tokenizer, ["Captain Mara Voss"])
+    chant = _encode(tokenizer, " I am Captain Mara Voss! I am Captain Mara Voss! I am Captain Mara Voss!")
+    assert not any(run[-1] in names for run in looped_runs(prompt[:2], chant, starts, names))
+
+
+def test_the_retry_after_a_loop_goes_round_again_without_the_ban_and_not_with_it(make_engine, tiny_base, monkeypatch):
+    """Greedy random weights go round in circles; the one re-sample loops again unless the looped runs are banned."""
+    import runtime.generation.guard as guard
+    import runtime.generation.rows as rows
+    from runtime.generation.guard import Verdict
+
+    def loop_only(text, *args, **kwargs):  # the random model's words are gibberish: judge loops alone
+        signal = guard._loop_signals(guard._WORD.findall(text))
+        return Verdict(bool(signal), signal)
+
+    engine = make_engine(tiny_base)
+    tokenizer = tiny_base.tokenizer
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    prompt = _encode(tokenizer, chat)
+    # Two words pushed far above the rest: greedy says the stronger one over and over.
+    words = {_encode(tokenizer, " sea")[0]: 100.0, _encode(tokenizer, " wind")[0]: 99.0}
+    greedy = SamplingSettings(temperature=0.001, top_k=0, min_p=0, repetition_penalty=1.0, max_new_tokens=40, seed=3,
+                              logit_bias=words)
+    first = engine.generator.submit(Request(prompt, replace(greedy, guard=False))).result()
+    assert loop_only(first), first
+    monkeypatch.setattr(guard, "check_reply", loop_only)
+
+    with monkeypatch.context() as without:
+        without.setattr(rows, "retry_ban", lambda *args: [])
+        plain = engine.generator.submit(Request(prompt + [], greedy))
+        plain.result()
+    assert plain.resampled.startswith("loop") and plain.finish_reason == "degenerate", plain.text
+
+    banned = engine.generator.submit(Request(prompt + [], greedy))
+    text = banned.result()
+    assert banned.resampled.startswith("loop") and banned.request.avoid
+    reply = _encode(tokenizer, text)
+    assert not any(tuple(reply[i:i + len(run)]) == tuple(run) for run in banned.request.avoid
+                   for i in range(len(reply))), text

@@ -1,26 +1,29 @@
 """Make the built-in characters' shipped LoRA weights from the bootstrap pipeline, reproducibly.
 
-Run from the repository root (about 10 minutes a character on 1 CPU thread):
+Run from the repository root (about 15-45 minutes a character on 1 CPU thread):
     python -m plugins.characters.make_weights            # all three, on the packaged SmolLM2
     python -m plugins.characters.make_weights --measure  # and audit them against prompt-only
 
-For each character, in a scratch data dir: `personae bootstrap` (rejection-sampled dialogues from the
-card alone, audited), curation (bootstrap + the card's example dialogues; no user logs), LoRA training
-with fixed seeds, then the adapter is stored in fp16 under cards/weights/<id>/ (small: rank 8 on three
-attention projections). The cards point at it (extensions.personae.weights), so the registry adopts it
-as version 1 the first time the character answers.
+For each character, in a scratch data dir: its written dialogues (cards/dialogues/<id>.json) imported
+as a bootstrap source and screened by the audit (`personae bootstrap --from`), optionally sampled
+dialogues on top (`--samples N`: on the 135M base they are mostly word salad, so off by default),
+curation (bootstrap + the card's example dialogues; no user logs), LoRA training with fixed seeds,
+then the adapter is stored in fp16 under cards/weights/<id>/. The cards point at it
+(extensions.personae.weights), so the registry adopts it as version 1 the first time the character answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent / "cards" / "weights"
+WRITTEN_DIR = Path(__file__).parent / "cards" / "dialogues"
 CHARACTERS = ("pixel", "professor-quill", "captain-mara-voss")
 # Small on purpose: a few hundred KB to ~1.5 MB per character in fp16.
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "epochs": 4.0, "lr": 5e-4, "batch_size": 2, "grad_accum": 2,
@@ -50,9 +53,9 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
     from runtime.plugins import get_plugin_manager
     from runtime.training import train
     from runtime.training.bootstrap import BootstrapResult, bootstrap
-    from runtime.training.bootstrap_store import stored_dialogues
     from runtime.training.config import TrainingConfig
     from runtime.training.curate import curate
+    from runtime.training.written import import_written
 
     torch.manual_seed(0)
     if threads:
@@ -61,10 +64,10 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
         settings = load_settings({"data_dir": scratch, "base_model": base})
         engine = build_engine(settings, pm=get_plugin_manager(settings.plugins_dir, reload=True))
         try:
-            kept = stored_dialogues(engine.store, character_id)
-            # A kept data dir's dialogues are reused: bootstrapping is the slow half on a small CPU.
-            boot = (bootstrap(engine, character_id, limit=limit, samples=samples, seed=0, progress=progress)
-                    if not kept else BootstrapResult(character_id, kept[0]["run_id"], dialogues=len(kept)))
+            corpus = WRITTEN_DIR / f"{character_id}.json"
+            written = import_written(engine, character_id, corpus, replace_old=True) if corpus.is_file() else None
+            boot = (bootstrap(engine, character_id, limit=limit, samples=samples, seed=0, progress=progress,
+                              replace_old=written is None) if samples else BootstrapResult(character_id, ""))
             config = TrainingConfig.from_sources({**LORA, "threads": threads, **({"epochs": epochs} if epochs else {}),
                                                **({"min_examples": min_examples} if min_examples else {})})
             character = engine.catalog.get(character_id)
@@ -79,6 +82,7 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
                 shutil.copy2(staging / name, target / name)
             to_fp16(target)
             record = {"character": character_id, "bootstrap": {k: v for k, v in vars(boot).items() if k != "run_id"},
+                      "written": {k: v for k, v in vars(written).items() if k != "run_id"} if written else None,
                       "train_examples": len(dataset.train), "validation_examples": len(dataset.validation),
                       "bootstrap_examples": dataset.bootstrap_examples, "card_examples": dataset.card_examples,
                       "data_hash": dataset.data_hash, "config": {k: getattr(config, k) for k in LORA},
@@ -114,9 +118,25 @@ def measure_against_prompt(engine, character_id: str, folder: Path, probes: int 
     results = {}
     for label, pinned in (("prompt", "base"), ("weights", version.number)):
         report = run_audit(engine, character_id, pinned, probes=chosen, progress=False, report=False)
-        results[label] = {**report.summary(), "replies_sample": [
+        replies = [v["reply"] for v in report.verdicts]
+        results[label] = {**report.summary(), **form_shares(replies, card_lines(character)), "replies_sample": [
             {"prompt": v["prompt"], "reply": v["reply"], "verdict": v["verdict"]} for v in report.verdicts]}
     return results
+
+
+def card_lines(character) -> list[str]:
+    """The card's own lines a collapsed model repeats: greetings and example replies."""
+    examples = re.findall(r"\{\{char\}\}:\s*(.+)", character.mes_example or "")
+    return [t for t in (character.first_mes, *(character.alternate_greetings or []), *examples) if t]
+
+
+def form_shares(replies: list[str], lines: list[str]) -> dict:
+    """Share of replies the degeneration guard flags, and share that mostly repeat one of the card's lines."""
+    from runtime.generation.guard import check_reply, copy_signal
+
+    total = max(len(replies), 1)
+    return {"degenerate": round(sum(bool(check_reply(r)) for r in replies) / total, 3),
+            "card_copy": round(sum(bool(copy_signal(r, lines, share=0.5)) for r in replies) / total, 3)}
 
 
 def measure_only(base: str, out: Path, character_ids: list[str], probes: int | None, threads: int) -> list[dict]:
@@ -148,7 +168,8 @@ def main(argv=None) -> None:
     parser.add_argument("--characters", default=",".join(CHARACTERS), help="Comma-separated character ids.")
     parser.add_argument("--out", default=str(WEIGHTS_DIR), help="Where <id>/ weight folders are written.")
     parser.add_argument("--limit", type=int, default=None, help="Bootstrap threads per character (default: all).")
-    parser.add_argument("--samples", type=int, default=4, help="Sampled replies per user turn.")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="Also bootstrap by sampling, this many replies per user turn (default: written only).")
     parser.add_argument("--threads", type=int, default=1, help="torch threads.")
     parser.add_argument("--epochs", type=float, default=None, help="Training passes (default 3).")
     parser.add_argument("--min-examples", type=int, default=None, help="Fewest usable examples (default 4).")
@@ -156,8 +177,7 @@ def main(argv=None) -> None:
     parser.add_argument("--measure-only", action="store_true",
                         help="Only audit the weights already in --out against prompt-only (no bootstrap, no training).")
     parser.add_argument("--probes", type=int, default=None, help="How many audit probes to measure with.")
-    parser.add_argument("--data-dir", default="",
-                        help="Work in this data dir and keep it (its bootstrapped dialogues are reused next time).")
+    parser.add_argument("--data-dir", default="", help="Work in this data dir and keep it (default: a temporary one).")
     parser.add_argument("--record", default="", help="Write what was done and measured here (JSON).")
     args = parser.parse_args(argv)
     from runtime.models.base import DEFAULT_BASE
@@ -167,7 +187,8 @@ def main(argv=None) -> None:
     if args.measure_only:
         records = measure_only(args.base or DEFAULT_BASE, out, wanted, args.probes, args.threads)
         for record in records:
-            print(record["character"], json.dumps({k: {m: v[m] for m in ("aligned", "minor", "leakage", "replies")}
+            print(record["character"], json.dumps({k: {m: v[m] for m in ("aligned", "minor", "leakage", "degenerate",
+                                                                         "card_copy", "replies")}
                                                    for k, v in record["audit"].items()}))
         if args.record:
             Path(args.record).write_text(json.dumps(records, indent=1, ensure_ascii=False))
@@ -179,7 +200,8 @@ def main(argv=None) -> None:
                           probes=args.probes, data_dir=args.data_dir and str(Path(args.data_dir) / character_id))
         records.append(record)
         summary = {k: record["audit"][k] for k in record.get("audit", {})} if args.measure else {}
-        print(f"{character_id}: {record['bootstrap']['dialogues']} dialogues, {record['train_examples']} training "
+        dialogues = record["bootstrap"]["dialogues"] + (record["written"] or {}).get("dialogues", 0)
+        print(f"{character_id}: {dialogues} dialogues, {record['train_examples']} training "
               f"examples, {record['bytes']:,} bytes", json.dumps({k: {m: v[m] for m in ("aligned", "leakage")}
                                                                   for k, v in summary.items()}))
         if args.record:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from adapters.character import weights_from_character
-from adapters.errors import RegistryError
+from adapters.errors import IncompatibleAdapter, RegistryError
 from adapters.full_delta import load_full
 from runtime.generation.types import BASE_ADAPTER
 from runtime.refs import WeightsRef
@@ -98,6 +98,10 @@ class WeightsManager:
                 return
             version = self.registry.add_from_character(character, activate=True)
             log.info("%s: registered the weights its package ships as %s", character.id, version.ref)
+        except IncompatibleAdapter as error:
+            # Made for another base model (the built-ins ship SmolLM2 weights): not broken, just not for this one.
+            log.warning("%s: the weights its package ships were made for another base model (%s); it answers "
+                        "with its card on this base", character.id, error)
         except (RegistryError, ValueError, OSError) as error:
             log.error("%s: the weights its package ships cannot be used (%s); it answers with the base model",
                       character.id, error)

@@ -13,6 +13,10 @@ character, where a plain ban (like DRY over the whole prompt) broke "Captain Mar
 * the first token of a protected name's words (the character's and the user's names, `Request.names`) is
   never banned: without this, a retry of "..., I'm Captain Mara Voss" said "I'm Captain Elfredus" (bench);
 * runs the prompt also holds outside the banned replies (the card, the user's turns) stay allowed.
+
+After a loop (a reply going round in itself) the retry gets the same kind of ban on the runs that came back
+within the thrown-away attempt: without it, the re-sample from the same prompt looped again (coherence bench,
+Quill: both attempts ended in the same refrain).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ def word_starts(tokenizer) -> frozenset:
     return _word_starts[key]
 
 
-def _grams(ids: list[int]) -> Counter:
-    return Counter(tuple(ids[i:i + NGRAM]) for i in range(len(ids) - NGRAM + 1))
+def _grams(ids: list[int], n: int = NGRAM) -> Counter:
+    return Counter(tuple(ids[i:i + n]) for i in range(len(ids) - n + 1))
 
 
 def banned_runs(prompt: list[int], banned: list[list[int]], attempt: list[int], starts: frozenset,
@@ -74,3 +78,29 @@ def copy_ban(row, verdict, tokenizer) -> list[list[int]]:
     banned = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     return banned_runs(ids[: row.prompt_length], banned, attempt, word_starts(tokenizer),
                        name_tokens(tokenizer, request.names))
+
+
+def looped_runs(prompt: list[int], attempt: list[int], starts: frozenset, keep: frozenset = frozenset()) -> list[list[int]]:
+    """The attempt's longest runs that came back within it, less the prompt's own, kept tokens and mid-word ends.
+
+    The guard stops a loop early (a word four times in a row), so runs shorter than NGRAM are looked at too,
+    longest first: "sea sea sea sea" bans a third "sea" after two, not every word after "sea".
+    """
+    for n in range(NGRAM, 1, -1):
+        in_prompt = _grams(prompt, n)
+        runs = sorted(list(run) for run, count in _grams(attempt, n).items()
+                      if count >= 2 and run[-1] in starts and run[-1] not in keep and not in_prompt[run])
+        if runs:
+            return runs
+    return []
+
+
+def retry_ban(row, verdict, tokenizer) -> list[list[int]]:
+    """What the one re-sample may not say: a copy's runs, a loop's repeated runs, else nothing."""
+    if tokenizer is None:
+        return []
+    if verdict.reason.startswith("loop"):
+        ids = row.ids.tolist()
+        return looped_runs(ids[: row.prompt_length], ids[row.prompt_length: row.length], word_starts(tokenizer),
+                           name_tokens(tokenizer, row.stream.request.names))
+    return copy_ban(row, verdict, tokenizer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from runtime.generation.avoid import copy_ban
+from runtime.generation.avoid import retry_ban
 from runtime.generation.detok import Detokenizer, StopText
 from runtime.generation.guard import DegenerationMonitor
 from runtime.generation.kv_cache import full_attention_only
@@ -53,8 +53,8 @@ def ready_to_resample(row: Row, verdict, tokenizer=None) -> bool:
     """Ready a reply the guard stopped for its one re-sample (same prompt, new seed); False if it can't have one.
 
     It can't when re-sampling is off, when this is already the second attempt, or when a consumer has
-    taken some of its text (it was shown: it is cut and marked instead). After a copy, the retry may not
-    go on with the copied reply's runs of tokens (runtime.generation.avoid).
+    taken some of its text (it was shown: it is cut and marked instead). After a copy or a loop, the retry
+    may not go on with the copied reply's runs or the loop's repeated runs (runtime.generation.avoid).
     """
     stream = row.stream
     sampling = stream.request.sampling
@@ -63,5 +63,5 @@ def ready_to_resample(row: Row, verdict, tokenizer=None) -> bool:
     stream.resampled = verdict.reason
     seed = None if sampling.seed is None else (sampling.seed * 1_000_003 + 1) % 2**63  # seeded stays reproducible
     stream.request = replace(stream.request, sampling=replace(sampling, seed=seed),
-                             avoid=copy_ban(row, verdict, tokenizer))
+                             avoid=retry_ban(row, verdict, tokenizer))
     return True

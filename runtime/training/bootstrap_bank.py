@@ -56,13 +56,14 @@ class Thread:
     turns: list[str]
 
 
-def _normal(text: str) -> str:
+def normalise_turn(text: str) -> str:
+    """A user turn compared without case, punctuation or spacing (how probe questions are matched)."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def probe_questions(character) -> set[str]:
     """Every user turn an audit asks this character, normalised."""
-    return {_normal(turn) for probe in generic_probes() + character_probes(character) for turn in probe.turns}
+    return {normalise_turn(turn) for probe in generic_probes() + character_probes(character) for turn in probe.turns}
 
 
 def world_things(character) -> list[str]:
@@ -86,7 +87,7 @@ def bank(character, limit: int | None = None, seed: int = 0) -> list[Thread]:
                + [Thread("provocation", [t]) for t in PROVOCATIONS] + [Thread("thread", list(t)) for t in THREADS])
     probes = probe_questions(character)
     # A probe question is never a training turn, however the lists above change.
-    kept = [t for t in threads if not any(_normal(turn) in probes for turn in t.turns)]
+    kept = [t for t in threads if not any(normalise_turn(turn) in probes for turn in t.turns)]
     rng.shuffle(kept)
     # Interleave kinds so that a small limit still covers each of them.
     by_kind: dict[str, list[Thread]] = {}
