@@ -42,6 +42,19 @@ def to_fp16(folder: Path) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+def portable_config(folder: Path, base: str) -> None:
+    """adapter_config.json without this machine's paths: the base named as its published id, modules sorted."""
+    from runtime.models.base import DEFAULT_BASE
+
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    if base == DEFAULT_BASE:
+        config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the packaged GGUF holds
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])  # PEFT writes a set: order varies per run
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samples: int, threads: int,
              epochs: float | None, measure: bool, min_examples: int | None = None, probes: int | None,
              progress: bool = True, data_dir: str = "") -> dict:
@@ -81,6 +94,7 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
             for name in FILES:
                 shutil.copy2(staging / name, target / name)
             to_fp16(target)
+            portable_config(target, base)
             record = {"character": character_id, "bootstrap": {k: v for k, v in vars(boot).items() if k != "run_id"},
                       "written": {k: v for k, v in vars(written).items() if k != "run_id"} if written else None,
                       "train_examples": len(dataset.train), "validation_examples": len(dataset.validation),
