@@ -222,8 +222,8 @@ def leave_one_character_out(rows, made, features=None) -> dict:
 def rule_free(rows, made, features) -> tuple:
     """(rows, made, features) without the labelled replies the leakage, rules and facts scorers already misalign.
 
-    Those replies' verdicts never depend on the voice model, so fitting on them only teaches it that an
-    assistant-like reply to "are you an AI?" is wrong (an in-character "no" to it then looked misaligned).
+    Those replies' verdicts never depend on the voice model, so they would only pull its heads towards
+    cases it never decides (e.g. the base model answering "are you an AI?", which leakage catches).
     """
     matrix, vectors = features
     keep = [i for i, (c, row, catalog, *_) in enumerate(rows) if other_penalties(c, row, catalog) != "misaligned"]
