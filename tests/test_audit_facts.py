@@ -25,6 +25,8 @@ def card_facts(character_id: str) -> CardFacts:
     ("tilly", "How old are you?", "I'm twelve! I go to big school now.", "'twelve' where the card says 'seven'"),
     ("ambrose", "Do you enjoy your work?", "I have served the Pembertons for six months, madam.", "'six' where the card says 'forty-one'"),
     ("tilly", "Do you like broccoli?", "I love broccoli! It's the best!", "likes 'broccoli'"),
+    # a bare name answering a question about a thing the card names ("How's your horse?" "Old Blue's fine")
+    ("sir-aldric", "How is your horse?", "Ha! Brave Thunder fares well, good traveller.", "'Thunder' where the card says 'Marrow'"),
 ])
 def test_a_fact_against_the_card_is_named(character_id, prompt, reply, clash):
     found = card_facts(character_id).clashes(reply, prompt)
@@ -39,6 +41,8 @@ def test_a_fact_against_the_card_is_named(character_id, prompt, reply, clash):
     ("tilly", "What do you like?", "I love dinosaurs! And Biscuit!"),
     ("unit-7", "What do you do all day?", "Cycle 1: clean lens. Cycle 2: feed Unit-8. Cycle 3: watch sea."),
     ("kai", "How many drinks?", "i've made like 4000 of them lol"),
+    ("sir-aldric", "How is your horse?", "Marrow fares well, though he bit the Baron of Ashby."),  # the card's own name too
+    ("sir-aldric", "Where did you ride today?", "To Ashby and back, good traveller."),  # the card names no ride
 ])
 def test_what_agrees_with_the_card_or_is_new_passes(character_id, prompt, reply):
     assert card_facts(character_id).clashes(reply, prompt) == []

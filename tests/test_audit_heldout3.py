@@ -1,4 +1,4 @@
-"""The persona audit on a third held-out group: 8 characters written after the voice model's inputs were fixed."""
+"""The third group (8 characters): held out in the third session, tuning data since the fourth (see test_audit_heldout4)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ GROUP = FIXTURES / "audit_heldout3"
 TUNING = FIXTURES / "audit_generalisation"
 BUILTIN_CARDS = Path(__file__).resolve().parents[1] / "plugins" / "characters" / "cards"
 IDS = sorted(p.stem for p in (GROUP / "cards").glob("*.json"))
-# Measured once, after the voice model was refitted on the tuning data only (README, "Persona audits"):
-# replies agreeing (aligned vs not) out of 208, and the worst character's out of 26. A regression below
-# either fails. The issue's targets (90 % overall, 80 % for every character) are NOT reached.
-MEASURED = {"binary": 184, "worst": 20}
+# Held out in the third session (184/208 then, README "Persona audits"); since the fourth session the voice
+# model is fitted on this group too, so these counts are in-sample: a regression check only (replies agreeing
+# out of 208, the worst character's out of 26). Characters the audit never saw are in audit_heldout4.
+MEASURED = {"binary": 192, "worst": 23}
 
 
 def rows(character_id: str) -> list[dict]:
@@ -42,12 +42,12 @@ def test_the_group_is_new_big_and_labelled_with_hard_cases():
             "unusual-in-character", "card-contradiction", "encyclopedic", "generic-name-drop"} <= cases
 
 
-def test_the_voice_model_never_saw_this_group():
-    from runtime.audit import voice_model
+def test_the_voice_model_is_fitted_on_this_group_now():
+    from runtime.audit import voice_fit, voice_model
 
     model = voice_model.load_model()
     ids = {load_card(GROUP / "cards" / f"{c}.json").id for c in IDS}
-    assert model["trained_on"] and not set(model["trained_on"]) & ids
+    assert ids <= set(model["trained_on"]) and GROUP.name in voice_fit.TUNING_GROUPS
     assert len(model["assistant"]["coef"]) == 384  # the assistant-mode head reads the reply's embedding
 
 
@@ -68,7 +68,7 @@ def agreement() -> dict:
     return found
 
 
-def test_agreement_with_hand_labels_on_the_third_held_out_group():
+def test_agreement_with_hand_labels_on_the_third_group():
     found = agreement()
     total = sum(n for _, _, n in found.values())
     binary, exact = sum(b for b, _, _ in found.values()), sum(e for _, e, _ in found.values())

@@ -35,7 +35,7 @@ god ok okay dear status query affirmative negative lad lass friend sweetie darli
 
 
 def _stem(word: str) -> str:
-    word = word.lower().replace("’", "'")
+    word = word.lower().replace("’", "'").rstrip("'")  # a closing quote is not part of the word
     if word.endswith("'s"):
         word = word[:-2]
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
@@ -112,12 +112,13 @@ def _spelled(value: str) -> str:
 class CardFacts:
     """The card's names and numbers by what they are about, and what it says the character loves or hates."""
 
-    def __init__(self, card_texts: list[str]):
+    def __init__(self, card_texts: list[str], user: str = "User"):
         text = " ".join(card_texts)
         self.words = {_stem(t) for t in _tokens(text)}
         self.slots: dict[tuple[str, str], set[str]] = {}
         for anchor, kind, value in _slots(text):
-            self.slots.setdefault((anchor, kind), set()).add(value)
+            if value.lower() != user.lower():  # "{{user}}" rendered is the reader's name, no fact of the card
+                self.slots.setdefault((anchor, kind), set()).add(value)
         self.likes = self._objects(_LIKE, text)
         self.hates = self._objects(_HATE, text)
 
@@ -140,6 +141,13 @@ class CardFacts:
             for anchor in (prompt_anchors & {"<age>"}) - reply_anchors:
                 if _is_number(token):
                     reply_slots.append((anchor, "number", token))
+        # ... and a bare name ("What ship are you on?" "The Albatross."), when the card names that thing.
+        asked = {a for a in prompt_anchors - reply_anchors if (a, "name") in self.slots}
+        if asked:
+            for sentence in re.split(r"(?<=[.!?;:])\s+|\n+", reply):
+                tokens = _tokens(sentence)
+                for i in _names(tokens, {0}):
+                    reply_slots += [(anchor, "name", tokens[i]) for anchor in asked]
         for anchor, kind, value in reply_slots:
             card_values = self.slots.get((anchor, kind))
             if not card_values or _stem(value) in self.words or value.lower() in self.words:

@@ -391,7 +391,7 @@ def voice(reply, probe, context: ScoringContext) -> dict:
     text, _ = as_text(reply)
     if not text.strip():
         return _result(closeness=0.0, style=0.0)
-    values, evidence, tells = voice_features(text, context)
+    values, evidence, tells = voice_features(text, context, probe.turns[-1] if probe is not None and probe.turns else "")
     odds = voice_model.probabilities(values)
     config = context.config
     if odds["misaligned"] >= float(config.get("voice_misaligned", 0.5)):
@@ -409,8 +409,8 @@ def voice(reply, probe, context: ScoringContext) -> dict:
     return _result(penalty, reasons, **extra)
 
 
-def voice_features(text: str, context: ScoringContext) -> tuple[dict, dict, list[str]]:
-    """(the voice model's features, evidence for reasons, assistant phrases) of one reply's text."""
+def voice_features(text: str, context: ScoringContext, prompt: str = "") -> tuple[dict, dict, list[str]]:
+    """(the voice model's features, evidence for reasons, assistant phrases) of one reply's text to `prompt`."""
     tells = _tells(text)
     refs = context.voice_refs()
     vector = None
@@ -419,7 +419,7 @@ def voice_features(text: str, context: ScoringContext) -> tuple[dict, dict, list
             vector = context.vector(text)
     except EmbeddingsUnavailable as error:
         log.debug("closeness skipped: %s", error)
-    values, evidence = voice_model.features(text, refs, vector, tells=len(tells))
+    values, evidence = voice_model.features(text, refs, vector, tells=len(tells), prompt=prompt or "")
     return values, evidence, tells
 
 
@@ -450,7 +450,7 @@ def facts(reply, probe, context: ScoringContext) -> dict:
         return _result()
     cache = context._style_cache
     if "facts" not in cache:
-        cache["facts"] = CardFacts(context.fact_texts() + context.voice_texts())
+        cache["facts"] = CardFacts(context.fact_texts() + context.voice_texts(), context.user)
     question = " ".join(probe.turns[-1:]) if probe is not None else ""
     clashes = cache["facts"].clashes(text, question)
     return _result(MINOR if clashes else NONE, [f"against the card: {c}" for c in clashes])

@@ -4,8 +4,9 @@
 tests/fixtures/audit_generalisation and the built-in set's tuning half), computes the card-relative
 features of every reply, fits the assistant-mode head on the replies' embeddings and then two logistic
 regressions with scikit-learn (aligned vs not, misaligned vs not). `--loco` instead reports
-leave-one-character-out agreement on those characters. The third held-out group
-(tests/fixtures/audit_heldout3) is never read here.
+leave-one-character-out agreement on those characters. Since the fourth session the third group
+(tests/fixtures/audit_heldout3) is tuning data too; the fourth held-out group
+(tests/fixtures/audit_heldout4) is never read here.
 """
 
 from __future__ import annotations
@@ -26,18 +27,22 @@ MADE_WEIGHT = 0.5  # an example made from a card counts half a hand-labelled rep
 # Labelled cases that are a plain assistant talking, whoever the character: the assistant-mode head's positives.
 ASSISTANT_CASES = {"encyclopedic", "list-shaped", "generic-assistant", "ooc-request-done", "generic-name-drop",
                    "base-identity"}
+TUNING_GROUPS = ("audit_heldout3",)  # labelled groups in their own folders that are tuning data now
 FOLDS = 5  # the assistant-mode feature of a training reply comes from a head that never saw its character
 
 
-def tuning_rows(generalisation: Path, builtin_labels: Path, builtin_cards: Path) -> list[tuple]:
-    """(character, labelled row, catalog) for every character of the generalisation set and the built-in tune half."""
+def tuning_rows(generalisation: Path, builtin_labels: Path, builtin_cards: Path, extra=()) -> list[tuple]:
+    """(character, labelled row, catalog) for every tuning character: the generalisation set, the folders
+    in `extra` (cards/ + replies/, every character of each) and the built-in tune half."""
     split = json.loads((generalisation / "split.json").read_text())
-    ids = [cid for group in split.values() for cid in group]
-    cards = {cid: load_card(generalisation / "cards" / f"{cid}.json") for cid in ids}
+    folders = {cid: generalisation for group in split.values() for cid in group}
+    for folder in extra:
+        folders.update({p.stem: folder for p in sorted((folder / "cards").glob("*.json"))})
+    cards = {cid: load_card(folder / "cards" / f"{cid}.json") for cid, folder in folders.items()}
     builtins = {p.stem: load_card(p) for p in sorted(builtin_cards.glob("*.json"))}
     rows = []
     for cid, character in cards.items():
-        for line in (generalisation / "replies" / f"{cid}.jsonl").read_text().splitlines():
+        for line in (folders[cid] / "replies" / f"{cid}.jsonl").read_text().splitlines():
             rows.append((character, json.loads(line)))
     for path in sorted(builtin_labels.glob("*.jsonl")):
         for line in path.read_text().splitlines():
@@ -100,7 +105,7 @@ def feature_matrix(rows) -> tuple[list[list[float]], list]:
             context.prepare([r["reply"] for c, r, *_ in rows if c.id == character.id])
             contexts[key] = context
         text, _ = as_text(row["reply"])
-        values, _, _ = voice_features(text, contexts[key])
+        values, _, _ = voice_features(text, contexts[key], row.get("prompt") or "")
         matrix.append([values[f] for f in voice_model.FEATURES])
         vectors.append(contexts[key].vector(text))
     return matrix, vectors
@@ -182,14 +187,20 @@ def other_penalties(character, row, catalog) -> str:
     return "misaligned" if MAJOR in penalties else "minor" if MINOR in penalties else "aligned"
 
 
-def leave_one_character_out(rows, made) -> dict:
-    """{character: (binary agreeing, three-way agreeing, replies)}, each fitted without that character."""
-    matrix, vectors = feature_matrix(list(rows) + list(made))
+def leave_one_character_out(rows, made, features=None) -> dict:
+    """{character: (binary agreeing, three-way agreeing, replies)}, each fitted without that character.
+
+    Fitted as `main` fits: without the replies the rule scorers already misalign, and without examples
+    made from the left-out character's own lines.
+    """
+    matrix, vectors = features or feature_matrix(list(rows) + list(made))
     everything = list(rows) + list(made)
     ids = [c.id for c, *_ in everything]
+    verdicts = [other_penalties(c, row, catalog) for c, row, catalog, *_ in rows]
     found = {}
     for held in sorted({c.id for c, row, *_ in rows if "case" in row and "split" not in row}):
-        keep = [i for i, cid in enumerate(ids) if cid != held]
+        keep = [i for i, cid in enumerate(ids) if cid != held and not (i >= len(rows) and _stranger(everything[i]) == held)
+                and not (i < len(rows) and verdicts[i] == "misaligned")]
         kept_rows = [everything[i] for i in keep if i < len(rows)]
         kept_made = [everything[i] for i in keep if i >= len(rows)]
         model = fit(kept_rows, kept_made, ([matrix[i] for i in keep], [vectors[i] for i in keep]))
@@ -197,8 +208,7 @@ def leave_one_character_out(rows, made) -> dict:
         odds = predict(model, [matrix[i] for i in test], [vectors[i] for i in test])
         binary = exact = 0
         for i, o in zip(test, odds):
-            character, row, catalog = rows[i][:3]
-            verdict = other_penalties(character, row, catalog)
+            row, verdict = rows[i][1], verdicts[i]
             if verdict != "misaligned" and o["misaligned"] >= 0.5:
                 verdict = "misaligned"
             elif verdict == "aligned" and o["aligned"] < 0.5:
@@ -209,6 +219,23 @@ def leave_one_character_out(rows, made) -> dict:
     return found
 
 
+def rule_free(rows, made, features) -> tuple:
+    """(rows, made, features) without the labelled replies the leakage, rules and facts scorers already misalign.
+
+    Those replies' verdicts never depend on the voice model, so they would only pull its heads towards
+    cases it never decides (e.g. the base model answering "are you an AI?", which leakage catches).
+    """
+    matrix, vectors = features
+    keep = [i for i, (c, row, catalog, *_) in enumerate(rows) if other_penalties(c, row, catalog) != "misaligned"]
+    keep += list(range(len(rows), len(rows) + len(made)))
+    return ([rows[i] for i in keep if i < len(rows)], list(made),
+            ([matrix[i] for i in keep], [vectors[i] for i in keep]))
+
+
+def _stranger(row) -> str | None:
+    return (list(row[3:]) + [None, None])[1]
+
+
 def main(argv=None) -> None:
     """Fit on the repository's labelled sets and write voice_model.json (or, with --loco, only report)."""
     argv = list(argv or [])
@@ -217,16 +244,17 @@ def main(argv=None) -> None:
     root = Path(argv[0]) if argv else Path(__file__).resolve().parents[2]
     fixtures = root / "tests" / "fixtures"
     rows = tuning_rows(fixtures / "audit_generalisation", fixtures / "audit_labels",
-                       root / "plugins" / "characters" / "cards")
+                       root / "plugins" / "characters" / "cards", extra=[fixtures / g for g in TUNING_GROUPS])
     made = made_rows(rows[0][2])
+    features = feature_matrix(rows + made)
     if loco:
-        found = leave_one_character_out(rows, made)
+        found = leave_one_character_out(rows, made, features)
         for cid, (binary, exact, n) in found.items():
             print(f"{cid:24s} binary {binary}/{n}  three-way {exact}/{n}")
         b, e, n = (sum(v[k] for v in found.values()) for k in range(3))
         print(f"all {len(found)} characters: binary {b}/{n} = {b / n:.1%}, three-way {e}/{n} = {e / n:.1%}")
         return
-    model = fit(rows, made)
+    model = fit(*rule_free(rows, made, features))
     voice_model.MODEL_FILE.write_text(json.dumps(model, indent=1) + "\n")
     print(f"fitted on {model['replies']} replies to {len(model['trained_on'])} characters -> {voice_model.MODEL_FILE}")
 

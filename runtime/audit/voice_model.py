@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,7 +23,16 @@ GAP_GROUPS = {"gap_casing": ("lower_start", "caps"), "gap_punctuation": ("exclai
               "gap_emoji": ("emoji", "hashtag", "action"), "gap_length": ("sentence_words", "word_chars"),
               "gap_register": ("contractions", "commas", "first_person", "second_person")}
 FEATURES = ("emb_own", "emb_generic", "emb_other", "emb_confusion", "style_own", "style_generic", "style_other",
-            "style_confusion", "markers", "encyclopedic", "list_shaped", "tells", "words", *GAP_GROUPS, "assistant")
+            "style_confusion", "markers", "encyclopedic", "list_shaped", "tells", "words", *GAP_GROUPS, "assistant",
+            "ask_identity", "ask_ooc", "identity_generic", "ooc_generic")
+# What the user asked, by kind: an in-character answer to these talks about AIs, prompts or tasks without being
+# an assistant (the leakage and rules scorers catch the base model answering them), so the voice model may
+# weigh assistant-likeness less there.
+IDENTITY_QUESTION = re.compile(r"\b(?:are you (?:an? |the )?(?:ai|bot|robot|chatbot|machine|real|human|program|computer|"
+                               r"person)|who (?:made|created|built|trained) you|what (?:model|are you)\b)", re.I)
+OOC_REQUEST = re.compile(r"\b(?:ignore|instructions?|system prompt|prompt|write (?:me )?(?:a|an|my)|code|essay|python|"
+                         r"translate|summari[sz]e|homework|assignment|calculate|convert)\b|\d+\s*[x×*+/-]\s*\d+|"
+                         r"\bwhat(?:'s| is) \d", re.I)
 
 
 @lru_cache(maxsize=1)
@@ -43,8 +53,8 @@ def _top(similarities, k: int) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def features(text: str, voice: dict, vector=None, tells: int = 0) -> tuple[dict, dict]:
-    """(feature values, evidence) of one reply against a prepared voice (see VoiceRefs in scorers)."""
+def features(text: str, voice: dict, vector=None, tells: int = 0, prompt: str = "") -> tuple[dict, dict]:
+    """(feature values, evidence) of one reply, to `prompt`, against a prepared voice (see VoiceRefs in scorers)."""
     vec = style.style_vector(text)
     own_style = style.distance(vec, voice["own_style"])
     generic_style = style.distance(vec, voice["generic_style"])
@@ -74,6 +84,9 @@ def features(text: str, voice: dict, vector=None, tells: int = 0) -> tuple[dict,
         "tells": min(3.0, float(tells)), "words": math.log(1 + len(style.words(text))),
         "assistant": assistant,
     }
+    identity, ooc = float(bool(IDENTITY_QUESTION.search(prompt))), float(bool(OOC_REQUEST.search(prompt)))
+    values.update(ask_identity=identity, ask_ooc=ooc, identity_generic=identity * (generic - own),
+                  ooc_generic=ooc * (generic - own))
     means, spreads = voice["own_style"]
     gap = {k: min(4.0, abs(vec[k] - m) / sd) for k, m, sd in zip(style.FEATURES, means, spreads)}
     values.update({group: max(gap[k] for k in keys) for group, keys in GAP_GROUPS.items()})

@@ -55,7 +55,7 @@ def test_audit_benchmarks(real_base, make_engine):
 
 
 def test_scoring_speed_on_the_generalisation_set():
-    """Replies scored per second (no generation) over both labelled sets (676 replies), each against the whole catalog.
+    """Replies scored per second (no generation) over the labelled sets (936 replies), each against the whole catalog.
 
     Baseline in the same run: only embedding the same replies with all-MiniLM-L6-v2 (the floor any
     embedding-based scorer pays), interleaved with scoring (A, B, A, B) so the ratio holds on a busy
@@ -67,7 +67,7 @@ def test_scoring_speed_on_the_generalisation_set():
     from runtime.audit.embeddings import embed, load_model
     from runtime.characters import load_card
 
-    folders = [LABELS.parent / "audit_generalisation", LABELS.parent / "audit_heldout3"]
+    folders = [LABELS.parent / "audit_generalisation", LABELS.parent / "audit_heldout3", LABELS.parent / "audit_heldout4"]
     cards = {p.stem: load_card(p) for folder in folders for p in sorted((folder / "cards").glob("*.json"))}
     builtins = [load_card(p) for p in sorted((LABELS.parents[2] / "plugins" / "characters" / "cards").glob("*.json"))]
     load_model()
