@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from plugins.characters import CARDS_DIR
 from runtime.chat.engine import Turn
 from runtime.characters import load_card
@@ -63,3 +65,50 @@ def test_the_script_makes_weights_a_card_ships_and_the_registry_adopts_them(make
         assert len(engine.registry.versions(character.id)) == 1  # adopted once, not on every turn
     finally:
         engine.pm.unregister(package)
+
+
+BUILT_INS = ("pixel", "captain-mara-voss", "professor-quill")
+
+
+def test_the_built_in_cards_ship_small_portable_fp16_loras():
+    from safetensors import safe_open
+
+    from adapters.character import weights_from_character
+
+    for character_id in BUILT_INS:
+        card = load_card(CARDS_DIR / f"{character_id}.png")
+        assert card.extensions["personae"]["weights"] == f"weights/{character_id}"
+        folder = weights_from_character(card)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        # Nothing of the machine that made them: the base by its published id, modules in a fixed order.
+        assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert config["target_modules"] == sorted(config["target_modules"]) and config["r"] == 8
+        weights = folder / "adapter_model.safetensors"
+        assert weights.stat().st_size < 6_000_000  # a LoRA, not a model
+        with safe_open(str(weights), "pt") as handle:
+            assert {str(handle.get_slice(k).get_dtype()) for k in handle.keys()} == {"F16"}
+
+
+def test_on_another_base_the_built_ins_answer_with_their_card_and_store_nothing(make_engine, tiny_base, caplog):
+    engine = make_engine(tiny_base)
+    with caplog.at_level("WARNING", logger="runtime.chat.weights"):
+        reply = ask(engine, engine.catalog.get("pixel"))
+    assert reply.message["weights_version"] == "base"
+    assert engine.registry.versions("pixel") == []
+    assert any("made for another base model" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.real_model
+def test_on_smollm2_the_built_ins_answer_with_their_shipped_weights_as_version_1(make_engine, real_base):
+    engine = make_engine(real_base)
+    for character_id in BUILT_INS:
+        reply = ask(engine, engine.catalog.get(character_id), "Tell me something about where you live.")
+        assert reply.message["weights_version"] == f"lora:{character_id}@1", reply.message
+        [version] = engine.registry.versions(character_id)
+        assert (version.number, version.state, version.kind) == (1, "active", "lora")
+        assert version.manifest["training"] == {"source": "character package"}
+        assert reply.message["text"].strip()
+    engine.registry.rollback("pixel")  # back to the card alone, the operator's choice, kept
+    again = ask(engine, engine.catalog.get("pixel"), "And now?")
+    assert again.message["weights_version"] == "base"
+    assert [v.state for v in engine.registry.versions("pixel")] == ["rejected"]
