@@ -130,6 +130,7 @@ def test_counting_never_waits_on_the_database_and_a_flood_is_a_few_rows(make_eng
 def test_refusals_older_than_seven_days_are_dropped_as_new_ones_come(make_engine, tiny_base):
     engine = make_engine(tiny_base)
     log = RefusalLog(engine.store)
+    engine.store.apply_migrations(refusals_module.migrations)  # as a server that refused requests last week
     engine.store.write(lambda: engine.store.db.execute(
         "insert into http_refusals values ('2000-01-01T00:00Z', 503, 'server_busy', '/v1/models', '', 9), "
         f"('{refusals_module.minute_now()}', 429, 'server_busy', '/v1/models', 'pixel', 2)"))

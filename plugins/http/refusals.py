@@ -43,7 +43,7 @@ class RefusalLog:
 
     def __init__(self, store):
         self.store = store
-        store.apply_migrations(migrations)
+        self._migrated = False  # the table is made by the first flush: no database work while the server starts
         self._counts: collections.Counter = collections.Counter()
         self._lock = threading.Lock()  # only ever held for a dict update or a swap: never across I/O
         self._wake = threading.Event()
@@ -83,6 +83,9 @@ class RefusalLog:
                 "on conflict (minute, status, code, route, character) do update set count = count + excluded.count",
                 rows)
         try:
+            if not self._migrated:
+                self.store.apply_migrations(migrations)
+                self._migrated = True
             self.store.write(write)
         except Exception:  # noqa: BLE001 - an account of refusals must never take the server down
             log.warning("could not log %d refused requests", sum(counts.values()), exc_info=True)
