@@ -87,7 +87,7 @@ class RefusalLog:
                 self.store.apply_migrations(migrations)
                 self._migrated = True
             self.store.write(write)
-        except Exception:  # noqa: BLE001 - an account of refusals must never take the server down
+        except Exception:  # an account of refusals must never take the server down
             log.warning("could not log %d refused requests", sum(counts.values()), exc_info=True)
             return 0
         return len(rows)

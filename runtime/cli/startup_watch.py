@@ -14,7 +14,7 @@ def machine_pressure() -> str:
     """Load, free memory and Linux's pressure stall figures: a starved start looks unlike a stuck one."""
     parts = []
     try:
-        parts.append("load %.1f %.1f %.1f" % os.getloadavg())
+        parts.append("load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     except OSError:
         pass
     try:
@@ -41,7 +41,7 @@ class StartupWatch:
         self.reports = 0
         self._stop = threading.Event()
 
-    def start(self) -> "StartupWatch":
+    def start(self) -> StartupWatch:
         if self.seconds > 0:
             threading.Thread(target=self._watch, name="startup-watch", daemon=True).start()
         return self
