@@ -1,6 +1,7 @@
 """Slowloris: many sockets that send their headers (or their body) a byte at a time and never finish, held open
 while chat and /healthz keep answering (150 + 20 sockets for ~3 s in `make test`; 1,000 + 200 for 40 s in
-`make stress`), and nothing of theirs logged."""
+`make stress`), and nothing of theirs logged; slow bodies that would take every request slot are cut off after
+[plugins.http] max_body_seconds with a 408."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ LIMIT = SLOW_BODIES + 30  # [plugins.http] max_concurrent_requests: room for the
 
 @pytest.fixture
 def engine(make_engine, tiny_base):
-    return make_engine(tiny_base, temperature=0, max_new_tokens=3, plugins={"http": {"max_concurrent_requests": LIMIT}})
+    # The slow bodies are held the whole time here (max_body_seconds past the hold); the last test cuts them off.
+    return make_engine(tiny_base, temperature=0, max_new_tokens=3, plugins={"http": {
+        "max_concurrent_requests": LIMIT, "max_body_seconds": HOLD_SECONDS + 60}})
 
 
 class Trickle:
@@ -61,9 +64,13 @@ class Trickle:
                     self.closed_by_server += 1
             open_ = still
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop feeding the sockets (they stay open)."""
         self._stop.set()
         self._thread.join(10)
+
+    def stop(self) -> None:
+        self.halt()
         for s, _ in self.sockets:
             s.close()
 
@@ -112,3 +119,45 @@ def admission_of(app):
         layer = getattr(layer, "app", None)
     assert layer is not None
     return layer
+
+
+def test_slow_bodies_taking_every_request_slot_get_a_408_and_chat_answers_again(make_engine, tiny_base):
+    from http_server import LiveServer
+
+    slots = 8
+    engine = make_engine(tiny_base, temperature=0, max_new_tokens=3, plugins={"http": {
+        "max_concurrent_requests": slots, "max_body_seconds": 2}})
+    live = LiveServer(engine)
+    trickle = Trickle(live.port, 0, slots)  # as many slow bodies as there are request slots
+    try:
+        time.sleep(0.5)
+        chat = {"model": "pixel", "max_tokens": 3, "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]}
+        during = httpx.post(live.url + "/v1/chat/completions", json=chat, timeout=60)
+        assert during.status_code == 503  # every slot held by a body arriving a byte at a time
+        # Within max_body_seconds each slow body is answered 408 and its connection closed: the slots come back.
+        time.sleep(2.5)
+        trickle.halt()
+        answers = [read_to_the_end(s) for s, _ in trickle.sockets]
+        assert all(a.startswith("HTTP/1.1 408 ") and "body_timeout" in a and "max_body_seconds" in a
+                   for a in answers), answers
+        after = httpx.post(live.url + "/v1/chat/completions", json=chat, timeout=60)
+        assert after.status_code == 200, after.text
+    finally:
+        trickle.stop()
+        live.close()
+    # Logged: the one chat answered; nothing of the refused one or of the slow bodies.
+    asked = engine.store.query("select user_id, text from messages where role = 'user'")
+    assert asked == [{"user_id": "http:anonymous", "text": "Hi"}]
+
+
+def read_to_the_end(s: socket.socket) -> str:
+    """What the server sent before it closed the connection (waiting up to 30 s for it to close)."""
+    s.setblocking(True)
+    s.settimeout(30)
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass  # closed with our unread bytes in its buffer: a reset after the answer
+    return data.decode("latin-1")

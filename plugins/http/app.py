@@ -60,7 +60,7 @@ def create_app(engine, settings, keys: list[str] | None = None):
     limits = app.state.limits = Limits.of(settings.plugin_settings("http"))
     created = int(time.time())
     # Middleware added later wraps what came before. A body over the limit is refused before anything parses it.
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, seconds=limits.max_body_seconds)
     # Outside the body limit: a request over the concurrency limit holds no buffered body.
     app.add_middleware(Admission, limit=limits.max_concurrent_requests, refusals=refusals)
     # Outside both: a client without a key learns nothing, not even the limits.
