@@ -1,5 +1,5 @@
-"""Request limits of the HTTP API ([plugins.http] max_body_bytes, max_body_seconds, max_messages,
-max_message_chars, max_concurrent_requests)."""
+"""Request limits of the HTTP API ([plugins.http] max_body_bytes, max_header_seconds, max_body_seconds,
+max_messages, max_message_chars, max_concurrent_requests)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576  # 1 MiB: a long chat of short messages, neve
 # A body sent a byte at a time holds a request slot while it lasts: 256 such clients would refuse everyone
 # else (tests/test_slowloris.py). Past this the request gets a 408 and its connection is closed.
 DEFAULT_MAX_BODY_SECONDS = 30
+# Headers still incomplete after this close the connection (plugins/http/deadline.py): slowloris sockets.
+DEFAULT_MAX_HEADER_SECONDS = 10
 DEFAULT_MAX_MESSAGES = 500
 DEFAULT_MAX_MESSAGE_CHARS = 32_000
 # Requests in progress at once (streams included): past it, a 503 with Retry-After. With the body limit it
@@ -27,6 +29,7 @@ class Limits:
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_body_seconds: int = DEFAULT_MAX_BODY_SECONDS
+    max_header_seconds: int = DEFAULT_MAX_HEADER_SECONDS
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
@@ -37,8 +40,8 @@ class Limits:
         from runtime.config import ConfigError
 
         values = {}
-        for name in ("max_body_bytes", "max_body_seconds", "max_messages", "max_message_chars",
-                     "max_concurrent_requests"):
+        for name in ("max_body_bytes", "max_body_seconds", "max_header_seconds", "max_messages",
+                     "max_message_chars", "max_concurrent_requests"):
             value = table.get(name, getattr(cls, name))
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"[plugins.http] {name} must be a positive whole number, got {value!r}")
