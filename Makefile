@@ -66,10 +66,10 @@ test: setup vllm
 	$(PY) -m pytest -q
 
 # The slow hostile-input checks at full size: schemathesis (hundreds of requests), SIGKILL mid-stream,
-# SIGKILL at 20 random moments of adds / promotions / training writes, 400 fuzzed adapter folders, floods.
+# SIGKILL at 20 random moments of adds / promotions / training writes, 400 fuzzed adapter folders, floods, slowloris.
 stress: setup
 	PERSONAE_STRESS=1 $(PY) -m pytest -q -s tests/test_http_schemathesis.py tests/test_crash_streams.py \
-		tests/test_crash_matrix.py tests/test_adapter_fuzz.py tests/test_floods.py
+		tests/test_crash_matrix.py tests/test_adapter_fuzz.py tests/test_floods.py tests/test_slowloris.py
 
 bench: setup vllm llamacpp llama-server
 	PERSONAE_BENCH=1 $(PY) -m pytest tests/bench -q -s

@@ -23,7 +23,10 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         # As `personae serve` runs it: no uvicorn limit_concurrency (its 503 is plain text, closes the socket
         # with the body unread, which the client sees as a reset); the app bounds requests itself (admission.py).
-        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=1)
+        from plugins.http.deadline import with_header_deadline
+
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=1,
+                                http=with_header_deadline(self.app.state.limits.max_header_seconds))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()

@@ -29,7 +29,8 @@ def free_port() -> int:
 
 
 def start_server(tiny_model_folder, data_dir: Path, port: int) -> subprocess.Popen:
-    # PYTHONFAULTHANDLER: a server that hangs while starting is sent SIGABRT and writes every thread's stack.
+    # A server slow to listen reports its stacks and the machine's pressure itself (`serve --startup-report`, every
+    # 60 s); one still not listening at 300 s is sent SIGABRT (PYTHONFAULTHANDLER: every thread's stack, GIL or not).
     env = {**os.environ, "PERSONAE_BASE_MODEL": str(tiny_model_folder), "PERSONAE_DATA_DIR": str(data_dir),
            "PERSONAE_MAX_NEW_TOKENS": "400", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     log = open(data_dir.parent / f"server-{port}-{time.monotonic_ns()}.log", "wb")  # a file: a pipe could fill
@@ -44,10 +45,17 @@ def start_server(tiny_model_folder, data_dir: Path, port: int) -> subprocess.Pop
                 return process
         except httpx.HTTPError:
             time.sleep(0.3)
+    # How it waits (S: a lock or a socket; D: the disk, as when memory runs out) before its stacks (SIGABRT).
+    status = Path(f"/proc/{process.pid}/status")
+    state = [line for line in (status.read_text().splitlines() if status.exists() else [])
+             if line.startswith(("State", "Threads", "VmRSS"))]
     process.send_signal(signal.SIGABRT)
     process.wait(30)
-    raise AssertionError("the server did not start in 300 s; its log:\n"
-                         + Path(log.name).read_text(errors="replace")[-6000:])
+    text = Path(log.name).read_text(errors="replace")
+    first = text.find("not listening after")  # the server's own report (every 60 s): stacks and memory pressure
+    raise AssertionError(f"the server did not start in 300 s ({'; '.join(state)}); its first report:\n"
+                         + (text[first:first + 6000] if first >= 0 else "(none)") + "\n... its log's end:\n"
+                         + text[-6000:])
 
 
 def stream(url: str, index: int, seen: dict) -> None:

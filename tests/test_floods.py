@@ -191,13 +191,17 @@ def test_concurrent_http_streams_are_answered_or_refused_politely(make_engine, t
     assert metrics.get(("personae_http_requests_total", "ok"), 0) == len(done)
     assert metrics.get(("personae_http_requests_total", "busy"), 0) == len(refused[429])
     assert metrics.get(("personae_http_request_seconds_count", "503"), 0) == len(refused[503])
+    # And in the log's own account (http_refusals, counted per minute; the server's shutdown writes the last).
+    in_log = {row["status"]: row["n"] for row in engine.store.query(
+        "select status, sum(count) as n from http_refusals group by status")} if refused[429] or refused[503] else {}
+    assert in_log.get(429, 0) == len(refused[429]) and in_log.get(503, 0) == len(refused[503])
 
     def spread(seconds):
         return f"median {statistics.median(seconds) * 1000:.0f} ms, max {seconds[-1] * 1000:.0f} ms" if seconds else "-"
 
     print(f"\nHTTP flood: {STREAMS} concurrent streams in {took:.0f} s: {len(done)} answered, "
           f"{len(refused[429])} told 429 (generator queue full; {spread(refused[429])}), "
-          f"{len(refused[503])} told 503 (request limit; {spread(refused[503])}), 0 resets or drops; "
+          f"{len(refused[503])} told 503 (request limit; {spread(refused[503])}), all in http_refusals, 0 resets or drops; "
           f"RSS {before:.0f} -> peak {peak[0]:.0f} -> {after:.0f} MB; time to reject, median of "
           f"{30 if STRESS else 10}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
     assert len(done) + len(refused[429]) + len(refused[503]) == STREAMS and done

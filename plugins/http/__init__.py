@@ -53,8 +53,11 @@ class HttpPlatform:
             raise RuntimeError(problems[0])
         try:
             engine.generator  # load the model before the first request, not during it
+            from plugins.http.deadline import with_header_deadline
+
             app = create_app(engine, settings)
             config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=5,
+                                    http=with_header_deadline(app.state.limits.max_header_seconds),
                                     log_level=settings.plugin_settings("http").get("log_level", "info"))
             self.server = uvicorn.Server(config)
             threading.Thread(target=self._watch_start, daemon=True).start()

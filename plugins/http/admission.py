@@ -13,8 +13,8 @@ RETRY_AFTER_SECONDS = 2  # a request finishes in seconds; retrying sooner would 
 class Admission:
     """ASGI middleware: at most `limit` requests in progress (a stream counts until its last byte)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, refusals=None):
+        self.app, self.limit, self.refusals = app, limit, refusals
         self.in_progress = 0
 
     async def __call__(self, scope, receive, send):
@@ -25,6 +25,8 @@ class Admission:
                                   f"([plugins.http] max_concurrent_requests); retry in {RETRY_AFTER_SECONDS} s",
                              type="server_error", code="server_busy",
                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            if self.refusals is not None:  # counted in memory; written to the log once a second
+                self.refusals.record(503, error.code, scope.get("path", ""))
             return await refuse(scope, receive, send, error)
         # One event loop: the check above and this increment cannot interleave with another request's.
         self.in_progress += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 # FastAPI resolves endpoint annotations from module globals, so these imports live here; this
@@ -21,6 +22,7 @@ from plugins.http.limits import BodyLimit, Limits
 from plugins.http.metrics import Metrics
 from plugins.http.openai_doc import describe_errors
 from plugins.http.openai_schema import ChatCompletionRequest, FeedbackRequest
+from plugins.http.refusals import RefusalLog
 from runtime.audit.report import latest_report_files
 from runtime.characters import placeholder_avatar
 from runtime.errors import PersonaeError
@@ -43,15 +45,24 @@ class ReplyStreamingResponse(StreamingResponse):
 def create_app(engine, settings, keys: list[str] | None = None):
     """Build the app over an engine; `keys` defaults to $PERSONAE_API_KEYS."""
     keys = auth.api_keys() if keys is None else keys
-    app = FastAPI(title="Personae", summary="Characters behind an OpenAI-compatible API", version="1")
+    refusals = RefusalLog(engine.store)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        refusals.close()  # the refusals counted since the last flush go to the log too
+
+    app = FastAPI(title="Personae", summary="Characters behind an OpenAI-compatible API", version="1",
+                  lifespan=lifespan)
+    app.state.refusals = refusals
     app.state.engine, app.state.settings, app.state.keys = engine, settings, keys
     metrics = app.state.metrics = Metrics(engine)
     limits = app.state.limits = Limits.of(settings.plugin_settings("http"))
     created = int(time.time())
     # Middleware added later wraps what came before. A body over the limit is refused before anything parses it.
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, seconds=limits.max_body_seconds)
     # Outside the body limit: a request over the concurrency limit holds no buffered body.
-    app.add_middleware(Admission, limit=limits.max_concurrent_requests)
+    app.add_middleware(Admission, limit=limits.max_concurrent_requests, refusals=refusals)
     # Outside both: a client without a key learns nothing, not even the limits.
     app.add_middleware(auth.KeyCheck, keys=keys)
     app.add_middleware(metrics.timing_middleware())
@@ -106,7 +117,7 @@ def create_app(engine, settings, keys: list[str] | None = None):
 
     async def respond(body, request: Request, regenerate: bool):
         started = time.perf_counter()
-        replies = await chat.begin(engine, metrics, body, request.headers, regenerate, limits, starting)
+        replies = await chat.begin(engine, metrics, body, request.headers, regenerate, limits, starting, refusals)
         tokens = chat.TokenText(engine.base.tokenizer)
         if body.stream:
             return ReplyStreamingResponse(chat.stream(metrics, body, replies, started, tokens),

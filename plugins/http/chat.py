@@ -179,7 +179,8 @@ class Starting:
         self.count = 0
 
 
-async def begin(engine, metrics, body, headers, regenerate: bool = False, limits=None, starting=None):
+async def begin(engine, metrics, body, headers, regenerate: bool = False, limits=None, starting=None,
+                refusals=None):
     """Resolve, validate and start the replies (one per choice); errors become OpenAI-shaped API errors."""
     from starlette.concurrency import run_in_threadpool
 
@@ -191,15 +192,22 @@ async def begin(engine, metrics, body, headers, regenerate: bool = False, limits
     starting = starting or Starting()
     refusal = getattr(engine.generator_started, "refusal", None)
     busy = refusal(starting.count) if refusal is not None else None
+    route = "/v1/regenerate" if regenerate else "/v1/chat/completions"
     if busy is not None:
         metrics.failed(character.id, "busy")
-        raise APIError.of(busy)
+        error = APIError.of(busy)
+        if refusals is not None:
+            refusals.record(error.status, error.code, route, character.id)
+        raise error
     starting.count += body.n
     try:
         return await run_in_threadpool(start_replies, engine, turn, character, regenerate, body.n)
     except PersonaeError as error:  # busy, nothing to re-roll, a version the registry refuses, no room
         metrics.failed(character.id, "busy" if isinstance(error, Busy) else "invalid")
-        raise APIError.of(error) from None
+        refused = APIError.of(error)
+        if refusals is not None and refused.status in (429, 503):
+            refusals.record(refused.status, refused.code, route, character.id)
+        raise refused from None
     finally:
         starting.count -= body.n
 

@@ -1,13 +1,19 @@
-"""Request limits of the HTTP API ([plugins.http] max_body_bytes, max_messages, max_message_chars,
-max_concurrent_requests)."""
+"""Request limits of the HTTP API ([plugins.http] max_body_bytes, max_header_seconds, max_body_seconds,
+max_messages, max_message_chars, max_concurrent_requests)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from plugins.http.errors import APIError, refuse
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576  # 1 MiB: a long chat of short messages, never a 10 MB paste
+# A body sent a byte at a time holds a request slot while it lasts: 256 such clients would refuse everyone
+# else (tests/test_slowloris.py). Past this the request gets a 408 and its connection is closed.
+DEFAULT_MAX_BODY_SECONDS = 30
+# Headers still incomplete after this close the connection (plugins/http/deadline.py): slowloris sockets.
+DEFAULT_MAX_HEADER_SECONDS = 10
 DEFAULT_MAX_MESSAGES = 500
 DEFAULT_MAX_MESSAGE_CHARS = 32_000
 # Requests in progress at once (streams included): past it, a 503 with Retry-After. With the body limit it
@@ -22,6 +28,8 @@ class Limits:
     """How much one request may carry; each is settable under [plugins.http]."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_seconds: int = DEFAULT_MAX_BODY_SECONDS
+    max_header_seconds: int = DEFAULT_MAX_HEADER_SECONDS
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
@@ -32,7 +40,8 @@ class Limits:
         from runtime.config import ConfigError
 
         values = {}
-        for name in ("max_body_bytes", "max_messages", "max_message_chars", "max_concurrent_requests"):
+        for name in ("max_body_bytes", "max_body_seconds", "max_header_seconds", "max_messages",
+                     "max_message_chars", "max_concurrent_requests"):
             value = table.get(name, getattr(cls, name))
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"[plugins.http] {name} must be a positive whole number, got {value!r}")
@@ -54,10 +63,11 @@ class Limits:
 
 
 class BodyLimit:
-    """ASGI middleware: a 413 naming the limit for bodies over `limit` bytes, declared or streamed."""
+    """ASGI middleware: a 413 naming the limit for bodies over `limit` bytes, declared or streamed; a 408 for
+    bodies still arriving after `seconds`."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, seconds: float = DEFAULT_MAX_BODY_SECONDS):
+        self.app, self.limit, self.seconds = app, limit, seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -67,8 +77,13 @@ class BodyLimit:
             return await refuse(scope, receive, send, self.too_large())
         # Chunked or lying clients: read the body here, at most limit + 1 bytes, then replay it.
         chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.seconds
         while more:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                return await refuse(scope, None, send, self.too_slow())
             if message["type"] != "http.request":
                 return await self.app(scope, _replay([], message, receive), send)
             body = message.get("body", b"")
@@ -79,6 +94,12 @@ class BodyLimit:
             chunks.append(body)
         whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay([whole], None, receive), send)
+
+    def too_slow(self) -> APIError:
+        # The rest of the body is never read: the connection closes after the answer.
+        return APIError(408, f"the request body did not arrive within {self.seconds} s "
+                             f"([plugins.http] max_body_seconds); send it at once", code="body_timeout",
+                        headers={"Connection": "close"})
 
     def too_large(self) -> APIError:
         return APIError(413, f"the request body is larger than the limit of {self.limit} bytes "

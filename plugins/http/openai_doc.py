@@ -1,4 +1,4 @@
-"""The OpenAPI document says what the server answers: 400/401/404/413/429/503 in OpenAI's error shape, never 422."""
+"""The OpenAPI document says what the server answers: 400/401/404/408/413/429/503 in OpenAI's error shape, never 422."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ WHY = {
     "400": "The request is malformed or a value is out of range; the message names the field",
     "401": "A valid API key is required (only when keys are configured)",
     "404": "No such character, version, message or file",
+    "408": "The request body did not arrive within [plugins.http] max_body_seconds; the connection closes",
     "413": "The request body is larger than [plugins.http] max_body_bytes",
     "429": "The generator is busy; retry after the Retry-After header's seconds",
     "500": "A bug; the body says only that it happened, the server's log has the details",
@@ -69,7 +70,7 @@ def _error_responses(path: str, method: str) -> dict:
         return {}
     statuses = ["401", "500", "503"]
     if method == "post":
-        statuses += ["400", "413"]
+        statuses += ["400", "408", "413"]
     if "{" in path or path in ("/v1/chat/completions", "/v1/regenerate", "/v1/feedback"):
         statuses.append("404")
     if path in ("/v1/chat/completions", "/v1/regenerate"):

@@ -22,10 +22,14 @@ def registered_platforms(pm) -> list:
               help="Serve the OpenAI-compatible API and web chat (default 127.0.0.1:8000).")
 @click.option("--no-scheduler", is_flag=True, help="Don't run scheduled retraining and audits here.")
 @click.option("--check", is_flag=True, help="Validate the configuration of each platform without connecting.")
+@click.option("--startup-report", type=float, default=60, show_default=True, envvar="PERSONAE_STARTUP_REPORT_SECONDS",
+              metavar="SECONDS", help="While a platform is not listening after this long, print every thread's "
+              "stack and the machine's memory pressure to stderr, again each time as long (0: never).")
 @friendly_errors
-def serve(http, no_scheduler, check):
+def serve(http, no_scheduler, check, startup_report):
     """Serve characters on every configured platform (Discord when DISCORD_TOKEN is set)."""
     from runtime.chat.build import build_engine
+    from runtime.cli.startup_watch import StartupWatch
     from runtime.config import load_settings
     from runtime.plugins import get_plugin_manager
 
@@ -46,6 +50,15 @@ def serve(http, no_scheduler, check):
         raise click.ClickException("; ".join(problems))
     if not wanted:
         raise click.ClickException("no platform is configured: set DISCORD_TOKEN for Discord, or pass --http HOST:PORT")
+    started: list = []  # the platforms' threads, once they run
+
+    def not_listening() -> list[str]:
+        # A platform with a `started` event says when it listens; one without is taken at its thread's word.
+        if not started:
+            return [p.name for p in wanted]
+        return [p.name for p in wanted if getattr(p, "started", None) is not None and not p.started.is_set()]
+
+    watch = StartupWatch(startup_report, not_listening).start()  # from here: a slow model load is covered too
     engine = build_engine(settings, pm=pm)
     scheduler = None
     if not no_scheduler:
@@ -58,12 +71,14 @@ def serve(http, no_scheduler, check):
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     for thread in threads:
         thread.start()
+    started.extend(threads)
     click.echo(f"serving on: {', '.join(p.name for p in wanted)} (Ctrl-C to stop)")
     try:
         while not stop.is_set() and any(t.is_alive() for t in threads):
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
+    watch.stop()
     for platform in wanted:
         platform.stop()
     if scheduler is not None:
