@@ -166,3 +166,17 @@ def test_own_servers_are_capped_and_a_version_over_the_cap_gets_one_when_a_slot_
     wait_for(lambda: engine.generator.where("full:professor-quill@1").startswith("vllm (own endpoint"), "the slot")
     assert chat(engine, "professor-quill", "quill2")[1]["backend"] == "vllm"
     assert len([e for e in engine.generator.full.versions.values() if e.slot]) == 1
+
+
+def test_cap_and_restart_settings_are_checked():
+    from plugins.vllm.config import parse_config
+    from runtime.config import ConfigError
+
+    config = parse_config({"urls": ["http://127.0.0.1:8000"], "max_full_servers": 0, "restart_attempts": 0})
+    assert (config.max_full_servers, config.restart_attempts, config.restart_backoff) == (0, 0, 5.0)
+    assert parse_config({"urls": ["http://127.0.0.1:8000"]}).max_full_servers == 2  # the default
+    for name, value, problem in (("max_full_servers", -1, "must be 0 or more"), ("restart_backoff", 0, "positive"),
+                                 ("restart_attempts", "three", "is not a number")):
+        with pytest.raises(ConfigError) as error:
+            parse_config({"urls": ["http://127.0.0.1:8000"], name: value})
+        assert f"[plugins.vllm] {name} = " in str(error.value) and problem in str(error.value)

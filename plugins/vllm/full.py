@@ -134,8 +134,14 @@ class FullEndpoints:
         log.info("%s is served by its own vLLM endpoint %s", entry.label, pool.endpoints[0].url)
 
     def _set_local(self, entry: FullEndpoint, reason: str) -> None:
-        with entry.lock:
-            self._to_local(entry, reason)
+        """_to_local from a keeper thread: a failure is logged (its requests meet it), the keeper carries on."""
+        try:
+            with entry.lock:
+                self._to_local(entry, reason)
+        except Exception as error:  # noqa: BLE001 - e.g. the local generator cannot hold the model
+            log.error("%s: the local generator cannot answer it either (%s)", entry.label, error)
+            entry.fallback = reason
+            entry.ready.set()
 
     # --- full_urls: the operator's server ----------------------------------------------------------
 
@@ -251,9 +257,11 @@ class FullEndpoints:
             if entry.slot or len(running) < self.config.max_full_servers:
                 entry.slot = True
                 return True
-        self._set_local(entry, f"max_full_servers = {self.config.max_full_servers} own vLLM servers run already "
-                               f"({', '.join(running) or 'none allowed'}); it gets one when one of them stops "
-                               "(raise max_full_servers, or give it a full_urls server)")
+        cap = self.config.max_full_servers
+        self._set_local(entry, f"max_full_servers = {cap} own vLLM servers run already ({', '.join(running)}); it "
+                               "gets one when one of them stops (raise max_full_servers, or give it a full_urls "
+                               "server)" if cap else "max_full_servers = 0: Personae starts no vLLM servers for "
+                                                     "full versions (raise it, or give it a full_urls server)")
         return False
 
     def _free_slot(self, entry: FullEndpoint) -> None:

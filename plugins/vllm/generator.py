@@ -364,9 +364,9 @@ class VllmGenerator:
         if self._closed:
             return
         self._closed = True
+        self.full.close()  # first: its keepers may still hand a version to the local generator
         if self._fallback is not None:
             self._fallback.close()
-        self.full.close()
         for name in list(self._adapters):  # servers may outlive us: leave them as we found them
             self.unload_adapter(name)
         self.client.close()
