@@ -117,7 +117,7 @@ class FullEndpoints:
         if entry.removed:
             entry.ready.set()  # nobody should wait on a version that is gone
             return
-        if not entry.local_loaded:
+        if entry.pool is not None or not entry.local_loaded:  # (again after a spell on vLLM freed it: a no-op if not)
             self.local().load_model(entry.label, entry.loader)
             entry.local_loaded = True
         if reason != entry.fallback:

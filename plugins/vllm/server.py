@@ -99,6 +99,11 @@ class ManagedServer:
 
     def start(self, timeout: float) -> "ManagedServer":
         """Start the process (again, after it exited) and wait until /health answers; a one-line VllmStartError otherwise."""
+        self.launch()
+        return self.wait_healthy(timeout)
+
+    def launch(self) -> "ManagedServer":
+        """Start the process without waiting for it (a no-op while it runs); wait_healthy() waits."""
         if self.process is not None and self.running():
             return self
         if self.returncode is not None and not port_free(self.host, self.port):
@@ -118,6 +123,10 @@ class ManagedServer:
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         atexit.register(self.stop)
         log.info("starting vLLM on %s (log: %s)", self.url, self.log_path)
+        return self
+
+    def wait_healthy(self, timeout: float) -> "ManagedServer":
+        """Wait until the launched server's /health answers; stopped, with a one-line VllmStartError, if it does not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             process = self.process
