@@ -85,7 +85,7 @@ def test_an_own_server_that_dies_is_started_again_and_local_answers_meanwhile(ma
     gate.touch()
     wait_for(lambda: engine.generator.where("full:pixel@1").startswith("vllm (own endpoint"), "vLLM again")
     reply, meta = chat(engine, channel="again")
-    assert meta["backend"] == "vllm" and meta["endpoint"] == own.server.url
+    assert meta["backend"] == "vllm" and meta["endpoint"] == own.server.url == url  # its port was free again
     assert reply.stream.text.startswith(f"fake vLLM on port {own.server.port}")
     log = own.server.log_path.read_text()  # one log, both starts in it
     assert log.count("--- ") == 2 and log.count("fake vLLM start") == 2 and "fake vLLM start 2" in log
