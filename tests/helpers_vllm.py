@@ -22,14 +22,15 @@ def ensure_vllm() -> None:
         subprocess.run(["make", "-s", "vllm"], cwd=REPO, check=True)
 
 
-def start_server(model_folder, log_dir, args=TEST_ARGS, timeout: float = 900):
-    """A vLLM server on the model folder, started the way the backend's `command` starts one."""
+def start_server(model_folder, log_dir, args=TEST_ARGS, timeout: float = 900, wait: bool = True):
+    """A vLLM server on the model folder, started the way the backend's `command` starts one (wait=False: launched
+    only, so it loads while the caller does other work; `.wait_healthy(timeout)` before using it)."""
     from plugins.vllm.server import ManagedServer
 
     ensure_vllm()
     server = ManagedServer(VLLM_COMMAND, model_folder, args=list(args), env=TEST_ENV, log_dir=log_dir,
                            max_loras=4, max_lora_rank=16)
-    return server.start(timeout)
+    return server.start(timeout) if wait else server.launch()
 
 
 def load_lora(url: str, name: str, folder) -> None:

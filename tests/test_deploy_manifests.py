@@ -87,3 +87,40 @@ def test_adapters_are_shared_at_the_path_personae_hands_to_vllm(objects):
     claim = objects["PersistentVolumeClaim", "personae-adapters"]
     assert "ReadWriteMany" in claim["spec"]["accessModes"]  # Personae writes, every vLLM pod reads
     assert personae["spec"]["replicas"] == 1 and personae["spec"]["strategy"]["type"] == "Recreate"  # one SQLite writer
+
+
+def test_every_full_version_in_full_urls_has_a_vllm_deployment_on_its_materialised_folder(objects, tmp_path,
+                                                                                         monkeypatch):
+    from urllib.parse import urlparse
+
+    from adapters.materialise import MARKER, materialised_folder
+
+    toml = tmp_path / "personae.toml"
+    toml.write_text(objects["ConfigMap", "personae-config"]["data"]["personae.toml"])
+    monkeypatch.setenv("PERSONAE_CONFIG", str(toml))
+    vllm = parse_config(load_settings().plugin_settings("vllm"))
+    personae = objects["Deployment", "personae"]
+    env = {e["name"]: e.get("value") for e in container(personae)["env"]}
+    registry_root = f"{env['PERSONAE_DATA_DIR']}/adapters"  # where Personae materialises versions
+    settings = objects["ConfigMap", "vllm-settings"]["data"]
+    assert vllm.full_urls
+    for ref, url in vllm.full_urls.items():
+        host, port = urlparse(url).hostname, urlparse(url).port
+        service = objects["Service", host]
+        workload = next(d for (kind, _), d in objects.items() if kind == "Deployment" and
+                        d["spec"]["template"]["metadata"]["labels"] == service["spec"]["selector"])
+        assert service["spec"]["ports"][0]["port"] == port
+        character, number = ref.split("@")
+        folder = str(materialised_folder(registry_root, character, int(number)))
+        spec = workload["spec"]["template"]["spec"]
+        # The server runs on the very folder Personae builds on the shared volume, as a plain model (no LoRA) ...
+        assert mounts(workload)[registry_root] == mounts(personae)[registry_root] == "personae-adapters"
+        args = expand(container(workload)["args"], settings)
+        ours = ManagedServer(["vllm"], folder, host="0.0.0.0", port=port, lora=False)  # what full_command runs
+        assert args[:len(ours.argv) - 1] == ours.argv[1:] and "--enable-lora" not in args
+        assert args[args.index("--tensor-parallel-size") + 1] == settings["TENSOR_PARALLEL_SIZE"]
+        assert str(container(workload)["resources"]["limits"]["nvidia.com/gpu"]) == settings["TENSOR_PARALLEL_SIZE"]
+        # ... and starts once the folder is complete: the marker is the last file Personae writes there.
+        waiting = spec["initContainers"][0]
+        assert f"{folder}/{MARKER}" in waiting["args"][0] and registry_root in [
+            m["mountPath"] for m in waiting["volumeMounts"]]

@@ -169,19 +169,27 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(smollm2_folder, tmp_path_factory):
-    """One vLLM CPU server on the real SmolLM2 for the module ($VLLM_TEST_URL: one already running, while developing)."""
+def vllm_launched(smollm2_folder, tmp_path_factory):
+    """One vLLM CPU server on the real SmolLM2 for the module, launched ($VLLM_TEST_URL: one already running)."""
     if os.environ.get("VLLM_TEST_URL"):
-        yield SimpleNamespace(url=os.environ["VLLM_TEST_URL"])
+        url = os.environ["VLLM_TEST_URL"]
+        yield SimpleNamespace(url=url, wait_healthy=lambda timeout: SimpleNamespace(url=url))
         return
-    server = start_server(smollm2_folder, tmp_path_factory.mktemp("vllm-logs"))
+    server = start_server(smollm2_folder, tmp_path_factory.mktemp("vllm-logs"), wait=False)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def loras(real_base, tmp_path_factory):
-    """Two real PEFT LoRAs on SmolLM2 (q/k/v/o, rank 8), and one hybrid with modules_to_save."""
+def vllm_server(vllm_launched):
+    """The module's server, once it answers."""
+    return vllm_launched.wait_healthy(900)
+
+
+@pytest.fixture(scope="module")
+def loras(real_base, vllm_launched, tmp_path_factory):
+    """Two real PEFT LoRAs on SmolLM2 (q/k/v/o, rank 8), and one hybrid with modules_to_save (trained while the
+    module's vLLM server loads: both take tens of seconds, and vLLM's start is mostly one core)."""
     root = tmp_path_factory.mktemp("vllm-loras")
     made = {f"v{i}": train_tiny_lora(real_base, root / f"v{i}", steps=2, rank=8, seed=i, target_modules=TARGETS,
                                      lr=3e-2) for i in (1, 2)}
@@ -190,7 +198,7 @@ def loras(real_base, tmp_path_factory):
 
 
 @pytest.mark.real_model
-def test_two_lora_characters_answer_through_vllm_like_vllm_itself(make_engine, real_base, vllm_server, loras):
+def test_two_lora_characters_answer_through_vllm_like_vllm_itself(make_engine, real_base, loras, vllm_server):
     engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url])
     engine.weights.registry.add(loras["v1"], "pixel", activate=True)
     engine.weights.registry.add(loras["v2"], "professor-quill", activate=True)
@@ -319,20 +327,24 @@ def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server
     try:
         engine = vllm_engine(make_engine, real_base, urls=[vllm_server.url, second.url], retry_dead=600)
         engine.weights.registry.add(loras["v1"], "pixel", activate=True)
-        # 800 tokens each: min_tokens holds back end-of-sequence, and the only stop string (the user's name,
+        # 200 tokens each: min_tokens holds back end-of-sequence, and the only stop string (the user's name,
         # which vLLM's min_tokens does not hold back) is one the model never writes ("\nAnn:" once ended a reply
-        # early). On a quiet machine 400 tokens were done before the kill, so the kill no longer waits on us.
-        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=800, min_new_tokens=800, user_name="Qzx7")
+        # early). The kill comes as soon as every reply there has streamed text and none has finished, so they are
+        # mid-stream for sure. (Waiting for vLLM's /metrics to count them running needed 800-token replies: on a
+        # quiet machine 400 were done before it did. Those 800 tokens on the surviving server were the slowest
+        # part of this file.)
+        replies = [chat(engine, "pixel", f"spread{i}", max_new_tokens=200, min_new_tokens=200, user_name="Qzx7")
                    for i in range(4)]
         by_endpoint = {r.stream.served_by["endpoint"] for r in replies}
         assert by_endpoint == {vllm_server.url, second.url}  # least outstanding spreads them
         assert "pixel@1" in served_models(second.url)  # every endpoint got the adapter it needed
         on_second = [r for r in replies if r.stream.served_by["endpoint"] == second.url]
-        # Kill the second server the moment vLLM itself reports our requests running there: mid-stream for sure.
+        # Kill the second server the moment every reply there has streamed text and none has finished: mid-stream.
         deadline = time.monotonic() + 120
-        while running_requests(second.url) < len(on_second) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(r.stream.finish_reason is None for r in on_second), [r.stream.text for r in on_second]
+        while not all(r.stream.text for r in on_second) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(r.stream.text and r.stream.finish_reason is None for r in on_second), \
+            [(r.stream.text, r.stream.finish_reason) for r in on_second]
         os.killpg(second.process.pid, 9)  # the second server dies mid-stream
         for reply in replies:
             if reply.stream.served_by["endpoint"] == second.url:
@@ -354,8 +366,8 @@ def test_two_endpoints_one_killed_mid_stream(make_engine, real_base, vllm_server
 
 @pytest.fixture(scope="module")
 def full_model(real_base, tmp_path_factory):
-    """A real full fine-tune of SmolLM2 (every tensor, 2 AdamW steps): stored as an int8 delta by the registry."""
-    return train_tiny_full(real_base, tmp_path_factory.mktemp("vllm-full") / "full", steps=2, lr=1e-3, seed=3)
+    """A real full fine-tune of SmolLM2 (every tensor, one AdamW step): stored as an int8 delta by the registry."""
+    return train_tiny_full(real_base, tmp_path_factory.mktemp("vllm-full") / "full", steps=1, lr=1e-3, seed=3)
 
 
 @pytest.mark.real_model

@@ -11,7 +11,9 @@ from urllib.parse import urlparse
 from runtime.config import ConfigError
 
 KEYS = ("urls", "command", "args", "host", "port", "start_timeout", "request_timeout", "max_loras",
-        "max_lora_rank", "retry_dead", "env", "log_dir", "full_urls", "full_command")
+        "max_lora_rank", "retry_dead", "env", "log_dir", "full_urls", "full_command", "max_full_servers",
+        "restart_attempts", "restart_backoff")
+ZERO_ALLOWED = ("port", "max_full_servers", "restart_attempts")  # 0: a free port, no own servers, no restarts
 FULL_REF = re.compile(r"^[a-z0-9][a-z0-9._-]*@[0-9]+$")
 
 
@@ -36,6 +38,11 @@ class VllmConfig:
     # start one on it (like `command`; `args`, `host`, `env` apply too). Neither: the local generator answers.
     full_urls: dict = field(default_factory=dict)
     full_command: list[str] = field(default_factory=list)
+    # Each own server is a whole model plus its KV cache (on a GPU, vLLM takes most of its memory): at most this
+    # many run at once; 2 lets a promotion from one full version to the next overlap. 0: none (answered locally).
+    max_full_servers: int = 2
+    restart_attempts: int = 3  # an own server that fails or dies is started again this many times in a row
+    restart_backoff: float = 5.0  # seconds before the first restart, doubled for each next one (up to 5 minutes)
 
 
 def _url(value, key: str = "urls") -> str:
@@ -76,14 +83,16 @@ def parse_config(table: dict) -> VllmConfig:
         if name in table:
             setattr(config, name, str(table[name]))
     for name, kind in (("port", int), ("max_loras", int), ("max_lora_rank", int), ("start_timeout", float),
-                       ("request_timeout", float), ("retry_dead", float)):
+                       ("request_timeout", float), ("retry_dead", float), ("max_full_servers", int),
+                       ("restart_attempts", int), ("restart_backoff", float)):
         if name in table:
             try:
                 value = kind(table[name])
             except (TypeError, ValueError):
                 raise ConfigError(f"[plugins.vllm] {name} = {table[name]!r} is not a number") from None
-            if value < 0 or (value == 0 and name != "port"):
-                raise ConfigError(f"[plugins.vllm] {name} = {table[name]!r} must be positive")
+            if value < 0 or (value == 0 and name not in ZERO_ALLOWED):
+                least = "0 or more" if name in ZERO_ALLOWED else "positive"
+                raise ConfigError(f"[plugins.vllm] {name} = {table[name]!r} must be {least}")
             setattr(config, name, value)
     env = table.get("env", {})
     if not isinstance(env, dict):

@@ -99,7 +99,7 @@ class VllmGenerator:
         self._local: dict[str, str] = {}  # label -> why the local generator serves it
         self._fallback = None
         self.full = FullEndpoints(config, self.client, Path(config.log_dir or settings.data_path / "logs"),
-                                  self._full_locally)
+                                  self.local)
         self._outstanding = 0
         self._closed = False
         # End-of-sequence has no logprob entry locally either.
@@ -221,24 +221,35 @@ class VllmGenerator:
         """Send a request to the least busy live endpoint and stream its reply; busy or unreachable: raise."""
         if self._closed:
             raise RuntimeError("the vLLM backend is closed")
-        full = self.full.get(request.adapter)
-        if full is not None and not full.ready.wait(self.config.start_timeout + 60):
-            raise BackendUnavailable(f"the vLLM server for {request.adapter} is still starting; send the message "
-                                     "again in a while")
+        full, pool = self.full.get(request.adapter), self.pool
+        if full is not None:
+            if not full.ready.wait(self.config.start_timeout + 60):
+                raise BackendUnavailable(f"the vLLM server for {request.adapter} is still starting; send the "
+                                         "message again in a while")
+            pool = self.full.route(full)  # None: its endpoint is down, starting again, or over the cap
+            if pool is None:
+                return self._submit_locally(request, full.fallback)
         if request.adapter in self._local:
-            stream = self.local().submit(request)
-            stream.served_by = {"backend": "local", "fallback": self._local[request.adapter]}
-            return stream
+            return self._submit_locally(request, self._local[request.adapter])
         with self._lock:
             if self._outstanding >= self.settings.max_queue:
                 raise GeneratorBusy(retry_after=1 + self._outstanding / max(1, len(self.pool.endpoints)) / 8)
             self._outstanding += 1
         try:
-            return self._send(request, full.pool if full is not None and not full.fallback else self.pool)
-        except BaseException:
+            return self._send(request, pool)
+        except BaseException as error:
             with self._lock:
                 self._outstanding -= 1
-            raise
+            if full is None or not isinstance(error, BackendUnavailable):
+                raise
+        # A full version's own endpoint did not answer (e.g. its server died a moment ago): local, saying why.
+        self.full.unanswered(full, pool)
+        return self._submit_locally(request, full.fallback)
+
+    def _submit_locally(self, request: Request, reason: str) -> ReplyStream:
+        stream = self.local().submit(request)
+        stream.served_by = {"backend": "local", "fallback": reason}
+        return stream
 
     def _send(self, request: Request, pool: EndpointPool) -> ReplyStream:
         """To the least busy live endpoint of the pool (the base's, or a full version's own)."""
@@ -353,9 +364,9 @@ class VllmGenerator:
         if self._closed:
             return
         self._closed = True
+        self.full.close()  # first: its keepers may still hand a version to the local generator
         if self._fallback is not None:
             self._fallback.close()
-        self.full.close()
         for name in list(self._adapters):  # servers may outlive us: leave them as we found them
             self.unload_adapter(name)
         self.client.close()
