@@ -28,7 +28,8 @@ def test_piped_chat_on_real_smollm2_logs_both_turns(tmp_path, smollm2_folder):
         ("user", "Who are you?"), ("user", "What is your ship called?")]
     replies = [r for r in rows if r["role"] == "assistant" and r["reply_to"]]
     assert len(replies) == 2 and all(r["completion_tokens"] > 0 for r in replies)
-    assert all(r["weights_version"] == "base" and r["platform"] == "console" for r in replies)
+    # `make chat` serves the character's own weights: the LoRA Mara ships, adopted as version 1.
+    assert all(r["weights_version"] == "lora:captain-mara-voss@1" and r["platform"] == "console" for r in replies)
 
 
 def test_console_commands_swap_regen_and_unknown(tmp_path, smollm2_folder, tiny_model_folder, monkeypatch):

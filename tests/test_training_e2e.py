@@ -22,7 +22,7 @@ def test_scheduled_retrain_trains_gates_promotes_and_the_running_engine_swaps(ma
     engine = make_engine(real_base, training=TRAINING)
     before = ask(engine, "Hello Pixel!")
     before.result()
-    assert before.message["weights_version"] == "base"
+    assert before.message["weights_version"] == "lora:pixel@1"  # the weights Pixel ships, adopted on first use
     log_many(engine.store, 24, user_id="u1", channel="c1")
     log_many(engine.store, 12, user_id="u2", channel="c2", start=24)
 
@@ -48,4 +48,4 @@ def test_scheduled_retrain_trains_gates_promotes_and_the_running_engine_swaps(ma
     # The same engine, never restarted, now answers with the promoted version (hot swap).
     after = ask(engine, "Hello again, Pixel!")
     after.result()
-    assert after.message["weights_version"] == active.label == "lora:pixel@1"
+    assert after.message["weights_version"] == active.label == "lora:pixel@2"
