@@ -8,10 +8,22 @@ in the KV cache, so a new prompt repeating a slot's start (the card, earlier tur
 from __future__ import annotations
 
 import ctypes
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import PersonaeError
+
+log = logging.getLogger("personae.llamacpp")
+# Why an OpenMP build is slow here: ggml's barriers (one per op, ~900 per token) are then libgomp's, and
+# libgomp shares one count of pooled threads with torch (the same libgomp.so.1 is loaded once per
+# process). Once torch has used several threads on any other thread (loading, training, the fp32 path),
+# that count passes the core count and libgomp sleeps at every barrier instead of spinning: ~880
+# voluntary context switches per token instead of ~3, half the decode speed (issue 17).
+OPENMP_WARNING = ("llama.cpp is built with OpenMP: with torch in the same process its threads sleep at "
+                  "every step and decode at about half speed; rebuild it without: `make llamacpp` (or "
+                  "CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install --force-reinstall --no-deps --no-cache-dir "
+                  "llama-cpp-python==0.3.36)")
 
 
 class LlamaCppError(PersonaeError, RuntimeError):
@@ -27,7 +39,8 @@ def bindings():
         from llama_cpp import _logger
     except ImportError:
         raise LlamaCppError("backend 'llamacpp' needs llama-cpp-python: run `make llamacpp` (it compiles "
-                            "llama.cpp, ~10 min on 2 cores) or `pip install llama-cpp-python==0.3.36`") from None
+                            "llama.cpp, ~10 min on 2 cores) or `CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install "
+                            "llama-cpp-python==0.3.36`") from None
     _logger.set_verbose(False)
     return llama_cpp
 
@@ -45,6 +58,9 @@ class Model:
             raise LlamaCppError(f"llama.cpp could not load {path} (is it a GGUF model file?)")
         self.path, self.threads = path, threads
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.lib.llama_model_get_vocab(self.handle))
+        self.openmp = uses_openmp(self.lib)
+        if self.openmp and threads > 1:
+            log.warning(OPENMP_WARNING)
 
     def adapter(self, path: Path):
         """Load a LoRA GGUF made for this model."""
@@ -60,6 +76,11 @@ class Model:
         if self.handle:
             self.lib.llama_model_free(self.handle)
             self.handle = None
+
+
+def uses_openmp(lib) -> bool:
+    """Whether this llama.cpp's CPU backend runs its threads on OpenMP (its system info says `OPENMP = 1`)."""
+    return "OPENMP = 1" in lib.llama_print_system_info().decode(errors="replace")
 
 
 @dataclass
