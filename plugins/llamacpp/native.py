@@ -15,7 +15,7 @@ from pathlib import Path
 from runtime.errors import PersonaeError
 
 log = logging.getLogger("personae.llamacpp")
-# Why an OpenMP build is slow here: ggml's barriers (one per op, ~900 per token) are then libgomp's, and
+# Why an OpenMP build is slow here: ggml's barriers (one after each op, hundreds per token) are libgomp's, and
 # libgomp shares one count of pooled threads with torch (the same libgomp.so.1 is loaded once per
 # process). Once torch has used several threads on any other thread (loading, training, the fp32 path),
 # that count passes the core count and libgomp sleeps at every barrier instead of spinning: ~880

@@ -59,7 +59,7 @@ class OurWorker:
     def __init__(self, threads: int, tokens: int, log_path):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         self.log = open(log_path, "w")  # noqa: SIM115 - the worker's stderr, open for its whole life
-        self.process = subprocess.Popen([sys.executable, __file__, str(threads), str(tokens)], cwd=REPO, env=env,
+        self.process = subprocess.Popen([sys.executable, __file__, str(threads), str(tokens)], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
         ready = self._read()
         if ready.get("served_by") != "llamacpp":
