@@ -50,7 +50,8 @@ $(LLAMACPP_STAMP): $(STAMP)
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF" $(PY) -m pip install --quiet --no-cache-dir \
 		--force-reinstall --no-deps llama-cpp-python==$(LLAMACPP_VERSION)
 	$(PY) -m pip install --quiet llama-cpp-python==$(LLAMACPP_VERSION)
-	$(PY) -c "import llama_cpp, sys; sys.exit('OPENMP = 1' in llama_cpp.llama_print_system_info().decode())"
+	$(PY) -c "import llama_cpp, sys; 'OPENMP = 1' in llama_cpp.llama_print_system_info().decode() and \
+		sys.exit('llama-cpp-python was still built with OpenMP')"
 	touch $(LLAMACPP_STAMP)
 
 llamacpp: $(LLAMACPP_STAMP)
