@@ -1,6 +1,7 @@
 """backend = "llamacpp" next to torch: a lone decode keeps llama.cpp's own threads spinning at its barriers even
-after torch has run on several threads elsewhere in the process, and an OpenMP build of llama.cpp (which shares
-libgomp with torch and then sleeps at every barrier, half the speed) is named with its fix.
+after torch has run on several threads elsewhere in the process, lanes keep a lasting thread pool, and an OpenMP
+build of llama.cpp (which shares libgomp with torch and then sleeps at every barrier, half the speed) is named
+with its fix.
 
 Counts, not timings: an OpenMP build with torch's extra threads alive makes ~880 voluntary context switches per
 token on SmolLM2 (two per op barrier); llama.cpp's own threads make a few.
@@ -22,8 +23,8 @@ pytestmark = [pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
 TOKENS = 16
 
 
-def test_an_openmp_build_is_named_with_its_fix(caplog):
-    from plugins.llamacpp.native import Model, bindings, uses_openmp
+def test_an_openmp_build_is_named_with_its_fix_and_lanes_keep_a_thread_pool(caplog):
+    from plugins.llamacpp.native import Lane, Model, bindings, uses_openmp
     from runtime.models.base import packaged_gguf
 
     info = bindings().llama_print_system_info().decode()
@@ -32,6 +33,9 @@ def test_an_openmp_build_is_named_with_its_fix(caplog):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="personae.llamacpp"):
             model = Model(packaged_gguf(), threads)
+        lane = Lane(model, None, 1, 256)
+        assert (lane.pool is not None) == (threads > 1)  # as llama-server: no threads made and joined per decode
+        lane.close()
         model.close()
         warned = [r.getMessage() for r in caplog.records if "OpenMP" in r.getMessage()]
         if model.openmp and threads > 1:  # one thread never enters OpenMP: nothing to warn about

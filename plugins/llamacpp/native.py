@@ -8,6 +8,7 @@ in the KV cache, so a new prompt repeating a slot's start (the card, earlier tur
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ class Lane:
             handles = (self.lib.llama_adapter_lora_p_ctypes * 1)(adapter)
             self.lib.llama_set_adapters_lora(self.ctx, handles, 1, (ctypes.c_float * 1)(1.0))
         self.memory = self.lib.llama_get_memory(self.ctx)
+        self.pool = thread_pool(self.lib, self.ctx, model.threads)
         self.n_batch, self.threads = n_batch, model.threads
         self.batch = self.lib.llama_batch_init(n_batch, 0, 1)
         self.slots = [Slot(i) for i in range(slots)]
@@ -212,6 +214,36 @@ class Lane:
             self.lib.llama_batch_free(self.batch)
             self.lib.llama_free(self.ctx)
             self.ctx = None
+            if self.pool is not None:
+                _ggml(self.lib, "ggml-cpu").ggml_threadpool_free(self.pool)
+
+
+@functools.cache
+def _ggml(lib, name: str):
+    """One of llama-cpp-python's ggml libraries (already loaded with llama.cpp), one object: argtypes stay set."""
+    return ctypes.CDLL(str(Path(lib.__file__).parent / "lib" / f"lib{name}.so"))
+
+
+def thread_pool(lib, ctx, threads: int):
+    """Attach a lasting ggml thread pool to a context, as llama-server does; None where it cannot (a build
+    without these calls): llama.cpp then makes and joins its threads on every decode."""
+    if threads < 2:
+        return None
+    try:
+        base, cpu, llama = _ggml(lib, "ggml-base"), _ggml(lib, "ggml-cpu"), lib.llama_cpp._lib
+        base.ggml_threadpool_params_init.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        cpu.ggml_threadpool_new.argtypes, cpu.ggml_threadpool_new.restype = [ctypes.c_void_p], ctypes.c_void_p
+        cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    params = ctypes.create_string_buffer(2048)  # ggml_threadpool_params: a 512-byte cpu mask and a few fields
+    base.ggml_threadpool_params_init(params, threads)
+    pool = cpu.ggml_threadpool_new(params)
+    if not pool:
+        return None
+    llama.llama_attach_threadpool(ctx, pool, pool)
+    return pool
 
 
 def _floats(lib, ctx, index: int, n_vocab: int):
