@@ -56,7 +56,7 @@ def torch_threads_elsewhere():
         torch.set_num_threads(2)
         matrix = torch.randn(256, 256)
         for _ in range(10):
-            matrix @ matrix  # noqa: B018 - run on OpenMP's team: its pooled thread stays while this one lives
+            matrix @ matrix  # on OpenMP's team: its pooled thread stays while this one lives
         torch.set_num_threads(before)
         ready.set()
         done.wait()
