@@ -40,12 +40,19 @@ vllm: $(VLLM_STAMP)
 # (minutes on 2 cores), so it is its own target, never on the `make chat` path; `make bench` builds it, and
 # llama-server (the bench's reference), from the same pinned release.
 LLAMACPP_VERSION := 0.3.36
-LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed-noomp
 LLAMA_SRC := .cache/llama.cpp
 LLAMA_SERVER := $(LLAMA_SRC)/build/bin/llama-server
 
 $(LLAMACPP_STAMP): $(STAMP)
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet llama-cpp-python==$(LLAMACPP_VERSION)
+	# Without OpenMP: an OpenMP llama.cpp shares libgomp with torch and decodes at half speed once torch has
+	# used several threads in the process (README, "Serving the 4-bit GGUF"). No pip cache: it would hand
+	# back a wheel built with other flags; the second install only adds missing dependencies.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF" $(PY) -m pip install --quiet --no-cache-dir \
+		--force-reinstall --no-deps llama-cpp-python==$(LLAMACPP_VERSION)
+	$(PY) -m pip install --quiet llama-cpp-python==$(LLAMACPP_VERSION)
+	$(PY) -c "import llama_cpp, sys; 'OPENMP = 1' in llama_cpp.llama_print_system_info().decode() and \
+		sys.exit('llama-cpp-python was still built with OpenMP')"
 	touch $(LLAMACPP_STAMP)
 
 llamacpp: $(LLAMACPP_STAMP)

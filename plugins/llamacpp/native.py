@@ -8,10 +8,23 @@ in the KV cache, so a new prompt repeating a slot's start (the card, earlier tur
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import PersonaeError
+
+log = logging.getLogger("personae.llamacpp")
+# Why an OpenMP build is slow here: ggml's barriers (one after each op, hundreds per token) are libgomp's, and
+# libgomp shares one count of pooled threads with torch (the same libgomp.so.1 is loaded once per
+# process). Once torch has used several threads on any other thread (loading, training, the fp32 path),
+# that count passes the core count and libgomp sleeps at every barrier instead of spinning: ~880
+# voluntary context switches per token instead of ~3, half the decode speed (issue 17).
+OPENMP_WARNING = ("llama.cpp is built with OpenMP: with torch in the same process its threads sleep at "
+                  "every step and decode at about half speed; rebuild it without: `make llamacpp` (or "
+                  "CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install --force-reinstall --no-deps --no-cache-dir "
+                  "llama-cpp-python==0.3.36)")
 
 
 class LlamaCppError(PersonaeError, RuntimeError):
@@ -27,7 +40,8 @@ def bindings():
         from llama_cpp import _logger
     except ImportError:
         raise LlamaCppError("backend 'llamacpp' needs llama-cpp-python: run `make llamacpp` (it compiles "
-                            "llama.cpp, ~10 min on 2 cores) or `pip install llama-cpp-python==0.3.36`") from None
+                            "llama.cpp, ~10 min on 2 cores) or `CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install "
+                            "llama-cpp-python==0.3.36`") from None
     _logger.set_verbose(False)
     return llama_cpp
 
@@ -45,6 +59,9 @@ class Model:
             raise LlamaCppError(f"llama.cpp could not load {path} (is it a GGUF model file?)")
         self.path, self.threads = path, threads
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.lib.llama_model_get_vocab(self.handle))
+        self.openmp = uses_openmp(self.lib)
+        if self.openmp and threads > 1:
+            log.warning(OPENMP_WARNING)
 
     def adapter(self, path: Path):
         """Load a LoRA GGUF made for this model."""
@@ -60,6 +77,11 @@ class Model:
         if self.handle:
             self.lib.llama_model_free(self.handle)
             self.handle = None
+
+
+def uses_openmp(lib) -> bool:
+    """Whether this llama.cpp's CPU backend runs its threads on OpenMP (its system info says `OPENMP = 1`)."""
+    return "OPENMP = 1" in lib.llama_print_system_info().decode(errors="replace")
 
 
 @dataclass
@@ -93,6 +115,7 @@ class Lane:
             handles = (self.lib.llama_adapter_lora_p_ctypes * 1)(adapter)
             self.lib.llama_set_adapters_lora(self.ctx, handles, 1, (ctypes.c_float * 1)(1.0))
         self.memory = self.lib.llama_get_memory(self.ctx)
+        self.pool = thread_pool(self.lib, self.ctx, model.threads)
         self.n_batch, self.threads = n_batch, model.threads
         self.batch = self.lib.llama_batch_init(n_batch, 0, 1)
         self.slots = [Slot(i) for i in range(slots)]
@@ -191,6 +214,36 @@ class Lane:
             self.lib.llama_batch_free(self.batch)
             self.lib.llama_free(self.ctx)
             self.ctx = None
+            if self.pool is not None:
+                _ggml(self.lib, "ggml-cpu").ggml_threadpool_free(self.pool)
+
+
+@functools.cache
+def _ggml(lib, name: str):
+    """One of llama-cpp-python's ggml libraries (already loaded with llama.cpp), one object: argtypes stay set."""
+    return ctypes.CDLL(str(Path(lib.__file__).parent / "lib" / f"lib{name}.so"))
+
+
+def thread_pool(lib, ctx, threads: int):
+    """Attach a lasting ggml thread pool to a context, as llama-server does; None where it cannot (a build
+    without these calls): llama.cpp then makes and joins its threads on every decode."""
+    if threads < 2:
+        return None
+    try:
+        base, cpu, llama = _ggml(lib, "ggml-base"), _ggml(lib, "ggml-cpu"), lib.llama_cpp._lib
+        base.ggml_threadpool_params_init.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        cpu.ggml_threadpool_new.argtypes, cpu.ggml_threadpool_new.restype = [ctypes.c_void_p], ctypes.c_void_p
+        cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    params = ctypes.create_string_buffer(2048)  # ggml_threadpool_params: a 512-byte cpu mask and a few fields
+    base.ggml_threadpool_params_init(params, threads)
+    pool = cpu.ggml_threadpool_new(params)
+    if not pool:
+        return None
+    llama.llama_attach_threadpool(ctx, pool, pool)
+    return pool
 
 
 def _floats(lib, ctx, index: int, n_vocab: int):
