@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
-import pytest
+from audit_groups import (
+    BUILTIN_CARDS,
+    FIXTURES,
+    agreement,
+    check_agreement,
+    group_ids,
+    group_rows,
+)
 
 from runtime.characters import load_card
 
-FIXTURES = Path(__file__).parent / "fixtures"
 GROUP = FIXTURES / "audit_heldout3"
 TUNING = FIXTURES / "audit_generalisation"
-BUILTIN_CARDS = Path(__file__).resolve().parents[1] / "plugins" / "characters" / "cards"
-IDS = sorted(p.stem for p in (GROUP / "cards").glob("*.json"))
+IDS = group_ids(GROUP)
 # Held out in the third session (184/208 then, README "Persona audits"); since the fourth session the voice
 # model is fitted on this group too, so these counts are in-sample: a regression check only (replies agreeing
 # out of 208, the worst character's out of 26). Characters the audit never saw are in audit_heldout4.
@@ -22,7 +25,7 @@ MEASURED = {"binary": 192, "worst": 23}
 
 
 def rows(character_id: str) -> list[dict]:
-    return [json.loads(line) for line in (GROUP / "replies" / f"{character_id}.jsonl").read_text().splitlines()]
+    return group_rows(GROUP, character_id)
 
 
 def test_the_group_is_new_big_and_labelled_with_hard_cases():
@@ -51,29 +54,5 @@ def test_the_voice_model_is_fitted_on_this_group_now():
     assert len(model["assistant"]["coef"]) == 384  # the assistant-mode head reads the reply's embedding
 
 
-def agreement() -> dict:
-    """Binary and three-way agreement per character, each scored against the whole catalog."""
-    from runtime.audit import score_replies
-
-    cards = {c: load_card(GROUP / "cards" / f"{c}.json") for c in IDS}
-    catalog = [load_card(p) for p in sorted(BUILTIN_CARDS.glob("*.json"))]
-    catalog += [load_card(p) for p in sorted((TUNING / "cards").glob("*.json"))] + list(cards.values())
-    found = {}
-    for character_id, character in cards.items():
-        labelled = rows(character_id)
-        results = score_replies(character, labelled, others=catalog)
-        binary = sum((r["verdict"] == "aligned") == (row["label"] == "aligned") for row, r in zip(labelled, results))
-        exact = sum(r["verdict"] == row["label"] for row, r in zip(labelled, results))
-        found[character_id] = (binary, exact, len(labelled))
-    return found
-
-
 def test_agreement_with_hand_labels_on_the_third_group():
-    found = agreement()
-    total = sum(n for _, _, n in found.values())
-    binary, exact = sum(b for b, _, _ in found.values()), sum(e for _, e, _ in found.values())
-    print(f"\nheldout3: binary {binary}/{total} = {binary / total:.3f}, three-way {exact}/{total} = {exact / total:.3f}")
-    for character_id, (b, e, n) in found.items():
-        print(f"  {character_id:16s} binary {b}/{n}   three-way {e}/{n}")
-    assert binary >= MEASURED["binary"], f"{binary}/{total} agree, {MEASURED['binary']} were measured"
-    assert min(b for b, _, _ in found.values()) >= MEASURED["worst"], found
+    check_agreement(agreement(GROUP, [TUNING]), "heldout3", MEASURED)

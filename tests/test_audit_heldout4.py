@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
-import pytest
+from audit_groups import (
+    BUILTIN_CARDS,
+    FIXTURES,
+    agreement,
+    check_agreement,
+    group_ids,
+    group_rows,
+)
 
 from runtime.characters import load_card
 
-FIXTURES = Path(__file__).parent / "fixtures"
 GROUP = FIXTURES / "audit_heldout4"
 TUNING = [FIXTURES / "audit_generalisation", FIXTURES / "audit_heldout3"]
-BUILTIN_CARDS = Path(__file__).resolve().parents[1] / "plugins" / "characters" / "cards"
-IDS = sorted(p.stem for p in (GROUP / "cards").glob("*.json"))
+IDS = group_ids(GROUP)
 # Measured once, after the scorer change of the fourth session was chosen on the tuning groups alone (README,
 # "Persona audits"): replies agreeing (aligned vs not) out of 260, and the worst character's out of 26. A
 # regression below either fails. The issue's 90 % overall is NOT reached (86.5 %); every character is >= 80 % (21/26).
@@ -23,7 +26,7 @@ MEASURED = {"binary": 225, "worst": 21}
 
 
 def rows(character_id: str) -> list[dict]:
-    return [json.loads(line) for line in (GROUP / "replies" / f"{character_id}.jsonl").read_text().splitlines()]
+    return group_rows(GROUP, character_id)
 
 
 def test_the_group_is_new_big_and_labelled_with_hard_cases():
@@ -53,31 +56,5 @@ def test_the_voice_model_never_saw_this_group():
     assert GROUP.name not in voice_fit.TUNING_GROUPS
 
 
-def agreement() -> dict:
-    """Binary and three-way agreement per character, each scored against the whole catalog (39 cards)."""
-    from runtime.audit import score_replies
-
-    cards = {c: load_card(GROUP / "cards" / f"{c}.json") for c in IDS}
-    catalog = [load_card(p) for p in sorted(BUILTIN_CARDS.glob("*.json"))]
-    for folder in TUNING:
-        catalog += [load_card(p) for p in sorted((folder / "cards").glob("*.json"))]
-    catalog += list(cards.values())
-    found = {}
-    for character_id, character in cards.items():
-        labelled = rows(character_id)
-        results = score_replies(character, labelled, others=catalog)
-        binary = sum((r["verdict"] == "aligned") == (row["label"] == "aligned") for row, r in zip(labelled, results))
-        exact = sum(r["verdict"] == row["label"] for row, r in zip(labelled, results))
-        found[character_id] = (binary, exact, len(labelled))
-    return found
-
-
 def test_agreement_with_hand_labels_on_the_fourth_held_out_group():
-    found = agreement()
-    total = sum(n for _, _, n in found.values())
-    binary, exact = sum(b for b, _, _ in found.values()), sum(e for _, e, _ in found.values())
-    print(f"\nheldout4: binary {binary}/{total} = {binary / total:.3f}, three-way {exact}/{total} = {exact / total:.3f}")
-    for character_id, (b, e, n) in found.items():
-        print(f"  {character_id:16s} binary {b}/{n}   three-way {e}/{n}")
-    assert binary >= MEASURED["binary"], f"{binary}/{total} agree, {MEASURED['binary']} were measured"
-    assert min(b for b, _, _ in found.values()) >= MEASURED["worst"], found
+    check_agreement(agreement(GROUP, TUNING), "heldout4", MEASURED)
