@@ -102,6 +102,21 @@ def _switches(pid: int) -> int:
     return total
 
 
+def streamed_tokens(url: str, body: dict):
+    """(arrival time, text) of each token llama-server streams from /completion, until it says stop."""
+    import httpx
+
+    with httpx.stream("POST", url + "/completion", json=body, timeout=600) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            chunk = json.loads(line[5:])
+            if chunk.get("content") or not chunk.get("stop"):
+                yield time.perf_counter(), chunk.get("content", "")
+            if chunk.get("stop"):
+                return
+
+
 class LlamaServer:
     """A fresh llama-server with one slot and no LoRA, the same threads, measured as `serve` measures ours."""
 
@@ -129,23 +144,14 @@ class LlamaServer:
         raise RuntimeError(f"llama-server did not start: {Path(log_path).read_text()[-2000:]}")
 
     def reply(self, prompt: list[int]) -> dict:
-        import httpx
-
         body = {"prompt": [int(t) for t in prompt], "n_predict": self.tokens, "temperature": 0, "ignore_eos": True,
                 "stream": True, "repeat_penalty": 1.0, "cache_prompt": False}
         stamps, text, start = [], "", None
-        with httpx.stream("POST", self.url + "/completion", json=body, timeout=600) as response:
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                chunk = json.loads(line[5:])
-                if chunk.get("content") or not chunk.get("stop"):
-                    stamps.append(time.perf_counter())
-                    text += chunk.get("content", "")
-                    if start is None:
-                        start = _cpu_seconds(self.process.pid), _switches(self.process.pid)
-                if chunk.get("stop"):
-                    break
+        for stamp, content in streamed_tokens(self.url, body):
+            stamps.append(stamp)
+            text += content
+            if start is None:
+                start = _cpu_seconds(self.process.pid), _switches(self.process.pid)
         end = _cpu_seconds(self.process.pid), _switches(self.process.pid)
         steps = len(stamps) - 1
         return {"tokens": len(stamps), "text": text, "decode": steps / (stamps[-1] - stamps[0]),

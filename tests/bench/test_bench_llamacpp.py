@@ -15,7 +15,6 @@ Saved to tests/bench/results/llamacpp.json.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 from bench_utils import report
-from lone_decode import LlamaServer, OurWorker
+from lone_decode import LlamaServer, OurWorker, streamed_tokens
 from test_bench_generation import QUESTIONS, character_prompts, make_adapters
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,16 +67,9 @@ def server_reply(url, prompt, lora, out, index):
             "repeat_penalty": 1.0, "cache_prompt": False,
             "lora": [{"id": i, "scale": 1.0 if i == lora else 0.0} for i in range(CHATS)]}
     started, stamps, text = time.perf_counter(), [], ""
-    with httpx.stream("POST", url + "/completion", json=body, timeout=600) as response:
-        for line in response.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            chunk = json.loads(line[5:])
-            if chunk.get("content") or not chunk.get("stop"):
-                stamps.append(time.perf_counter())
-                text += chunk.get("content", "")
-            if chunk.get("stop"):
-                break
+    for stamp, content in streamed_tokens(url, body):
+        stamps.append(stamp)
+        text += content
     out[index] = (stamps[0] - started, len(stamps), stamps[-1], text, (len(stamps) - 1) / (stamps[-1] - stamps[0]))
 
 
