@@ -88,3 +88,42 @@ def test_torch_threads_elsewhere_leave_a_lone_decode_spinning(make_engine, real_
     assert stream.error is None and stream.completion_tokens == TOKENS and text.strip()
     assert generator.model.threads == 2
     assert switches < 100, f"{switches:.0f} voluntary context switches per token: llama.cpp's threads sleep"
+
+
+def idle_cpu_seconds(seconds: float = 0.3) -> float:
+    """CPU time the process burns while this thread sleeps (a polling pool's workers are what burns it)."""
+    import time
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(seconds)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a pool's polling shows only with a second core")
+def test_lanes_taking_turns_leave_no_pool_polling_for_the_next_one():
+    """After a decode, ggml's workers poll ~100 ms for the next graph; a lane that rests leaves none polling, nor
+    does one decoding on one thread beside another lane (the worker left out of the graph goes back to sleep) (a polling pool would burn ~0.1 CPU-s here; a busy machine can
+    only make it burn less, so this fails only when a pool does poll)."""
+    from plugins.llamacpp.native import Lane, Model
+    from runtime.models.base import packaged_gguf
+
+    model = Model(packaged_gguf(), 2)
+    lanes = [Lane(model, None, 1, 256) for _ in range(2)]
+    try:
+        for lane in lanes:
+            lane.decode([(lane.slots[0], [1, 2, 3, 4])])
+            lane.rest()
+        assert idle_cpu_seconds() < 0.03
+        for lane in lanes:
+            lane.set_threads(1)  # side by side: each lane on one thread
+            lane.decode([(lane.slots[0], [5])])
+        assert idle_cpu_seconds() < 0.03
+        lanes[0].set_threads(2)  # alone again: both threads
+        lanes[0].decode([(lanes[0].slots[0], [6])])
+        lanes[0].rest()
+        assert idle_cpu_seconds() < 0.03
+    finally:
+        for lane in lanes:
+            lane.close()
+        model.close()

@@ -206,10 +206,10 @@ class LlamaCppGenerator:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="personae-llamacpp-lane")
-            results = list(self._pool.map(lambda item: self._decode(*item, threads), work))
+            results = list(self._pool.map(lambda item: self._decode(*item, threads, rest=True), work))
             self.stats["parallel_rounds"] += 1
         else:
-            results = [self._decode(lane, rows, self.model.threads) for lane, rows in work]
+            results = [self._decode(lane, rows, self.model.threads, rest=len(work) > 1) for lane, rows in work]
         for (lane, rows), result in zip(work, results):
             self._advance(lane, rows, result)
         self.stats["rounds"] += 1
@@ -291,11 +291,12 @@ class LlamaCppGenerator:
         try:
             lane.forget(slot, reused)
             lane.set_threads(self.model.threads)
-            rest = prompt[reused:]
+            remaining = prompt[reused:]
             index = None
-            for start in range(0, len(rest), lane.n_batch):
-                index = lane.decode([(slot, rest[start:start + lane.n_batch])])[0]
-            self.stats["prefill_tokens"] += len(rest)
+            for start in range(0, len(remaining), lane.n_batch):
+                index = lane.decode([(slot, remaining[start:start + lane.n_batch])])[0]
+            lane.rest()  # the round after this admission may be other lanes' (a lone lane's pool wakes once)
+            self.stats["prefill_tokens"] += len(remaining)
             self.stats["reused_tokens"] += reused
             self._accept(row, self._choose(row, index))
         except Exception as error:
@@ -339,14 +340,17 @@ class LlamaCppGenerator:
                 rows.append(row)
         return rows
 
-    def _decode(self, lane: Lane, rows: list[LaneRow], threads: int):
+    def _decode(self, lane: Lane, rows: list[LaneRow], threads: int, rest: bool = False):
         """One token for every row of a lane in one llama_decode (any thread: C calls only, the GIL let go).
 
+        `rest`: other lanes decode this round, so this lane's pool sleeps at once instead of polling their cores.
         Returns (output indices, tokens picked in C, None for Python-sampled rows) or the exception.
         """
         try:
             lane.set_threads(threads)
             indices = lane.decode([(row.slot, [row.last]) for row in rows])
+            if rest:
+                lane.rest()
             return indices, [row.sampler.choose(lane.ctx, index, self.model.n_vocab)
                              if isinstance(row.sampler, ChainSampler) else None
                              for row, index in zip(rows, indices)]

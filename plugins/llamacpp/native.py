@@ -154,6 +154,15 @@ class Lane:
             self.lib.llama_set_n_threads(self.ctx, threads, threads)
             self.threads = threads
 
+    def rest(self) -> None:
+        """Put this lane's pool to sleep now instead of after ggml's polling (~100 ms): another lane decodes next.
+
+        Its next decode wakes it again (ggml resumes a paused pool at kickoff). A lone lane is left polling, so
+        its workers catch the next token's graph without a wake-up.
+        """
+        if self.pool is not None:
+            _ggml(self.lib, "ggml-cpu").ggml_threadpool_pause(self.pool)
+
     def decode(self, items: list[tuple[Slot, list[int]]]) -> list[int]:
         """Append tokens to slots in one llama_decode; the output index after each slot's last token."""
         total = sum(len(tokens) for _, tokens in items)
@@ -218,9 +227,6 @@ class Lane:
                 _ggml(self.lib, "ggml-cpu").ggml_threadpool_free(self.pool)
 
 
-POLL_OFFSET = 512 + 4 + 4  # ggml_threadpool_params.poll: after bool cpumask[512], int n_threads, enum prio
-
-
 @functools.cache
 def _ggml(lib, name: str):
     """One of llama-cpp-python's ggml libraries (already loaded with llama.cpp), one object: argtypes stay set."""
@@ -234,23 +240,29 @@ def thread_pool(lib, ctx, threads: int):
         return None
     try:
         base, cpu, llama = _ggml(lib, "ggml-base"), _ggml(lib, "ggml-cpu"), lib.llama_cpp._lib
-        base.ggml_threadpool_params_init.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        cpu.ggml_threadpool_new.argtypes, cpu.ggml_threadpool_new.restype = [ctypes.c_void_p], ctypes.c_void_p
-        cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+        base.ggml_threadpool_params_default.restype = ThreadPoolParams
+        cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(ThreadPoolParams)]
+        cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+        cpu.ggml_threadpool_free.argtypes = cpu.ggml_threadpool_pause.argtypes = [ctypes.c_void_p]
         llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     except (OSError, AttributeError):
         return None
-    params = ctypes.create_string_buffer(2048)  # ggml_threadpool_params: a 512-byte cpu mask and a few fields
-    base.ggml_threadpool_params_init(params, threads)
-    # poll = 0 (after the mask, n_threads and prio): a pool sleeps as soon as its graph is done. ggml's default (50)
-    # spins for ~100 ms after every decode, and with one pool per lane the idle lanes' spinning took the cores from
-    # the lane decoding (bench: 8 LoRAs in turn 5.5 tok/s with it); within a graph ggml still spins at its barriers.
-    ctypes.c_uint32.from_buffer(params, POLL_OFFSET).value = 0
-    pool = cpu.ggml_threadpool_new(params)
+    # ggml's defaults (poll 50): after a graph the workers spin ~100 ms for the next one, which is what keeps a
+    # lone chat's tokens coming without a wake-up each; lanes that take turns put theirs to sleep (Lane.rest).
+    params = base.ggml_threadpool_params_default(threads)
+    pool = cpu.ggml_threadpool_new(ctypes.byref(params))
     if not pool:
         return None
     llama.llama_attach_threadpool(ctx, pool, pool)
     return pool
+
+
+class ThreadPoolParams(ctypes.Structure):
+    """ggml.h's `struct ggml_threadpool_params` (GGML_MAX_N_THREADS 512), passed by value."""
+
+    _fields_ = [("cpumask", ctypes.c_bool * 512), ("n_threads", ctypes.c_int), ("prio", ctypes.c_int),
+                ("poll", ctypes.c_uint32), ("strict_cpu", ctypes.c_bool), ("paused", ctypes.c_bool)]
 
 
 def _floats(lib, ctx, index: int, n_vocab: int):
