@@ -37,7 +37,8 @@ $(VLLM_STAMP):
 vllm: $(VLLM_STAMP)
 
 # The llama.cpp backend (backend = "llamacpp"): llama-cpp-python has no wheel on PyPI and compiles llama.cpp
-# (minutes on 2 cores), so it is its own target, never on the `make chat` path; `make bench` builds it, and
+# (minutes on 2 cores), so it is its own target, on the `make chat` path only when that backend is configured;
+# `make bench` builds it, and
 # llama-server (the bench's reference), from the same pinned release.
 LLAMACPP_VERSION := 0.3.36
 LLAMACPP_STAMP := $(VENV)/.llamacpp-installed-noomp
@@ -67,7 +68,11 @@ $(LLAMA_SERVER): $(STAMP)
 
 llama-server: $(LLAMA_SERVER)
 
+# With backend = "llamacpp" (personae.toml or PERSONAE_BACKEND), the first `make chat` also compiles llama.cpp
+# (~15 min on 2 cores, once); the default fp32 backend needs no compile.
 chat: setup
+	@if $(PY) -c "import sys; from runtime.config import load_settings; sys.exit(load_settings().backend != 'llamacpp')"; \
+		then $(MAKE) --no-print-directory llamacpp; fi
 	$(VENV)/bin/personae chat
 
 test: setup vllm
