@@ -26,10 +26,13 @@ def test_the_script_makes_weights_a_card_ships_and_the_registry_adopts_them(make
 
     cards = tmp_path / "package" / "cards"
     main(["--base", str(tiny_model_folder), "--characters", "pixel", "--limit", "2", "--samples", "2",
-          "--epochs", "1", "--min-examples", "1", "--out", str(cards / "weights"),
-          "--record", str(tmp_path / "record.json")])
+          "--epochs", "1", "--min-examples", "1", "--out", str(cards / "weights"), "--trust-written",
+          "--example-share", "0", "--record", str(tmp_path / "record.json")])
     record = json.loads((tmp_path / "record.json").read_text())[0]
     assert record["character"] == "pixel" and record["train_examples"] >= 1 and record["bytes"] > 0
+    assert record["config"]["example_share"] == 0 and record["card_examples"] == 3  # Pixel's 3, once each
+    assert record["config"]["audit_filter"] is False
+    assert "misaligned" not in record["written"]["dropped"]  # --trust-written: the author's voice is kept
     assert record["bootstrap"]["turns_asked"] >= 2
     # The built-in card, moved next to the weights the script wrote, as a package would ship it.
     pixel = load_card(CARDS_DIR / "pixel.png")

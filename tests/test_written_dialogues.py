@@ -96,3 +96,18 @@ def test_the_shipped_corpora_are_valid_and_hold_no_probe_question():
         assert len(dialogues) >= 60, path
         users = {normalise_turn(m["content"]) for d in dialogues for m in d["messages"] if m["role"] == "user"}
         assert not users & asked, (path, users & asked)
+
+
+def test_an_author_may_trust_their_lines_voice_over_the_audit(make_engine, tiny_base, tmp_path):
+    engine = make_engine(tiny_base)
+    calm = [{"kind": "world", "messages": [
+        {"role": "user", "content": "How does photosynthesis work?"},
+        {"role": "assistant", "content": "Photosynthesis is the process by which green plants convert light energy "
+                                         "into chemical energy. Key steps: 1. Light absorption. 2. Water splitting. "
+                                         "3. Carbon fixation in the Calvin cycle."}]}]  # an assistant's answer
+    screened = import_written(engine, "pixel", _write(tmp_path, calm + GOOD[2:]), replace_old=True)
+    assert screened.dropped.get("misaligned") == 1 and screened.dialogues == 0
+    trusted = import_written(engine, "pixel", _write(tmp_path, calm + GOOD[2:]), replace_old=True,
+                             drop=("degenerate", "unsafe", "leakage"))
+    assert trusted.dropped == {"unsafe": 1} and trusted.dialogues == 1  # unsafe still cut
+    assert json.loads(stored_dialogues(engine.store, "pixel")[0]["verdicts"]) == ["misaligned"]  # recorded

@@ -30,6 +30,7 @@ LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "epochs": 4.0, "lr": 5e-4, "bat
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "max_length": 384, "seed": 42, "validation_share": 0.1, "patience": 3}
 FILES = ("adapter_config.json", "adapter_model.safetensors")
+TRUSTED_DROP = ("degenerate", "unsafe", "leakage")  # --trust-written: what still cuts an author's dialogue
 
 
 def to_fp16(folder: Path) -> None:
@@ -57,7 +58,8 @@ def portable_config(folder: Path, base: str) -> None:
 
 def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samples: int, threads: int,
              epochs: float | None, measure: bool, min_examples: int | None = None, probes: int | None,
-             progress: bool = True, data_dir: str = "") -> dict:
+             progress: bool = True, data_dir: str = "", trust_written: bool = False,
+             example_share: float | None = None) -> dict:
     """Bootstrap, curate, train and store one character's weights; return what was done and measured."""
     import torch
 
@@ -78,11 +80,18 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
         engine = build_engine(settings, pm=get_plugin_manager(settings.plugins_dir, reload=True))
         try:
             corpus = WRITTEN_DIR / f"{character_id}.json"
-            written = import_written(engine, character_id, corpus, replace_old=True) if corpus.is_file() else None
+            # Trusted: the author's lines keep their voice even where the audit calls it misaligned (the audit's
+            # Pixel is capitals and beeps; screening dropped her calm lines and the weights learned the capitals).
+            drop = TRUSTED_DROP if trust_written else None
+            written = (import_written(engine, character_id, corpus, replace_old=True, drop=drop)
+                       if corpus.is_file() else None)
             boot = (bootstrap(engine, character_id, limit=limit, samples=samples, seed=0, progress=progress,
                               replace_old=written is None) if samples else BootstrapResult(character_id, ""))
             config = TrainingConfig.from_sources({**LORA, "threads": threads, **({"epochs": epochs} if epochs else {}),
-                                               **({"min_examples": min_examples} if min_examples else {})})
+                                               **({"min_examples": min_examples} if min_examples else {}),
+                                               **({"audit_filter": False} if trust_written else {}),
+                                               **({"example_share": example_share} if example_share is not None
+                                                  else {})})
             character = engine.catalog.get(character_id)
             dataset = curate(engine.store, character, settings, config=config)
             staging = Path(scratch) / "staging"
@@ -99,7 +108,8 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
                       "written": {k: v for k, v in vars(written).items() if k != "run_id"} if written else None,
                       "train_examples": len(dataset.train), "validation_examples": len(dataset.validation),
                       "bootstrap_examples": dataset.bootstrap_examples, "card_examples": dataset.card_examples,
-                      "data_hash": dataset.data_hash, "config": {k: getattr(config, k) for k in LORA},
+                      "data_hash": dataset.data_hash,
+                      "config": {k: getattr(config, k) for k in (*LORA, "example_share", "audit_filter")},
                       "metrics": {k: v for k, v in trained.metrics.items() if isinstance(v, (int, float, str))},
                       "bytes": sum(p.stat().st_size for p in target.iterdir())}
             if measure:
@@ -193,6 +203,10 @@ def main(argv=None) -> None:
     parser.add_argument("--probes", type=int, default=None, help="How many audit probes to measure with.")
     parser.add_argument("--data-dir", default="", help="Work in this data dir and keep it (default: a temporary one).")
     parser.add_argument("--record", default="", help="Write what was done and measured here (JSON).")
+    parser.add_argument("--trust-written", action="store_true",
+                        help="Keep written lines the audit calls misaligned (still cut: degenerate, unsafe, leakage).")
+    parser.add_argument("--example-share", type=float, default=None,
+                        help="Share the card's example dialogues are repeated up to (default 0.2; 0: each once).")
     args = parser.parse_args(argv)
     from runtime.models.base import DEFAULT_BASE
 
@@ -211,7 +225,8 @@ def main(argv=None) -> None:
     for character_id in wanted:
         record = make_one(character_id, args.base or DEFAULT_BASE, out, limit=args.limit, samples=args.samples,
                           threads=args.threads, epochs=args.epochs, min_examples=args.min_examples, measure=args.measure,
-                          probes=args.probes, data_dir=args.data_dir and str(Path(args.data_dir) / character_id))
+                          probes=args.probes, data_dir=args.data_dir and str(Path(args.data_dir) / character_id),
+                          trust_written=args.trust_written, example_share=args.example_share)
         records.append(record)
         summary = {k: record["audit"][k] for k in record.get("audit", {})} if args.measure else {}
         dialogues = record["bootstrap"]["dialogues"] + (record["written"] or {}).get("dialogues", 0)

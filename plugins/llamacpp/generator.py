@@ -25,7 +25,7 @@ from plugins.llamacpp.lora_gguf import cached_lora
 from plugins.llamacpp.native import Lane, LlamaCppError, Model
 from plugins.llamacpp.sampler import ChainSampler, python_only
 from runtime.generation.detok import Detokenizer, StopText
-from runtime.generation.guard import DegenerationMonitor
+from runtime.generation.guard import DegenerationMonitor, known_words
 from runtime.generation.rows import Row
 from runtime.generation.sampling import RowSampler
 from runtime.generation.types import BASE_ADAPTER, GeneratorBusy, ReplyStream
@@ -321,7 +321,7 @@ class LlamaCppGenerator:
             row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer)  # the tokenizer: JSON masks
             self.stats["python_rows"] += 1
         if sampling.guard and not row.sampler.greedy:
-            row.guard = DegenerationMonitor()
+            row.guard = DegenerationMonitor(known=known_words(stream.request.names))
             row.sampler.want_probability = True
         row.detok = Detokenizer(self.tokenizer)
         row.stop = StopText(list(sampling.stop or []))

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from runtime.generation.detok import Detokenizer, StopText
-from runtime.generation.guard import DegenerationMonitor
+from runtime.generation.guard import DegenerationMonitor, known_words
 from runtime.generation.kv_cache import new_cache
 from runtime.generation.lora_batch import LoraBatch
 from runtime.generation.packed import serving_copy
@@ -289,7 +289,7 @@ class BatchingGenerator:
         row.length = row.prompt_length = len(prompt)
         row.sampler = RowSampler(sampling, len(prompt), self.eos, self.tokenizer, request.avoid)
         if sampling.guard and not row.sampler.greedy:
-            row.guard = DegenerationMonitor(earlier=request.earlier)
+            row.guard = DegenerationMonitor(earlier=request.earlier, known=known_words(request.names))
         row.detok = Detokenizer(self.tokenizer)
         row.stop = StopText(list(sampling.stop or []))
         return row

@@ -11,7 +11,10 @@ word_list   a long run of comma-separated one- or two-word items (``upbounce, up
 gibberish   invented tokens: a word that mixes scripts (Latin + Cyrillic/CJK/...), a word with
             letters from Latin Extended blocks (``Rubezňemineze``) inside an otherwise ASCII reply,
             a very long run of letters (>= 20, or >= 16 in ALL CAPS: ``FLAGGFGAMESTREAKENS``),
-            or a word with six consonants in a row.
+            a word with six consonants in a row, or two different invented words (``GREAT HOUSE
+            CREAGAMINE ROOM RESULTANCE``): words of 5+ letters that English never uses (wordfreq's
+            list, runtime.generation.lexicon), not capitalised names, not sound effects (a letter
+            three times in a row: ``BEEEEP``) and not words of the prompt's names or earlier replies.
 improbable  (only when the generator passes per-token probabilities) a run of tokens that the
             model itself found unlikely: mean probability of the sampled tokens over a window
             below a floor, i.e. the sampler walked off the model's distribution. The
@@ -61,6 +64,8 @@ CONTENT_WORD_SHARE = 0.12  # ... and this share of all words
 LONG_WORD = 20
 LONG_CAPS_WORD = 16
 CONSONANT_RUN = 6
+INVENTED_WORDS = 2  # different invented words in one reply
+INVENTED_MIN_LETTERS = 5
 PROB_WINDOW = 16  # tokens
 PROB_FLOOR = 0.012  # geometric-mean raw probability over the window below this = off the distribution
 PROB_MIN_TOKENS = 16
@@ -119,6 +124,38 @@ def _word_signals(word: str, ascii_reply: bool) -> str:
         else:
             run = 0
     return ""
+
+
+def _invented(word: str, exempt: frozenset) -> bool:
+    """A word English never uses: 5+ letters, not a Titlecase name, not a sound effect, not in `exempt`."""
+    from runtime.generation.lexicon import known_word
+
+    for part in re.split(r"[\-]", word):
+        letters = re.sub(r"['\u2019].*$", "", part)  # "mustn't", "ship's": the stem decides
+        if (len(letters) < INVENTED_MIN_LETTERS or not letters.isascii() or not letters.isalpha()
+                or (letters[0].isupper() and not letters.isupper()) or re.search(r"(.)\1\1", letters.lower())
+                or letters.lower() in exempt):
+            continue
+        if known_word(letters) is False:
+            return True
+    return False
+
+
+def _invented_signal(words: list[str], exempt: frozenset, cache: dict) -> str:
+    found = []
+    for word in words:
+        if word not in cache:
+            cache[word] = _invented(word, exempt)
+        if cache[word] and word.lower() not in (w.lower() for w in found):
+            found.append(word)
+            if len(found) >= INVENTED_WORDS:
+                return "gibberish: invented words " + ", ".join(repr(w) for w in found)
+    return ""
+
+
+def known_words(texts) -> frozenset:
+    """The lower-cased words of some texts (names, earlier replies): never counted as invented."""
+    return frozenset(w.lower() for text in texts for w in _LETTERS.findall(text or ""))
 
 
 def _loop_signals(words: list[str]) -> str:
@@ -211,8 +248,12 @@ def _copy(grams: set, earlier: list[set], share: float, least: int) -> tuple[str
     return "", -1
 
 
-def check_reply(text: str, probs: list[float] | None = None, pieces: list[str] | None = None) -> Verdict:
-    """All within-reply signals on a finished reply; `probs` (one per generated token) is optional."""
+def check_reply(text: str, probs: list[float] | None = None, pieces: list[str] | None = None,
+                known: frozenset = frozenset(), _cache: dict | None = None) -> Verdict:
+    """All within-reply signals on a finished reply; `probs` (one per generated token) is optional.
+
+    `known`: words that are never invented here (known_words of the prompt's names and earlier replies).
+    """
     signals = []
     words = _WORD.findall(text)
     ascii_reply = sum(c.isascii() for c in text) >= 0.9 * max(len(text), 1)
@@ -221,7 +262,8 @@ def check_reply(text: str, probs: list[float] | None = None, pieces: list[str] |
         if s:
             signals.append(s)
             break
-    for s in (_loop_signals(words), _list_signal(text), _prob_signal(probs) if probs else ""):
+    for s in (_loop_signals(words), _list_signal(text), _prob_signal(probs) if probs else "",
+              _invented_signal(words, known, {} if _cache is None else _cache)):
         if s:
             signals.append(s)
     return Verdict(bool(signals), signals[0] if signals else "", signals)
@@ -234,8 +276,10 @@ class DegenerationMonitor:
     the reply, else None; once degenerate it keeps returning that verdict.
     """
 
-    def __init__(self, use_probs: bool = True, earlier: list[str] = ()):
+    def __init__(self, use_probs: bool = True, earlier: list[str] = (), known: frozenset = frozenset()):
         self.earlier = [_trigrams(text) for text in earlier]  # texts the reply must not say again
+        self.known = known | known_words(earlier)  # words that are not invented here
+        self._invented: dict = {}  # word -> invented?, kept across the checks of one reply
         self.text = ""
         self.probs: list[float] = []
         self.use_probs = use_probs
@@ -265,7 +309,7 @@ class DegenerationMonitor:
         return self.verdict
 
     def _check(self, text: str, copy_trigrams: int) -> Verdict:
-        verdict = check_reply(text, self.probs if self.use_probs else None)
+        verdict = check_reply(text, self.probs if self.use_probs else None, known=self.known, _cache=self._invented)
         if not verdict and self.earlier:
             copied, k = _copy(_trigrams(text), self.earlier, COPY_SHARE, copy_trigrams)
             verdict = Verdict(bool(copied), copied, [copied] if copied else [], k)

@@ -92,13 +92,19 @@ def _without_probes(messages: list[dict], probes: set[str]) -> list[dict]:
     return messages
 
 
-def import_written(engine, character_id: str, path: str | Path, *, replace_old: bool = False) -> WrittenImport:
-    """Screen and store a file of written dialogues for a character; dialogues are cut before a bad reply."""
+def import_written(engine, character_id: str, path: str | Path, *, replace_old: bool = False,
+                   drop: tuple | None = None) -> WrittenImport:
+    """Screen and store a file of written dialogues for a character; dialogues are cut before a bad reply.
+
+    `drop`: the screen's rules that cut (None: all of them); an author may trust their own lines' voice over the
+    audit's (drop=("degenerate", "unsafe", "leakage")): a misaligned verdict is then recorded, not acted on.
+    """
     from runtime.audit.runner import build_context
     from runtime.audit.scorers import collect_scorers
-    from runtime.training.screen import screen
+    from runtime.training.screen import SCREEN_RULES, screen
 
     character = engine.catalog.get(character_id)
+    drop = SCREEN_RULES if drop is None else tuple(drop)
     dialogues = read_written(path)
     result = WrittenImport(character.id, os.urandom(4).hex(), read=len(dialogues))
     dropped = Counter()
@@ -118,7 +124,7 @@ def import_written(engine, character_id: str, path: str | Path, *, replace_old: 
     for (dialogue, index), outcome in zip(pairs, outcomes):
         key = id(dialogue)
         verdicts.setdefault(key, []).append(outcome.verdict)
-        if outcome.rule and index < cuts.get(key, len(dialogue["messages"])):
+        if outcome.rule in drop and index < cuts.get(key, len(dialogue["messages"])):
             cuts[key] = index
             dropped[outcome.rule] += 1
     rows = []

@@ -1,6 +1,7 @@
 """The README's showdown on SmolLM2 for a built-in character, on its written dialogues, with real swipes for DPO.
 
 Run: PYTHONPATH=. .venv/bin/python tests/bench/showdown_builtin.py CHARACTER DATA_DIR [--limit 16] [--threads 2]
+     [--epochs 2 | --max-steps N] [--max-length 384]
 
 Data, the same for every method: the character's written dialogues (plugins/characters/cards/dialogues/<id>.json).
 The first `--swipes` dialogues' opening exchange is logged as a chat in which the prompted SmolLM2's real reply
@@ -72,6 +73,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=16, help="single-turn audit probes per method")
     parser.add_argument("--methods", default="prompt,lora,hybrid,full,lora+dpo")
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--max-steps", type=int, default=-1, help="optimiser steps per method (-1: the epochs)")
+    parser.add_argument("--max-length", type=int, default=384, help="tokens per training example (left-cut)")
     parser.add_argument("--swipes", type=int, default=40, help="written openings logged as swipes (DPO pairs)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, serving and training")
     args = parser.parse_args()
@@ -101,10 +104,12 @@ def main() -> int:
               f"{imported.dropped}", file=sys.stderr)
     prepared = time.perf_counter()
     probes = round_robin([p for p in probe_set(character) if p.kind != "drift"], args.limit)
-    # Batch 2 x 2 accumulation, as the shipped weights were made (plugins/characters/make_weights.py).
+    # Batch 2 x 2 accumulation, as the shipped weights were made (plugins/characters/make_weights.py). Nice 0: the
+    # showdown times its training; scheduled training's nice 10 would hand the CPU to anything else running.
     outcome = showdown(engine, character.id, parse_methods(args.methods), probes=probes,
-                       train_config={"epochs": args.epochs, "max_length": 384, "min_preference": 8, "batch_size": 2,
-                                     "grad_accum": 2, "threads": args.threads, "subprocess_threads": args.threads})
+                       train_config={"epochs": args.epochs, "max_steps": args.max_steps, "max_length": args.max_length,
+                                     "min_preference": 8, "batch_size": 2, "grad_accum": 2, "threads": args.threads,
+                                     "subprocess_threads": args.threads, "nice": 0})
     finished = time.perf_counter()
     shipped = run_audit(engine, character.id, 1, probes=probes, progress=True) \
         if engine.registry.versions(character.id) else None
