@@ -119,7 +119,8 @@ def merged(out: Path) -> dict:
     """Every character's results of this run size and variants, from each process's results file."""
     results = {}
     for path in sorted(out.glob(f"{SIZE}_*_results.json")):
-        results.update(json.loads(path.read_text()))
+        if not path.name.endswith("_partial_results.json"):  # a stopped run's figures (no minutes), not a finished one's
+            results.update(json.loads(path.read_text()))
     (out / f"{SIZE}_results.json").write_text(json.dumps(results, indent=1))
     return results
 
