@@ -19,7 +19,7 @@ from pathlib import Path
 from runtime.audit import voice_model
 from runtime.audit.probes import Probe
 from runtime.audit.scorers import (MAJOR, MINOR, ScoringContext, as_text, character_lines, facts, leakage,
-                                   other_voices, rules, voice_features)
+                                   other_voices, rules, voice_features, voice_rules)
 from runtime.characters import load_card
 
 REGULARISATION = 0.1  # sklearn's C, chosen by leave-one-character-out (0.1 vs 0.5 vs 1.0, see README)
@@ -180,10 +180,12 @@ def predict(model: dict, matrix, vectors) -> list[dict]:
 
 
 def other_penalties(character, row, catalog) -> str:
-    """The verdict the non-voice scorers (leakage, rules, facts) give a labelled reply on their own."""
+    """The verdict the scorers' fixed rules give a labelled reply on their own: leakage, rules, facts, and the voice
+    scorer's rules (a bare answer to a task, a habit the card never has), everything but the voice model."""
     context = ScoringContext(character, others=other_voices(catalog, character))
     probe = Probe("scored", "style", [row.get("prompt") or " "])
     penalties = {scorer(row["reply"], probe, context)["penalty"] for scorer in (leakage, rules, facts)}
+    penalties.add(voice_rules(as_text(row["reply"])[0], row.get("prompt") or "", context)[0])
     return "misaligned" if MAJOR in penalties else "minor" if MINOR in penalties else "aligned"
 
 
