@@ -155,13 +155,12 @@ class CardFacts:
         prompt_anchors = {_anchor(t) for t in _tokens(prompt)} - {None}
         reply_slots = _slots(reply)
         reply_anchors = {a for a, _, _ in reply_slots}
-        # A question about the thing anchors the reply's bare answer ("How old are you?" "Twelve!",
-        # "How many yaks?" "Seven.").
-        counted = {a for a, kind in self.slots if kind == "count"} if re.search(r"\bhow many\b", prompt, re.I) else set()
+        # A question about the thing anchors the reply's bare answer ("How old are you?" "Twelve!"); not for
+        # counts of things ("How many drinks?" "4000 of them" is talk, not the card's "14 drinks" contradicted).
         for token in _tokens(reply):
-            for anchor in (prompt_anchors & ({"<age>"} | counted)) - reply_anchors:
+            for anchor in (prompt_anchors & {"<age>"}) - reply_anchors:
                 if _is_number(token):
-                    reply_slots.append((anchor, "number" if anchor == "<age>" else "count", token))
+                    reply_slots.append((anchor, "number", token))
         # ... and a bare name ("What ship are you on?" "The Albatross."), when the card names that thing.
         asked = {a for a in prompt_anchors - reply_anchors if (a, "name") in self.slots}
         if asked:

@@ -387,7 +387,8 @@ NUMERIC_TASK = re.compile(r"\d\s*(?:[x×*+/=-]|times|plus|minus|divided by|squar
 
 
 def voice_rules(text: str, prompt: str, context: ScoringContext) -> tuple[str, list[str]]:
-    """The voice scorer's fixed rules: a bare answer to a numeric task (major), a habit the card never has (minor)."""
+    """The voice scorer's fixed rules: a bare answer to a numeric task (major), a habit the card never has (minor),
+    unless the user's own message shows it."""
     asked = set(_words(prompt))
     said = re.findall(r"[a-z]{2,}", text.lower())
     if (NUMERIC_TASK.search(prompt) and re.search(r"\d", text) and len(said) <= 8
@@ -396,7 +397,7 @@ def voice_rules(text: str, prompt: str, context: ScoringContext) -> tuple[str, l
     cache = context._style_cache
     if "habits" not in cache:
         cache["habits"] = style.card_habits(context.voice_texts(), " ".join(context.fact_texts()))
-    foreign = sorted(style.habits(text) - cache["habits"])
+    foreign = sorted(style.habits(text) - cache["habits"] - style.habits(prompt))  # echoing the user's 'lol' is no habit
     if foreign:
         return MINOR, [f"uses {', '.join(foreign)}, which the character's card never does"]
     return NONE, []
@@ -417,9 +418,9 @@ def voice(reply, probe, context: ScoringContext) -> dict:
     values, evidence, tells = voice_features(text, context, prompt)
     odds = voice_model.probabilities(values)
     config = context.config
-    if odds["misaligned"] >= float(config.get("voice_misaligned", 0.5)):
+    if odds["misaligned"] >= float(config.get("voice_misaligned", voice_model.MISALIGNED_AT)):
         penalty = MAJOR
-    elif odds["aligned"] < float(config.get("voice_aligned", 0.5)):
+    elif odds["aligned"] < float(config.get("voice_aligned", voice_model.ALIGNED_AT)):
         penalty = MINOR
     else:
         penalty = NONE

@@ -132,7 +132,7 @@ def list_shaped(text: str) -> float:
 _NETSPEAK = re.compile(r"\b(?:lol|lmao|lmfao|rofl|omg|tbh|ngl|smh|idk|imo|btw|fr|rn)\b", re.I)
 HABITS = {"emoji": lambda t: bool(_EMOJI.search(t)), "hashtags": lambda t: bool(re.search(r"(?:^|\s)#[A-Za-z]\w", t)),
           "internet slang": lambda t: bool(_NETSPEAK.search(t))}
-_HABIT_WORDS = {"emoji": "emoji", "hashtags": "hashtag", "internet slang": "slang"}
+_HABIT_WORDS = {"emoji": r"\bemoji", "hashtags": r"\bhashtag", "internet slang": r"\binternet slang\b|\btext(?:s|ing|speak)\b"}
 
 
 def habits(text: str) -> set[str]:
@@ -143,5 +143,5 @@ def habits(text: str) -> set[str]:
 def card_habits(lines: list[str], description: str = "") -> set[str]:
     """The on-off habits a card gives its character: shown in its own lines, or named in its description."""
     shown = set().union(*(habits(t) for t in lines)) if lines else set()
-    named = {name for name, word in _HABIT_WORDS.items() if word in description.lower()}
+    named = {name for name, word in _HABIT_WORDS.items() if re.search(word, description, re.I)}
     return shown | named | habits(description)
