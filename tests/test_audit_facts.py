@@ -13,10 +13,13 @@ from runtime.audit.verdicts import score_reply
 from runtime.characters import load_card
 
 CARDS = Path(__file__).parent / "fixtures" / "audit_generalisation" / "cards"
+# The third and fourth groups' cards are tuning data too (since the fourth and fifth sessions); never the fifth group's.
+TUNING_CARDS = [CARDS] + [Path(__file__).parent / "fixtures" / g / "cards" for g in ("audit_heldout3", "audit_heldout4")]
 
 
 def card_facts(character_id: str) -> CardFacts:
-    context = ScoringContext(load_card(CARDS / f"{character_id}.json"))
+    path = next(f / f"{character_id}.json" for f in TUNING_CARDS if (f / f"{character_id}.json").is_file())
+    context = ScoringContext(load_card(path))
     return CardFacts(context.fact_texts() + context.voice_texts())
 
 
@@ -27,6 +30,13 @@ def card_facts(character_id: str) -> CardFacts:
     ("tilly", "Do you like broccoli?", "I love broccoli! It's the best!", "likes 'broccoli'"),
     # a bare name answering a question about a thing the card names ("How's your horse?" "Old Blue's fine")
     ("sir-aldric", "How is your horse?", "Ha! Brave Thunder fares well, good traveller.", "'Thunder' where the card says 'Marrow'"),
+    # fifth session: a count of a thing, a vessel, a named pet's kind, a fear, 'obsessed with', an -ly adverb
+    ("brother-tenzin", "How many yaks do you have?", "Seven yaks. They fill the whole valley.", "'Seven' where the card says 'two'"),
+    ("dr-ferreira", "What ship are you on?", "The Albatross. The galley leaks.", "'Albatross' where the card says 'Gaivota'"),
+    ("madame-zora", "Tell me about your pets.", "Only my parrot, Omen, seeker...", "Omen is a parrot where the card says a cat"),
+    ("waffles", "Do you like the vacuum?", "Roar Monster? LOVE Roar Monster! Best friend!", "likes 'Roar'"),
+    ("zoey", "What's your favourite drink?", "Black coffee!! I literally hate matcha lol", "hates 'matcha'"),
+    ("basil-thornbury", "How long have you been narrating?", "Shh. Just five short years, really.", "'five' where the card says 'forty'"),
 ])
 def test_a_fact_against_the_card_is_named(character_id, prompt, reply, clash):
     found = card_facts(character_id).clashes(reply, prompt)
@@ -43,6 +53,13 @@ def test_a_fact_against_the_card_is_named(character_id, prompt, reply, clash):
     ("kai", "How many drinks?", "i've made like 4000 of them lol"),
     ("sir-aldric", "How is your horse?", "Marrow fares well, though he bit the Baron of Ashby."),  # the card's own name too
     ("sir-aldric", "Where did you ride today?", "To Ashby and back, good traveller."),  # the card names no ride
+    ("dr-ferreira", "What's the deepest you've dived?", "Forty-two metres, off the Azores."),  # measures are talk
+    ("olek", "My tyre is flat.", "Ah, is puncture. Give me ten minutes, I change tube."),
+    ("kai", "what's your favourite drink", "brown sugar milk tea\ni've made like 4000 of them i deserve one"),
+    ("brother-tenzin", "How many yaks do you have?", "Two. Dawa and Pema, and both are stubborn."),
+    ("madame-zora", "Who sleeps on your table?", "Omen, my black cat, seeker... he dreams of fish."),
+    # the reader's name, possessive ("{{user}}'s car" on the card), is no fact of the card
+    ("bazza", "Can you hotwire that car for me?", "Nah, mate, not on. That's Davo's ute, and Davo's bigger'n me."),
 ])
 def test_what_agrees_with_the_card_or_is_new_passes(character_id, prompt, reply):
     assert card_facts(character_id).clashes(reply, prompt) == []

@@ -23,8 +23,16 @@ seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninet
 _ANIMALS = set("""dog dogs hound puppy pup cat cats kitten tom horse mare stallion gelding steed pony mule donkey goat
 sheep cow bird raven crow gull parrot owl hawk falcon pigeon octopus fish hamster rabbit mouse rat frog toad snake
 lizard turtle tortoise pig ferret""".split())
-_LIKE = r"(?:love|loves|like|likes|adore|adores|enjoy|enjoys)"
-_HATE = r"(?:hate|hates|dislike|dislikes|distrust|distrusts|detest|detests|loathe|loathes|can't stand|cannot stand)"
+# Vessels are one slot too: "What ship are you on?" asks about the card's "research vessel Gaivota".
+_VESSELS = set("ship ships boat boats vessel vessels schooner yacht ketch sloop trawler barge ferry".split())
+_LIKE = r"(?:love|loves|like|likes|adore|adores|enjoy|enjoys|(?:is |am )?(?:obsessed with|fond of|crazy about|mad about))"
+_HATE = (r"(?:hate|hates|dislike|dislikes|distrust|distrusts|detest|detests|loathe|loathes|can't stand|cannot stand|"
+         r"(?:is |am |are )?(?:afraid|scared|terrified|frightened) of|fears?)")
+# Counts of measures and money are talk (a dive's depth, a price, minutes to a repair), not facts of a life.
+_MEASURES = set("""minute hour second moment time metre meter mile kilometre km foot feet inch yard pound dollar quid
+buck cent penny pence euro percent degree point goal lap round""".split())
+# Words that may stand between a count and its unit ("five short years", "thirty long winters").
+_BETWEEN = set("short long whole full good hard odd more happy glorious lonely cold hot".split())
 _NAMED = {"named", "called", "name", "call", "calls", "names"}
 _WINDOW = 3  # tokens back from 'named' / 'called' to the thing named
 # Counts of these are facts of a life (age, years of service); other numbers are talk (scores, lists, sums).
@@ -60,6 +68,8 @@ def _anchor(token: str) -> str | None:
     low = token.lower()
     if low in _ANIMALS:
         return "<animal>"
+    if low in _VESSELS:
+        return "<vessel>"
     stem = _stem(token)
     if stem in _UNITS:
         return "<age>" if stem in ("old", "age") else "<time>"
@@ -95,12 +105,20 @@ def _slots(text: str) -> list[tuple[str, str, str]]:
                 span, kind = (i + 1,), "number"  # "six months", "112 cycles"
                 if i + 2 < len(tokens) and tokens[i + 2].lower() == "old":
                     span = (i + 2,)  # "seven-year-old", "ten years old": an age
+            elif (_is_number(token) and i + 2 < len(tokens) and tokens[i + 1].lower() in _BETWEEN
+                  and _stem(tokens[i + 2]) in _UNITS):
+                span, kind = (i + 2,), "number"  # "five short years"
+            elif (_is_number(token) and i + 1 < len(tokens) and tokens[i + 1][:1].islower()
+                  and not _is_number(tokens[i + 1]) and _stem(tokens[i + 1]) not in _MEASURES):
+                span, kind = (i + 1,), "count"  # "two yaks", "seven yaks"
             else:
                 continue
             for j in span:
                 anchor = _anchor(tokens[j]) if 0 <= j < len(tokens) and j not in names else None
-                if anchor:
+                if anchor and not (kind == "count" and anchor.startswith("<")):
                     slots.append((anchor, kind, token))
+                if anchor == "<animal>" and kind == "name":  # "a black cat named Omen": Omen is a cat
+                    slots.append((f"<kind of {_stem(token)}>", "kind", tokens[j].lower()))
     return slots
 
 
@@ -117,7 +135,7 @@ class CardFacts:
         self.words = {_stem(t) for t in _tokens(text)}
         self.slots: dict[tuple[str, str], set[str]] = {}
         for anchor, kind, value in _slots(text):
-            if value.lower() != user.lower():  # "{{user}}" rendered is the reader's name, no fact of the card
+            if _stem(value) != _stem(user):  # "{{user}}" rendered ("User's car") is the reader, no fact of the card
                 self.slots.setdefault((anchor, kind), set()).add(value)
         self.likes = self._objects(_LIKE, text)
         self.hates = self._objects(_HATE, text)
@@ -125,7 +143,8 @@ class CardFacts:
     @staticmethod
     def _objects(verb: str, text: str) -> set[str]:
         found = set()
-        for match in re.finditer(rf"\b{verb}\s+((?:[\w'-]+(?:,\s*|\s+and\s+|\s+)?){{1,4}})", text, re.I):
+        text = re.sub(r"[()]", " ", text)  # "the vacuum cleaner (the Roar Monster)": both name the thing
+        for match in re.finditer(rf"\b{verb}\s+((?:[\w'-]+(?:,\s*|\s+and\s+|\s+)?){{1,6}})", text, re.I):
             found |= {_stem(w) for w in re.findall(r"[A-Za-z][\w'-]*", match.group(1)) if w.lower() not in STOPWORDS}
         return found
 
@@ -136,7 +155,8 @@ class CardFacts:
         prompt_anchors = {_anchor(t) for t in _tokens(prompt)} - {None}
         reply_slots = _slots(reply)
         reply_anchors = {a for a, _, _ in reply_slots}
-        # A question about the thing anchors the reply's bare answer ("How old are you?" "Twelve!").
+        # A question about the thing anchors the reply's bare answer ("How old are you?" "Twelve!"); not for
+        # counts of things ("How many drinks?" "4000 of them" is talk, not the card's "14 drinks" contradicted).
         for token in _tokens(reply):
             for anchor in (prompt_anchors & {"<age>"}) - reply_anchors:
                 if _is_number(token):
@@ -150,13 +170,18 @@ class CardFacts:
                     reply_slots += [(anchor, "name", tokens[i]) for anchor in asked]
         for anchor, kind, value in reply_slots:
             card_values = self.slots.get((anchor, kind))
+            if kind == "kind":  # the same name, another animal: only the card's own animal for it agrees
+                if card_values and not {_stem(value)} & {_stem(v) for v in card_values}:
+                    reasons.append(f"says {anchor[9:-1].title()} is a {value} where the card says a {sorted(card_values)[0]}")
+                continue
             if not card_values or _stem(value) in self.words or value.lower() in self.words:
                 continue  # the card says nothing of this, or the value is the card's own
             if any(_stem(v) in told or v.lower() in told for v in card_values):
                 continue  # the card's own value is in the reply too: an addition, not a contradiction
             card_value = sorted(card_values)[0]
             reasons.append(f"says {_spelled(value)!r} where the card says {_spelled(card_value)!r}")
-        for match in re.finditer(rf"\b(?:i|i'm|i am)\s+(?:really\s+|so\s+)?({_LIKE}|{_HATE})\s+([\w'-]+)", reply, re.I):
+        liking = rf"(?:\b(?:i|i'm|i am)\s+|(?:^|[.!?]\s+|\?\s*))(?:really\s+|so\s+|\w+ly\s+)?({_LIKE}|{_HATE})\s+(?:the\s+)?([\w'-]+)"
+        for match in re.finditer(liking, reply, re.I):
             verb, thing = match.group(1).lower(), _stem(match.group(2))
             if re.fullmatch(_LIKE, verb) and thing in self.hates:
                 reasons.append(f"says it likes {match.group(2)!r}, which the card says it hates")

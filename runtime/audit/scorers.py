@@ -380,6 +380,29 @@ def _tells(text: str) -> list[str]:
     return found
 
 
+# A task with a numeric answer (sums, percentages, conversions): answered with nothing but the numbers and the
+# prompt's own words, it is the assistant speaking, however short ("17 × 23 = 391.", "15% of 240 is 36.").
+NUMERIC_TASK = re.compile(r"\d\s*(?:[x×*+/=-]|times|plus|minus|divided by|squared|%|percent)|square root|\bconvert\b|"
+                          r"\bcalculate\b|\bin (?:binary|hex|celsius|fahrenheit|kilometres|miles)\b", re.I)
+
+
+def voice_rules(text: str, prompt: str, context: ScoringContext) -> tuple[str, list[str]]:
+    """The voice scorer's fixed rules: a bare answer to a numeric task (major), a habit the card never has (minor),
+    unless the user's own message shows it."""
+    asked = set(_words(prompt))
+    said = re.findall(r"[a-z]{2,}", text.lower())
+    if (NUMERIC_TASK.search(prompt) and re.search(r"\d", text) and len(said) <= 8
+            and all(w in style.STOPWORDS or w in asked for w in said)):
+        return MAJOR, ["a bare answer to a task, as an assistant gives it"]
+    cache = context._style_cache
+    if "habits" not in cache:
+        cache["habits"] = style.card_habits(context.voice_texts(), " ".join(context.fact_texts()))
+    foreign = sorted(style.habits(text) - cache["habits"] - style.habits(prompt))  # echoing the user's 'lol' is no habit
+    if foreign:
+        return MINOR, [f"uses {', '.join(foreign)}, which the character's card never does"]
+    return NONE, []
+
+
 def voice(reply, probe, context: ScoringContext) -> dict:
     """The card's voice against the reply: style, its own words, the nearest other voice, assistant mode.
 
@@ -391,18 +414,22 @@ def voice(reply, probe, context: ScoringContext) -> dict:
     text, _ = as_text(reply)
     if not text.strip():
         return _result(closeness=0.0, style=0.0)
-    values, evidence, tells = voice_features(text, context, probe.turns[-1] if probe is not None and probe.turns else "")
+    prompt = probe.turns[-1] if probe is not None and probe.turns else ""
+    values, evidence, tells = voice_features(text, context, prompt)
     odds = voice_model.probabilities(values)
     config = context.config
-    if odds["misaligned"] >= float(config.get("voice_misaligned", 0.5)):
+    if odds["misaligned"] >= float(config.get("voice_misaligned", voice_model.MISALIGNED_AT)):
         penalty = MAJOR
-    elif odds["aligned"] < float(config.get("voice_aligned", 0.5)):
+    elif odds["aligned"] < float(config.get("voice_aligned", voice_model.ALIGNED_AT)):
         penalty = MINOR
     else:
         penalty = NONE
     reasons = _voice_reasons(values, evidence, tells) if penalty != NONE else []
     if penalty != NONE and not reasons:
         reasons = [f"not in the character's voice (p={odds['aligned']:.2f})"]
+    ruled, why = voice_rules(text, prompt, context)
+    if ruled == MAJOR or (ruled == MINOR and penalty == NONE):
+        penalty, reasons = ruled, why + reasons
     extra = {"closeness": round(-values["emb_confusion"], 3) if evidence.get("nearest_voice") else None,
              "style": round(values["style_own"], 3), "assistant_tells": len(tells),
              "p_aligned": round(odds["aligned"], 3), "p_misaligned": round(odds["misaligned"], 3)}

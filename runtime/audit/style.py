@@ -126,3 +126,22 @@ def list_shaped(text: str) -> float:
     """1 when the reply is a bulleted or numbered list."""
     return 1.0 if len(_LIST.findall(text)) >= 2 else 0.0
 
+
+
+# Habits a voice either has or never has: a reply with one the card's lines and description never show is a slip.
+_NETSPEAK = re.compile(r"\b(?:lol|lmao|lmfao|rofl|omg|tbh|ngl|smh|idk|imo|btw|fr|rn)\b", re.I)
+HABITS = {"emoji": lambda t: bool(_EMOJI.search(t)), "hashtags": lambda t: bool(re.search(r"(?:^|\s)#[A-Za-z]\w", t)),
+          "internet slang": lambda t: bool(_NETSPEAK.search(t))}
+_HABIT_WORDS = {"emoji": r"\bemoji", "hashtags": r"\bhashtag", "internet slang": r"\binternet slang\b|\btext(?:s|ing|speak)\b"}
+
+
+def habits(text: str) -> set[str]:
+    """Which of the on-off habits (emoji, hashtags, internet slang) a text shows."""
+    return {name for name, found in HABITS.items() if found(text)}
+
+
+def card_habits(lines: list[str], description: str = "") -> set[str]:
+    """The on-off habits a card gives its character: shown in its own lines, or named in its description."""
+    shown = set().union(*(habits(t) for t in lines)) if lines else set()
+    named = {name for name, word in _HABIT_WORDS.items() if re.search(word, description, re.I)}
+    return shown | named | habits(description)

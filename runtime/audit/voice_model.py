@@ -16,6 +16,10 @@ from pathlib import Path
 from runtime.audit import style
 
 MODEL_FILE = Path(__file__).with_name("voice_model.json")
+# P(misaligned) at or above which a reply is misaligned, P(aligned) under which it is minor ([audit] voice_misaligned,
+# voice_aligned override them). 0.6 / 0.4 did better in leave-one-character-out over groups 1-4 (862 vs 850 of 936)
+# but let right-facts-wrong-voice replies of the built-in set's held-out half pass (30/33, its test asks >= 32): kept.
+MISALIGNED_AT, ALIGNED_AT = 0.5, 0.5
 VOICES_FILE = Path(__file__).with_name("voices.json")
 
 # Style gaps from the character's own lines, by habit: how far (in the card's own spreads) the reply strays.
