@@ -12,6 +12,7 @@ steps (default: 3 epochs) and PERSONAE_PERSONA_LENGTH its tokens per example (de
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from bench_utils import report
@@ -23,7 +24,7 @@ from runtime.training.config import TrainingConfig
 from runtime.training.speed import serving_speed
 from runtime.training.written import import_written
 
-WRITTEN = "plugins/characters/cards/dialogues/pixel.json"
+WRITTEN = Path(__file__).resolve().parents[2] / "plugins" / "characters" / "cards" / "dialogues" / "pixel.json"
 THREADS = int(os.environ.get("PERSONAE_PERSONA_THREADS", "2"))  # read at import: tests clear PERSONAE_*
 STEPS = int(os.environ.get("PERSONAE_PERSONA_STEPS", "-1"))
 LENGTH = int(os.environ.get("PERSONAE_PERSONA_LENGTH", "384"))
