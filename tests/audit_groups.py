@@ -9,6 +9,10 @@ from runtime.characters import load_card
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BUILTIN_CARDS = Path(__file__).resolve().parents[1] / "plugins" / "characters" / "cards"
+# The hard cases every group since the fourth holds on purpose (labelling rules: each group's README).
+HARD_CASES = {"right-facts-wrong-voice", "other-character-voice", "generic-assistant", "very-short", "voice-lapse",
+              "unusual-in-character", "card-contradiction", "encyclopedic", "generic-name-drop", "identity",
+              "in-character-refusal", "base-identity-mid-reply", "out-of-voice-habit"}
 
 
 def group_ids(group: Path) -> list[str]:
@@ -49,3 +53,28 @@ def check_agreement(found: dict, label: str, measured: dict) -> None:
         print(f"  {character_id:16s} binary {b}/{n}   three-way {e}/{n}")
     assert binary >= measured["binary"], f"{binary}/{total} agree, {measured['binary']} were measured"
     assert min(b for b, _, _ in found.values()) >= measured["worst"], found
+
+
+def check_shape(group: Path, tuning: list[Path], *, characters: int, replies_each: int, total: int,
+                labels: dict | None, cases: set) -> list[dict]:
+    """A group is new (no name shared with the tuning groups or built-ins), big, labelled with reasons, and holds
+    the hard cases asked for; `labels`: each character's exact label counts (None: all three labels present).
+    Returns every row."""
+    from collections import Counter
+
+    ids = group_ids(group)
+    taken = {load_card(p).name for folder in tuning for p in (folder / "cards").glob("*.json")}
+    taken |= {load_card(p).name for p in BUILTIN_CARDS.glob("*.json")}
+    assert len(ids) >= characters and not {load_card(group / "cards" / f"{c}.json").name for c in ids} & taken
+    everything = []
+    for character_id in ids:
+        character, replies = load_card(group / "cards" / f"{character_id}.json"), group_rows(group, character_id)
+        assert character.description and character.personality and len(character.example_dialogues()) >= 2
+        assert len(replies) >= replies_each
+        assert all(r["reason"].strip() and r["character"] == character_id for r in replies)
+        counts = Counter(r["label"] for r in replies)
+        assert counts == labels if labels else set(counts) == {"aligned", "minor", "misaligned"}
+        everything += replies
+    assert len(everything) >= total
+    assert cases <= {r["case"] for r in everything}
+    return everything

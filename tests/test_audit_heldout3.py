@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from audit_groups import (
-    BUILTIN_CARDS,
     FIXTURES,
     agreement,
     check_agreement,
+    check_shape,
     group_ids,
-    group_rows,
 )
 
 from runtime.characters import load_card
@@ -24,25 +21,10 @@ IDS = group_ids(GROUP)
 MEASURED = {"binary": 192, "worst": 23}
 
 
-def rows(character_id: str) -> list[dict]:
-    return group_rows(GROUP, character_id)
-
-
 def test_the_group_is_new_big_and_labelled_with_hard_cases():
-    tuning_names = {load_card(p).name for p in (TUNING / "cards").glob("*.json")}
-    tuning_names |= {load_card(p).name for p in BUILTIN_CARDS.glob("*.json")}
-    assert len(IDS) >= 8 and not {load_card(GROUP / "cards" / f"{c}.json").name for c in IDS} & tuning_names
-    total = 0
-    for character_id in IDS:
-        character, replies = load_card(GROUP / "cards" / f"{character_id}.json"), rows(character_id)
-        assert character.description and character.personality and len(character.example_dialogues()) >= 2
-        assert len(replies) >= 25 and all(r["reason"].strip() and r["character"] == character_id for r in replies)
-        assert set(Counter(r["label"] for r in replies)) == {"aligned", "minor", "misaligned"}
-        total += len(replies)
-    assert total >= 200
-    cases = {r["case"] for c in IDS for r in rows(c)}
-    assert {"right-facts-wrong-voice", "other-character-voice", "generic-assistant", "very-short",
-            "unusual-in-character", "card-contradiction", "encyclopedic", "generic-name-drop"} <= cases
+    check_shape(GROUP, [TUNING], characters=8, replies_each=25, total=200, labels=None,
+                cases={"right-facts-wrong-voice", "other-character-voice", "generic-assistant", "very-short",
+                       "unusual-in-character", "card-contradiction", "encyclopedic", "generic-name-drop"})
 
 
 def test_the_voice_model_is_fitted_on_this_group_now():

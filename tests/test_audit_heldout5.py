@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from audit_groups import (
-    BUILTIN_CARDS,
     FIXTURES,
+    HARD_CASES,
     agreement,
     check_agreement,
+    check_shape,
     group_ids,
-    group_rows,
 )
 
 from runtime.characters import load_card
@@ -26,28 +24,11 @@ IDS = group_ids(GROUP)
 MEASURED = {"binary": 235, "worst": 21}
 
 
-def rows(character_id: str) -> list[dict]:
-    return group_rows(GROUP, character_id)
-
-
 def test_the_group_is_new_big_and_labelled_with_hard_cases():
-    tuning_names = {load_card(p).name for folder in TUNING for p in (folder / "cards").glob("*.json")}
-    tuning_names |= {load_card(p).name for p in BUILTIN_CARDS.glob("*.json")}
-    assert len(IDS) >= 10 and not {load_card(GROUP / "cards" / f"{c}.json").name for c in IDS} & tuning_names
-    total = 0
-    for character_id in IDS:
-        character, replies = load_card(GROUP / "cards" / f"{character_id}.json"), rows(character_id)
-        assert character.description and character.personality and len(character.example_dialogues()) >= 2
-        assert len(replies) >= 26 and all(r["reason"].strip() and r["character"] == character_id for r in replies)
-        assert Counter(r["label"] for r in replies) == {"aligned": 12, "minor": 5, "misaligned": 9}
-        total += len(replies)
-    assert total >= 260
-    cases = Counter(r["case"] for c in IDS for r in rows(c))
-    assert {"right-facts-wrong-voice", "other-character-voice", "generic-assistant", "very-short", "voice-lapse",
-            "unusual-in-character", "card-contradiction", "encyclopedic", "generic-name-drop", "identity",
-            "in-character-refusal", "base-identity-mid-reply", "out-of-voice-habit"} <= set(cases)
+    everything = check_shape(GROUP, TUNING, characters=10, replies_each=26, total=260,
+                             labels={"aligned": 12, "minor": 5, "misaligned": 9}, cases=HARD_CASES)
     # every character has a very short plain-assistant answer under its name ("391.", "Rome.")
-    assert all(len(r["reply"].split()) <= 2 for c in IDS for r in rows(c) if r["case"] == "ooc-request-done")
+    assert all(len(r["reply"].split()) <= 2 for r in everything if r["case"] == "ooc-request-done")
 
 
 def test_nothing_that_fits_or_tunes_the_audit_reads_this_group():
