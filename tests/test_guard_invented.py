@@ -44,6 +44,8 @@ def test_the_monitor_fires_at_the_second_invented_word_and_knows_the_names():
     named = DegenerationMonitor(known=known_words(["Creagamine"]))
     assert not any(named.feed(piece + " ") for piece in "GREAT HOUSE CREAGAMINE ROOM RESULTANCE".split())
     assert not named.finish()
+    said_before = DegenerationMonitor(earlier=["LOOKING SOONLY! A GREAT ROOM!"])  # the character's own earlier reply
+    assert any(said_before.feed(piece + " ") for piece in "LOOKING SOONLY! YOU ARE MY ENTIREBELY MUSE!".split())
 
 
 def test_no_written_line_or_card_line_is_called_invented():

@@ -14,7 +14,7 @@ gibberish   invented tokens: a word that mixes scripts (Latin + Cyrillic/CJK/...
             a word with six consonants in a row, or two different invented words (``GREAT HOUSE
             CREAGAMINE ROOM RESULTANCE``): words of 5+ letters that English never uses (wordfreq's
             list, runtime.generation.lexicon), not capitalised names, not sound effects (a letter
-            three times in a row: ``BEEEEP``) and not words of the prompt's names or earlier replies.
+            three times in a row: ``BEEEEP``) and not words of the request's names.
 improbable  (only when the generator passes per-token probabilities) a run of tokens that the
             model itself found unlikely: mean probability of the sampled tokens over a window
             below a floor, i.e. the sampler walked off the model's distribution. The
@@ -278,7 +278,9 @@ class DegenerationMonitor:
 
     def __init__(self, use_probs: bool = True, earlier: list[str] = (), known: frozenset = frozenset()):
         self.earlier = [_trigrams(text) for text in earlier]  # texts the reply must not say again
-        self.known = known | known_words(earlier)  # words that are not invented here
+        # Only the names are exempt, not the character's earlier replies: a word it invented once (let through
+        # alone) would otherwise pass ever after (bench: "SOONLY ... ENTIREBELY" streamed, then the check failed).
+        self.known = known
         self._invented: dict = {}  # word -> invented?, kept across the checks of one reply
         self.text = ""
         self.probs: list[float] = []
