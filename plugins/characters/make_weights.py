@@ -87,11 +87,16 @@ def make_one(character_id: str, base: str, out: Path, *, limit: int | None, samp
                        if corpus.is_file() else None)
             boot = (bootstrap(engine, character_id, limit=limit, samples=samples, seed=0, progress=progress,
                               replace_old=written is None) if samples else BootstrapResult(character_id, ""))
-            config = TrainingConfig.from_sources({**LORA, "threads": threads, **({"epochs": epochs} if epochs else {}),
-                                               **({"min_examples": min_examples} if min_examples else {}),
-                                               **({"audit_filter": False} if trust_written else {}),
-                                               **({"example_share": example_share} if example_share is not None
-                                                  else {})})
+            settings_for_training = {**LORA, "threads": threads}
+            if epochs:
+                settings_for_training["epochs"] = epochs
+            if min_examples:
+                settings_for_training["min_examples"] = min_examples
+            if trust_written:
+                settings_for_training["audit_filter"] = False  # the import's screen is the one wanted
+            if example_share is not None:
+                settings_for_training["example_share"] = example_share
+            config = TrainingConfig.from_sources(settings_for_training)
             character = engine.catalog.get(character_id)
             dataset = curate(engine.store, character, settings, config=config)
             staging = Path(scratch) / "staging"
