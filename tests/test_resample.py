@@ -59,6 +59,21 @@ def test_the_monitor_catches_a_reply_said_again_but_not_a_shared_opening():
     assert short.finish().reason.startswith("copy:")
 
 
+def test_a_retry_after_gibberish_is_drawn_cooler_and_after_a_repeat_is_not():
+    from runtime.generation.guard import Verdict
+    from runtime.generation.rows import RETRY_COOLING, RETRY_MIN_P, retry_sampling
+
+    card = SamplingSettings(temperature=0.9, min_p=0.1, seed=7)
+    invented = retry_sampling(card, Verdict(True, "gibberish: invented words 'BEEPOP', 'SQUELK'"))
+    assert invented.temperature == pytest.approx(0.9 * RETRY_COOLING) and invented.min_p == RETRY_MIN_P
+    assert invented.seed not in (None, 7) and invented.top_k == card.top_k  # a new seed; the rest as asked
+    assert retry_sampling(replace(card, min_p=0.3), Verdict(True, "gibberish: x")).min_p == 0.3  # never looser
+    for reason in ("loop: 'BEEP' x4 in a row", "copy: 67% of the reply's trigrams come from earlier text #3"):
+        repeat = retry_sampling(card, Verdict(True, reason))
+        assert (repeat.temperature, repeat.min_p) == (0.9, 0.1) and repeat.seed == invented.seed
+    assert retry_sampling(replace(card, seed=None), Verdict(True, "gibberish: x")).seed is None  # random stays random
+
+
 def _turn(pixel, channel, **sampling):
     from runtime.chat.engine import Turn
 
