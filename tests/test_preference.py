@@ -108,6 +108,15 @@ def test_kto_and_dpo_alone_train_a_lora_candidate_with_trl(engine, method):
     assert reply.message["weights_version"] == version.label
 
 
+def test_a_preference_stage_has_its_own_step_limit(engine):
+    log_swipes(engine.store, 4)
+    config = TrainingConfig(method="lora", preference="dpo", **{**FAST, "max_steps": 3}, preference_max_steps=1)
+    outcome = retrain(engine, "pixel", config=config, progress=False, in_subprocess=False)
+    assert outcome.status == "promoted", outcome.reason
+    assert outcome.metrics["preference"]["steps"] == 1 and outcome.metrics["steps"] == 4  # 3 supervised + 1 DPO
+    assert TrainingConfig(max_steps=5).preference_steps == 5 and TrainingConfig().preference_steps == -1
+
+
 def test_a_schedule_runs_dpo_as_a_stage_after_supervised_training_in_a_child_process(make_engine, tiny_base):
     from runtime.jobs import add_schedule, list_schedules, run_now
 

@@ -26,6 +26,8 @@ class TrainingConfig:
         "help": "A preference stage after supervised training: kto (from 👍/👎) or dpo (from swipes); empty = none."})
     beta: float = field(default=0.1, metadata={"help": "KTO / DPO beta: how far the policy may move from the reference."})
     preference_epochs: float = field(default=2.0, metadata={"help": "Passes over the preference data."})
+    preference_max_steps: int = field(default=0, metadata={
+        "help": "Stop the preference run after this many optimiser steps; 0 = max_steps (-1 there: by epochs)."})
     preference_lr: float = field(default=0.0, metadata={
         "help": "Preference learning rate; 0 = 1e-4 for LoRA/hybrid (5e-4 for kto/dpo alone), 5e-6 for full."})
     min_preference: int = field(default=8, metadata={"help": "Fewer rated replies (KTO) or DPO pairs (swipes, bootstrap) is an error."})
@@ -143,6 +145,11 @@ class TrainingConfig:
             return 5e-6
         # Alone, preference training starts from a zero LoRA and has further to go than a stage after SFT.
         return 5e-4 if self.method in PREFERENCE_METHODS else 1e-4
+
+    @property
+    def preference_steps(self) -> int:
+        """The preference run's step limit (-1 = by preference_epochs)."""
+        return self.preference_max_steps or self.max_steps
 
     def to_dict(self) -> dict:
         """Plain values for manifests and the worker's request file."""

@@ -48,7 +48,7 @@ def run_preference(model, tokenizer, rows: list[dict], kind: str, config: Traini
     common = dict(
         output_dir=str(scratch), per_device_train_batch_size=max(2, config.batch_size),
         gradient_accumulation_steps=config.grad_accum, num_train_epochs=config.preference_epochs,
-        max_steps=config.max_steps, learning_rate=config.preference_learning_rate, lr_scheduler_type=config.scheduler,
+        max_steps=config.preference_steps, learning_rate=config.preference_learning_rate, lr_scheduler_type=config.scheduler,
         warmup_steps=config.warmup, beta=config.beta, max_length=config.max_length, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=config.seed,
         data_seed=config.seed, use_cpu=not on_gpu, bf16=bf16, dataloader_num_workers=0,

@@ -1,7 +1,7 @@
 """The README's showdown on SmolLM2 for a built-in character, on its written dialogues, with real swipes for DPO.
 
 Run: PYTHONPATH=. .venv/bin/python tests/bench/showdown_builtin.py CHARACTER DATA_DIR [--limit 16] [--threads 2]
-     [--epochs 2 | --max-steps N] [--max-length 384]
+     [--epochs 2 | --max-steps N] [--preference-max-steps N] [--max-length 384]
 
 Data, the same for every method: the character's written dialogues (plugins/characters/cards/dialogues/<id>.json).
 The first `--swipes` dialogues' opening exchange is logged as a chat in which the prompted SmolLM2's real reply
@@ -75,6 +75,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=-1, help="optimiser steps per method (-1: the epochs)")
     parser.add_argument("--max-length", type=int, default=384, help="tokens per training example (left-cut)")
+    parser.add_argument("--preference-max-steps", type=int, default=0,
+                        help="optimiser steps of a preference stage (0: as --max-steps)")
     parser.add_argument("--swipes", type=int, default=40, help="written openings logged as swipes (DPO pairs)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, serving and training")
     args = parser.parse_args()
@@ -108,7 +110,7 @@ def main() -> int:
     # showdown times its training; scheduled training's nice 10 would hand the CPU to anything else running.
     outcome = showdown(engine, character.id, parse_methods(args.methods), probes=probes,
                        train_config={"epochs": args.epochs, "max_steps": args.max_steps, "max_length": args.max_length,
-                                     "min_preference": 8, "batch_size": 2, "grad_accum": 2, "threads": args.threads,
+                                     "preference_max_steps": args.preference_max_steps, "min_preference": 8, "batch_size": 2, "grad_accum": 2, "threads": args.threads,
                                      "subprocess_threads": args.threads, "nice": 0})
     finished = time.perf_counter()
     shipped = run_audit(engine, character.id, 1, probes=probes, progress=True) \

@@ -14,7 +14,8 @@ of all replies, and of conversations 1-2 alone (the reduced runs before measured
 Variants (PERSONAE_COHERENCE_VARIANTS, comma-separated, default "now"): now (the defaults: min_p, guard
 with the copy check, one re-sample that may not continue a copied reply), dry (now + the DRY penalty at
 llama.cpp's usual 0.8), before (this runtime's sampling before issue 20: repetition penalty over the whole
-prompt, no min_p / top_k, no guard), all on the same prompts and seeds.
+prompt, no min_p / top_k, no guard), card (now, on the bare base with the card: no shipped weights), all on the
+same prompts and seeds.
 
     PERSONAE_BENCH=1 python -m pytest tests/bench/test_bench_coherence.py -s   # the full 20 x 10 per character
 
@@ -39,7 +40,9 @@ from bench_utils import report
 from coherence_scripts import SCRIPTS
 
 VARIANTS = {"now": {}, "dry": {"dry_multiplier": 0.8},
-            "before": {"min_p": 0, "top_k": 0, "repeat_last_n": -1, "guard": False}}  # sampling before issue 20
+            "before": {"min_p": 0, "top_k": 0, "repeat_last_n": -1, "guard": False},  # sampling before issue 20
+            "card": {}}  # today's sampling on the bare base with the card: what the shipped weights are measured against
+CARD_ONLY = {"card"}  # variants served without the character's weights (version "base")
 # Read at import: the tests' isolated environment clears PERSONAE_* variables before a test runs.
 CONVERSATIONS = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "20"))
 TURNS = int(os.environ.get("PERSONAE_COHERENCE_TURNS", "10"))
@@ -62,7 +65,7 @@ def converse(engine, character, variant: str, number: int) -> list[dict]:
     for index, text in enumerate(SCRIPTS[number % len(SCRIPTS)][:TURNS]):
         sampling = {"seed": 1000 * number + index + 17, **VARIANTS[variant]}
         turn = Turn(platform="bench", channel=channel, user_id="bench", text=text, character=character,
-                    sampling=sampling)
+                    sampling=sampling, **({"version": "base"} if variant in CARD_ONLY else {}))
         if index == 0:
             engine.log_greeting(turn, character)
         reply = engine.reply(turn)
@@ -111,6 +114,7 @@ def aligned_share(engine, replies: list[dict]) -> float:
         scored = score_replies(engine.catalog.get(character_id), rows)
         for reply, verdict in zip(mine, scored):
             reply.setdefault("verdict", verdict["verdict"])  # the verdict over all of the character's replies
+            reply.setdefault("leakage", bool(verdict.get("leakage")))
         verdicts += scored
     return sum(v["verdict"] == "aligned" for v in verdicts) / max(len(verdicts), 1)
 
@@ -168,7 +172,8 @@ def test_bench_coherence(real_base, make_engine):
             for character, replies in zip(group, played):
                 first = [r for r in replies if r["conversation"] < COMPARED]
                 results[character.id][variant] = {**judge(replies), "aligned": aligned_share(engine, replies),
-                                                  "aligned_first": aligned_share(engine, first), "minutes": minutes}
+                                                  "aligned_first": aligned_share(engine, first), "minutes": minutes,
+                                                  "leakage": sum(r["leakage"] for r in replies) / len(replies)}
                 transcripts += [{"sampling": variant, **r} for r in replies]
             # written after every group, so a run stopped part way keeps what it played
             (out / f"{NAME}_transcripts.json").write_text(json.dumps(transcripts, indent=1))
@@ -186,6 +191,8 @@ def test_bench_coherence(real_base, make_engine):
                      "value": " / ".join(str(r[v]["copies"]) for v in CHOSEN)})
         rows.append({"metric": f"{name}: audit aligned share {order}", "target": "not lower",
                      "value": " / ".join(f"{r[v]['aligned']:.0%}" for v in CHOSEN)})
+        rows.append({"metric": f"{name}: audit leakage share {order}",
+                     "value": " / ".join(f"{r[v].get('leakage', 0):.1%}" for v in CHOSEN)})
         rows.append({"metric": f"{name}: audit aligned share, conversations 1-{COMPARED} alone {order}",
                      "value": " / ".join(f"{r[v]['aligned_first']:.0%}" for v in CHOSEN)})
         rows.append({"metric": f"{name}: minutes {order}",
