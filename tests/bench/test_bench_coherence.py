@@ -14,8 +14,9 @@ of all replies, and of conversations 1-2 alone (the reduced runs before measured
 Variants (PERSONAE_COHERENCE_VARIANTS, comma-separated, default "now"): now (the defaults: min_p, guard
 with the copy check, one re-sample that may not continue a copied reply), dry (now + the DRY penalty at
 llama.cpp's usual 0.8), before (this runtime's sampling before issue 20: repetition penalty over the whole
-prompt, no min_p / top_k, no guard), card (now, on the bare base with the card: no shipped weights), all on the
-same prompts and seeds.
+prompt, no min_p / top_k, no guard), card (now, on the bare base with the card: no shipped weights), and card
+with the prompt assembled another way (tests/bench/prompt_layouts.py: card-transcript, card-noexamples,
+card-nopost, card-plain), all on the same prompts and seeds.
 
     PERSONAE_BENCH=1 python -m pytest tests/bench/test_bench_coherence.py -s   # the full 20 x 10 per character
 
@@ -38,11 +39,13 @@ from pathlib import Path
 
 from bench_utils import report
 from coherence_scripts import SCRIPTS
+from prompt_layouts import LAYOUTS, prompt_layout
 
 VARIANTS = {"now": {}, "dry": {"dry_multiplier": 0.8},
             "before": {"min_p": 0, "top_k": 0, "repeat_last_n": -1, "guard": False},  # sampling before issue 20
-            "card": {}}  # today's sampling on the bare base with the card: what the shipped weights are measured against
-CARD_ONLY = {"card"}  # variants served without the character's weights (version "base")
+            "card": {},  # today's sampling on the bare base with the card: what the shipped weights are measured against
+            **{layout: {} for layout in LAYOUTS}}  # card, with the prompt assembled another way (prompt_layouts.py)
+CARD_ONLY = {"card", *LAYOUTS}  # variants served without the character's weights (version "base")
 # Read at import: the tests' isolated environment clears PERSONAE_* variables before a test runs.
 CONVERSATIONS = int(os.environ.get("PERSONAE_COHERENCE_CONVERSATIONS", "20"))
 TURNS = int(os.environ.get("PERSONAE_COHERENCE_TURNS", "10"))
@@ -79,7 +82,7 @@ def converse(engine, character, variant: str, number: int) -> list[dict]:
 
 def play(engine, character, variant: str, conversations: int) -> list[dict]:
     """Every reply of `conversations` scripted chats with one character, the chats side by side."""
-    with ThreadPoolExecutor(max_workers=conversations) as pool:
+    with prompt_layout(LAYOUTS.get(variant), character.name), ThreadPoolExecutor(max_workers=conversations) as pool:
         chats = list(pool.map(lambda number: converse(engine, character, variant, number), range(conversations)))
     return [reply for chat in chats for reply in chat]
 
@@ -155,6 +158,7 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def test_bench_coherence(real_base, make_engine):
+    assert not (TOGETHER and set(CHOSEN) & set(LAYOUTS)), "a prompt layout is patched per character: not TOGETHER"
     rows_at_once = CONVERSATIONS * (len(ONLY or BUILT_IN) if TOGETHER else 1)
     engine = make_engine(real_base, max_new_tokens=80, threads=THREADS, max_batch=max(rows_at_once, 1),
                          prefix_cache_mb=64 * max(rows_at_once, 4))  # each chat's last prompt stays cached
