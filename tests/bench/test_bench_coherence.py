@@ -196,7 +196,8 @@ def test_bench_coherence(real_base, make_engine):
         rows.append({"metric": f"{name}: audit aligned share {order}", "target": "not lower",
                      "value": " / ".join(f"{r[v]['aligned']:.0%}" for v in CHOSEN)})
         rows.append({"metric": f"{name}: audit leakage share {order}",
-                     "value": " / ".join(f"{r[v].get('leakage', 0):.1%}" for v in CHOSEN)})
+                     "value": " / ".join("not recorded" if r[v].get("leakage") is None else f"{r[v]['leakage']:.1%}"
+                                         for v in CHOSEN)})  # a results file from before the column
         rows.append({"metric": f"{name}: audit aligned share, conversations 1-{COMPARED} alone {order}",
                      "value": " / ".join(f"{r[v]['aligned_first']:.0%}" for v in CHOSEN)})
         rows.append({"metric": f"{name}: minutes {order}",
