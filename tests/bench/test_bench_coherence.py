@@ -132,18 +132,18 @@ def merged(out: Path) -> dict:
     return results
 
 
-def plot(results: dict, path: Path) -> Path:
+def plot(results: dict, path: Path, variants: list[str] = CHOSEN) -> Path:
     """Degenerate and audit-aligned shares per character, one bar per variant."""
     from runtime.plots import pyplot, save
 
     fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.4))
     names = list(results)
-    width = 0.8 / len(CHOSEN)
+    width = 0.8 / len(variants)
     for axis, (key, label) in zip(axes, [("degenerate", "% degenerate replies"), ("aligned", "% audit-aligned replies")]):
-        for k, variant in enumerate(CHOSEN):
+        for k, variant in enumerate(variants):
             shares = [100 * (results[n][variant]["aligned"] if key == "aligned" else
                              results[n][variant]["degenerate"] / max(results[n][variant]["replies"], 1)) for n in names]
-            bars = axis.bar([i + (k - (len(CHOSEN) - 1) / 2) * width for i in range(len(names))], shares, width,
+            bars = axis.bar([i + (k - (len(variants) - 1) / 2) * width for i in range(len(names))], shares, width,
                             label=variant)
             axis.bar_label(bars, fmt="%.0f")
         axis.set_xticks(range(len(names)), [n.replace("-", "\n", 1) for n in names])
@@ -151,7 +151,7 @@ def plot(results: dict, path: Path) -> Path:
         axis.set_ylim(0, 100)
     axes[0].set_title(f"{CONVERSATIONS} chats x {TURNS} turns per character")
     axes[1].set_title("SmolLM2-135M, seeded")
-    if len(CHOSEN) > 1:
+    if len(variants) > 1:
         axes[0].legend()
     fig.tight_layout()
     return save(fig, path)
