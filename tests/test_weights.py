@@ -108,3 +108,35 @@ def test_weights_a_character_package_ships_are_served_without_a_command(make_eng
         assert fallback.message["weights_version"] == "base" and registry.versions("ishmael") == []
     finally:
         engine.pm.unregister(plugin)
+
+
+def test_chats_that_start_together_all_get_the_packaged_weights(make_engine, tiny_base, loras, tmp_path):
+    """Twelve first replies at once: every one waits for the registration instead of answering on the base."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime.characters import Character
+    from runtime.hookspecs import hookimpl
+
+    shutil.copytree(loras[1], tmp_path / "weights")
+    ahab = Character(name="Ahab", description="A captain.", source=str(tmp_path / "card.png"),
+                     extensions={"personae": {"weights": "weights"}})
+
+    class Plugin:
+        @hookimpl
+        def register_characters(self, register):
+            register(ahab)
+
+    engine = make_engine(tiny_base)
+    plugin = Plugin()
+    engine.pm.register(plugin, name="ahab-together")
+    try:
+        engine.catalog.reload()
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            replies = list(pool.map(lambda i: engine.reply(turn(engine, "ahab", channel=f"together-{i}")), range(12)))
+        for reply in replies:
+            reply.result()
+        assert {reply.message["weights_version"] for reply in replies} == {"lora:ahab@1"}
+        assert len(engine.weights.registry.versions("ahab")) == 1
+    finally:
+        engine.pm.unregister(plugin)

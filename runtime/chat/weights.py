@@ -76,6 +76,7 @@ class WeightsManager:
         self._loaded: dict[str, object] = {}  # label -> Version registered in the generator
         self._current: dict[str, str] = {}  # character -> label of its active version (as last seen)
         self._adopted: set[str] = set()  # characters whose packaged weights were looked at
+        self._adopting = threading.Lock()  # a first reply waits while another registers the packaged weights
         registry.subscribe(self._on_change)
 
     @property
@@ -92,7 +93,16 @@ class WeightsManager:
         """
         if character.id in self._adopted:
             return
-        self._adopted.add(character.id)
+        # Chats that start together (a server's first minute, a benchmark) all wait for the registration: marked
+        # done before it, the others answered on the bare base while the first copied the weights in.
+        with self._adopting:
+            if character.id not in self._adopted:
+                try:
+                    self._adopt(character)
+                finally:
+                    self._adopted.add(character.id)
+
+    def _adopt(self, character) -> None:
         try:
             if weights_from_character(character) is None or self.registry.versions(character.id):
                 return
