@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+from package_helpers import installed
 
 from plugins.characters import CARDS_DIR
 from runtime.chat.engine import Turn
@@ -22,7 +23,6 @@ def ask(engine, character, text="Hello!"):
 def test_the_script_makes_weights_a_card_ships_and_the_registry_adopts_them(make_engine, tiny_base,
                                                                              tiny_model_folder, tmp_path):
     from plugins.characters.make_weights import main
-    from runtime.hookspecs import hookimpl
 
     cards = tmp_path / "package" / "cards"
     main(["--base", str(tiny_model_folder), "--characters", "pixel", "--limit", "2", "--samples", "2",
@@ -46,16 +46,8 @@ def test_the_script_makes_weights_a_card_ships_and_the_registry_adopts_them(make
     with safe_open(str(weights), "pt") as handle:
         assert {str(handle.get_slice(k).get_dtype()) for k in handle.keys()} == {"F16"}
 
-    class Package:
-        @hookimpl
-        def register_characters(self, register):
-            register(shipped)
-
     engine = make_engine(tiny_base)
-    package = Package()
-    engine.pm.register(package, name="shipped-package")
-    try:
-        engine.catalog.reload()
+    with installed(engine, shipped):
         character = engine.catalog.get("pixel-shipped")
         assert engine.registry.versions(character.id) == []
         first = ask(engine, character)
@@ -66,8 +58,6 @@ def test_the_script_makes_weights_a_card_ships_and_the_registry_adopts_them(make
         again = ask(engine, character, "And again?")
         assert again.message["weights_version"] == first.message["weights_version"]
         assert len(engine.registry.versions(character.id)) == 1  # adopted once, not on every turn
-    finally:
-        engine.pm.unregister(package)
 
 
 BUILT_INS = ("pixel", "captain-mara-voss", "professor-quill")

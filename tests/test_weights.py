@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from helpers_adapters import train_tiny_full, train_tiny_lora
+from package_helpers import installed
 
 from runtime.chat.engine import Turn
 from runtime.generation.types import BASE_ADAPTER
@@ -74,7 +75,6 @@ def test_weights_a_character_package_ships_are_served_without_a_command(make_eng
     import shutil
 
     from runtime.characters import Character
-    from runtime.hookspecs import hookimpl
 
     package = tmp_path / "ahab_package"
     shutil.copytree(loras[1], package / "weights")
@@ -83,17 +83,8 @@ def test_weights_a_character_package_ships_are_served_without_a_command(make_eng
     broken = Character(name="Ishmael", source=str(package / "card.png"),
                        extensions={"personae": {"weights": "missing"}})
 
-    class Plugin:
-        @hookimpl
-        def register_characters(self, register):
-            register(ahab)
-            register(broken)
-
     engine = make_engine(tiny_base)
-    plugin = Plugin()
-    engine.pm.register(plugin, name="ahab-package")
-    try:
-        engine.catalog.reload()
+    with installed(engine, ahab, broken):
         first = engine.reply(turn(engine, "ahab"))
         first.result()
         assert first.message["weights_version"] == "lora:ahab@1"
@@ -106,8 +97,6 @@ def test_weights_a_character_package_ships_are_served_without_a_command(make_eng
         fallback = engine.reply(turn(engine, "ishmael"))  # a package whose weights folder is missing answers on the base
         fallback.result()
         assert fallback.message["weights_version"] == "base" and registry.versions("ishmael") == []
-    finally:
-        engine.pm.unregister(plugin)
 
 
 def test_chats_that_start_together_all_get_the_packaged_weights(make_engine, tiny_base, loras, tmp_path):
@@ -116,27 +105,16 @@ def test_chats_that_start_together_all_get_the_packaged_weights(make_engine, tin
     from concurrent.futures import ThreadPoolExecutor
 
     from runtime.characters import Character
-    from runtime.hookspecs import hookimpl
 
     shutil.copytree(loras[1], tmp_path / "weights")
     ahab = Character(name="Ahab", description="A captain.", source=str(tmp_path / "card.png"),
                      extensions={"personae": {"weights": "weights"}})
 
-    class Plugin:
-        @hookimpl
-        def register_characters(self, register):
-            register(ahab)
-
     engine = make_engine(tiny_base)
-    plugin = Plugin()
-    engine.pm.register(plugin, name="ahab-together")
-    try:
-        engine.catalog.reload()
+    with installed(engine, ahab):
         with ThreadPoolExecutor(max_workers=12) as pool:
             replies = list(pool.map(lambda i: engine.reply(turn(engine, "ahab", channel=f"together-{i}")), range(12)))
         for reply in replies:
             reply.result()
         assert {reply.message["weights_version"] for reply in replies} == {"lora:ahab@1"}
         assert len(engine.weights.registry.versions("ahab")) == 1
-    finally:
-        engine.pm.unregister(plugin)
