@@ -110,7 +110,8 @@ def main() -> int:
     # showdown times its training; scheduled training's nice 10 would hand the CPU to anything else running.
     outcome = showdown(engine, character.id, parse_methods(args.methods), probes=probes,
                        train_config={"epochs": args.epochs, "max_steps": args.max_steps, "max_length": args.max_length,
-                                     "preference_max_steps": args.preference_max_steps, "min_preference": 8, "batch_size": 2, "grad_accum": 2, "threads": args.threads,
+                                     "preference_max_steps": args.preference_max_steps, "min_preference": 8,
+                                     "batch_size": 2, "grad_accum": 2, "threads": args.threads,
                                      "subprocess_threads": args.threads, "nice": 0})
     finished = time.perf_counter()
     shipped = run_audit(engine, character.id, 1, probes=probes, progress=True) \

@@ -106,20 +106,21 @@ def judge(replies: list[dict]) -> dict:
             "rescued": rescued}
 
 
-def aligned_share(engine, replies: list[dict]) -> float:
-    """The persona audit's aligned share over every reply (scored without generation), as recorded per reply."""
+def audit(engine, replies: list[dict]) -> None:
+    """The persona audit's verdict and leakage on every reply (scored without generation), recorded on the reply."""
     from runtime.audit import score_replies
 
-    verdicts = []
     for character_id in sorted({r["character"] for r in replies}):
         mine = [r for r in replies if r["character"] == character_id]
         rows = [{"prompt": r["user"], "reply": r["text"], "turn": r["turn"] + 1} for r in mine]
-        scored = score_replies(engine.catalog.get(character_id), rows)
-        for reply, verdict in zip(mine, scored):
-            reply.setdefault("verdict", verdict["verdict"])  # the verdict over all of the character's replies
-            reply.setdefault("leakage", bool(verdict.get("leakage")))
-        verdicts += scored
-    return sum(v["verdict"] == "aligned" for v in verdicts) / max(len(verdicts), 1)
+        for reply, verdict in zip(mine, score_replies(engine.catalog.get(character_id), rows)):
+            reply["verdict"], reply["leakage"] = verdict["verdict"], bool(verdict.get("leakage"))
+
+
+def share(replies: list[dict], aligned: bool = True) -> float:
+    """The share of audited replies that are aligned (or, aligned=False, that leak the base model's identity)."""
+    hits = (r["verdict"] == "aligned" if aligned else r["leakage"] for r in replies)
+    return sum(hits) / max(len(replies), 1)
 
 
 def merged(out: Path) -> dict:
@@ -174,10 +175,11 @@ def test_bench_coherence(real_base, make_engine):
                 played = list(pool.map(lambda c: play(engine, c, variant, CONVERSATIONS), group))
             minutes = (time.perf_counter() - began) / 60  # together: the whole group's time
             for character, replies in zip(group, played):
+                audit(engine, replies)  # once: the first conversations' share reads the same verdicts
                 first = [r for r in replies if r["conversation"] < COMPARED]
-                results[character.id][variant] = {**judge(replies), "aligned": aligned_share(engine, replies),
-                                                  "aligned_first": aligned_share(engine, first), "minutes": minutes,
-                                                  "leakage": sum(r["leakage"] for r in replies) / len(replies)}
+                results[character.id][variant] = {**judge(replies), "aligned": share(replies),
+                                                  "aligned_first": share(first), "minutes": minutes,
+                                                  "leakage": share(replies, aligned=False)}
                 transcripts += [{"sampling": variant, **r} for r in replies]
             # written after every group, so a run stopped part way keeps what it played
             (out / f"{NAME}_transcripts.json").write_text(json.dumps(transcripts, indent=1))
@@ -239,16 +241,17 @@ def partial(databases: list[str]) -> dict:
     from runtime.characters.catalog import Catalog
     from runtime.plugins import get_plugin_manager
 
-    class Scored:  # what aligned_share needs of an engine: the built-in characters
+    class Scored:  # what audit needs of an engine: the built-in characters
         catalog = Catalog(get_plugin_manager(), tempfile.mkdtemp())
 
     replies = [r for database in databases for r in from_log(Path(database))]
     results = {}
     for character in sorted({r["character"] for r in replies}):
         mine = [r for r in replies if r["character"] == character]
+        audit(Scored, mine)
         first = [r for r in mine if r["conversation"] < COMPARED]
-        results[character] = {"now": {**judge(mine), "aligned": aligned_share(Scored, mine),
-                                      "aligned_first": aligned_share(Scored, first),
+        results[character] = {"now": {**judge(mine), "aligned": share(mine), "aligned_first": share(first),
+                                      "leakage": share(mine, aligned=False),
                                       "complete_turns": min(sum(r["conversation"] == n for r in mine)
                                                             for n in {r["conversation"] for r in mine})}}
     out = Path(__file__).parent / "results"
